@@ -1,0 +1,401 @@
+"""Service definitions: dataclasses, TOML load/save and validation.
+
+A service lives in `<config-dir>/services/<name>.toml`. Loading either returns a
+fully valid `Service` or raises `ConfigError` naming the file, the key and what
+was expected, so nothing ever runs on a bad definition.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from zfsrepl.errors import ConfigError, UsageError
+from zfsrepl.naming import SnapshotNaming, valid_name_component
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on older interpreters only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_DIR = "/etc/zfsrepl"
+DEFAULT_STATE_DIR = "/var/lib/zfsrepl"
+DEFAULT_LOG_DIR = "/var/log/zfsrepl"
+
+SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%-]{1,253}$")
+_DATASET_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_.:\- ]+$")
+_SSH_OPTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of a service: where it is and how to reach its ZFS."""
+
+    host: str
+    user: str
+    port: int | None = None
+    identity: str | None = None
+    ssh_options: tuple[str, ...] = ()
+    # How zfs is started on that host, e.g. "sudo -n /usr/sbin/zfs" where rights
+    # come from a sudo rule instead of `zfs allow`.
+    zfs_command: str = "zfs"
+
+    @property
+    def zfs_argv(self) -> list[str]:
+        return shlex.split(self.zfs_command)
+
+
+@dataclass(frozen=True)
+class FilesystemPair:
+    source: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    source: Endpoint
+    destination: Endpoint
+    filesystems: tuple[FilesystemPair, ...]
+    interval: int = 60
+    retries: int = 1
+    keep_source: int = 1
+    keep_destination: int = 1
+    pre_snapshot: str | None = None
+    post_snapshot: str | None = None
+    on_alarm: str | None = None
+    hook_timeout: int = 300
+    retry_delay: float = 5.0
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def naming(self) -> SnapshotNaming:
+        return SnapshotNaming(self.source.user, self.destination.user, self.destination.host)
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def config_dir(cli_value: str | None) -> Path:
+    return Path(cli_value or os.environ.get("ZFSREPL_CONFIG_DIR") or DEFAULT_CONFIG_DIR)
+
+
+def state_dir(cli_value: str | None) -> Path:
+    return Path(cli_value or os.environ.get("ZFSREPL_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def log_dir(cli_value: str | None) -> Path:
+    return Path(cli_value or os.environ.get("ZFSREPL_LOG_DIR") or DEFAULT_LOG_DIR)
+
+
+def service_path(confdir: Path, name: str) -> Path:
+    check_service_name(name)
+    return confdir / "services" / f"{name}.toml"
+
+
+def check_service_name(name: str) -> None:
+    if not SERVICE_NAME_RE.match(name):
+        raise UsageError(
+            f"invalid service name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def list_services(confdir: Path) -> list[str]:
+    folder = confdir / "services"
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.toml") if SERVICE_NAME_RE.match(p.stem))
+
+
+def load_service(confdir: Path, name: str) -> Service:
+    path = service_path(confdir, name)
+    if not path.exists():
+        known = list_services(confdir)
+        hint = f"; defined services: {', '.join(known)}" if known else ""
+        raise UsageError(f"no service {name!r}: {path} does not exist{hint}")
+    return load_service_file(path, expected_name=name)
+
+
+def load_service_file(path: Path, expected_name: str | None = None) -> Service:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_service(data, path, expected_name)
+
+
+# ---------------------------------------------------------------------------- validation
+
+_TOP_KEYS = {
+    "name", "interval", "retries", "keep", "keep_source", "keep_destination",
+    "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
+    "source", "destination", "filesystem",
+}
+_ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
+_FS_KEYS = {"source", "destination"}
+
+
+class _Reader:
+    """Reads typed values out of one TOML table, raising ConfigError with context."""
+
+    def __init__(self, path: Path | None, table: dict[str, Any], where: str, known: set[str]):
+        self.path = path
+        self.table = table
+        self.where = where
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else \
+                    f"; valid keys here: {', '.join(sorted(known))}"
+                self.fail(key, f"unknown key{hint}", expected=None)
+
+    def key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str, expected: str | None) -> NoReturn:
+        prefix = f"{self.path}: " if self.path else ""
+        msg = f"{prefix}{self.key(key)}: {problem}"
+        if expected:
+            msg += f"; expected {expected}"
+        raise ConfigError(msg)
+
+    def _get(self, key: str, required: bool) -> Any:
+        if key not in self.table:
+            if required:
+                self.fail(key, "missing", expected=None)
+            return None
+        return self.table[key]
+
+    def string(self, key: str, *, required: bool = True, pattern: re.Pattern[str] | None = None,
+               expected: str = "a string") -> str | None:
+        value = self._get(key, required)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self.fail(key, f"{value!r} is not a non-empty string", expected)
+        if pattern is not None and not pattern.match(value):
+            self.fail(key, f"{value!r} is not valid", expected)
+        return str(value)
+
+    def integer(self, key: str, *, default: int | None, minimum: int,
+                maximum: int | None = None) -> int:
+        value = self._get(key, required=default is None)
+        if value is None:
+            assert default is not None
+            return default
+        in_range = isinstance(value, int) and not isinstance(value, bool) and value >= minimum \
+            and (maximum is None or value <= maximum)
+        if not in_range:
+            bound = f"an integer >= {minimum}" if maximum is None else \
+                f"an integer from {minimum} to {maximum}"
+            self.fail(key, f"{value!r} is not valid", bound)
+        return int(value)
+
+    def number(self, key: str, *, default: float, minimum: float) -> float:
+        value = self._get(key, required=False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            self.fail(key, f"{value!r} is not valid", f"a number >= {minimum:g}")
+        return float(value)
+
+    def hook(self, key: str) -> str | None:
+        value = self.string(key, required=False,
+                            expected='"none" or the full path of an executable')
+        if value is None or value == "none":
+            return None
+        if not value.startswith("/"):
+            self.fail(key, f"{value!r} is not a full path",
+                      '"none" or the full path of an executable (no arguments)')
+        return value
+
+
+def _dataset_problem(name: str) -> str | None:
+    """Why `name` is not a valid ZFS filesystem name, or None if it is."""
+    if "@" in name or "#" in name:
+        return "names a snapshot or bookmark, not a filesystem"
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        return "has an empty path component"
+    parts = name.split("/")
+    if len(parts) < 2:
+        return "is a whole pool; give a filesystem inside a pool (pool/name)"
+    if not parts[0][:1].isalpha():
+        return "pool names start with a letter"
+    for part in parts:
+        if part in (".", "..") or not _DATASET_COMPONENT_RE.match(part):
+            return f"component {part!r} may only hold letters, digits and '_-.: '"
+    if len(name) > 255:
+        return "is longer than 255 characters"
+    return None
+
+
+def _endpoint(path: Path | None, data: dict[str, Any], where: str) -> Endpoint:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [{where}]: must be a table with host and user")
+    r = _Reader(path, data, where, _ENDPOINT_KEYS)
+    host = r.string("host", pattern=_HOST_RE, expected="a host name or address")
+    assert host is not None
+    if host.startswith("-"):
+        r.fail("host", f"{host!r} starts with '-'", "a host name or address")
+    user = r.string("user", pattern=_USER_RE, expected="a user name (letters, digits, '_.-')")
+    assert user is not None
+    port = r.integer("port", default=0, minimum=0, maximum=65535) or None
+    identity = r.string("identity", required=False, expected="the full path of a private key")
+    if identity is not None and not identity.startswith("/"):
+        r.fail("identity", f"{identity!r} is not a full path", "the full path of a private key")
+    options = data.get("ssh_options", [])
+    if not isinstance(options, list) or not all(
+        isinstance(o, str) and _SSH_OPTION_RE.match(o) for o in options
+    ):
+        r.fail("ssh_options", f"{options!r} is not valid",
+               'a list of ssh -o options like ["Compression=no"]')
+    zfs_command = r.string("zfs_command", required=False,
+                           expected='a command such as "zfs" or "sudo -n /usr/sbin/zfs"') or "zfs"
+    try:
+        if not shlex.split(zfs_command):
+            raise ValueError
+    except ValueError:
+        r.fail("zfs_command", f"{zfs_command!r} is not a command", 'e.g. "zfs"')
+    return Endpoint(host=host, user=user, port=port, identity=identity,
+                    ssh_options=tuple(options), zfs_command=zfs_command)
+
+
+def parse_service(data: dict[str, Any], path: Path | None = None,
+                  expected_name: str | None = None) -> Service:
+    r = _Reader(path, data, "", _TOP_KEYS)
+    name = r.string("name", pattern=SERVICE_NAME_RE,
+                    expected="1-64 letters, digits, '_', '.' or '-'")
+    assert name is not None
+    if expected_name is not None and name != expected_name:
+        r.fail("name", f"{name!r} differs from the file name {expected_name!r}",
+               f'name = "{expected_name}"')
+    interval = r.integer("interval", default=60, minimum=1)
+    retries = r.integer("retries", default=1, minimum=1)
+    keep = r.integer("keep", default=1, minimum=1)
+    keep_source = r.integer("keep_source", default=keep, minimum=1)
+    keep_destination = r.integer("keep_destination", default=keep, minimum=1)
+    hook_timeout = r.integer("hook_timeout", default=300, minimum=1)
+    retry_delay = r.number("retry_delay", default=5.0, minimum=0.0)
+
+    for side in ("source", "destination"):
+        if side not in data:
+            r.fail(side, "missing", f"a [{side}] table with host and user")
+    source = _endpoint(path, data["source"], "source")
+    destination = _endpoint(path, data["destination"], "destination")
+    for key, value in (("source.user", source.user), ("destination.user", destination.user),
+                       ("destination.host", destination.host)):
+        if not valid_name_component(value) or "@" in value:
+            r.fail(key, f"{value!r} cannot be part of a snapshot name",
+                   "letters, digits and '_-.:'")
+
+    raw_fs = data.get("filesystem")
+    if not isinstance(raw_fs, list) or not raw_fs:
+        r.fail("filesystem", "missing", "one or more [[filesystem]] tables with source and "
+               "destination")
+    assert isinstance(raw_fs, list)
+    pairs: list[FilesystemPair] = []
+    for i, item in enumerate(raw_fs, start=1):
+        where = f"filesystem[{i}]"
+        if not isinstance(item, dict):
+            r.fail(where, "is not a table", "[[filesystem]] with source and destination")
+        fr = _Reader(path, item, where, _FS_KEYS)
+        values: dict[str, str] = {}
+        for key in ("source", "destination"):
+            dataset = fr.string(key, expected="a ZFS filesystem name like pool/path/fs")
+            assert dataset is not None
+            problem = _dataset_problem(dataset)
+            if problem:
+                fr.fail(key, f"{dataset!r} {problem}", "a ZFS filesystem name like pool/path/fs")
+            values[key] = dataset
+        pairs.append(FilesystemPair(values["source"], values["destination"]))
+    for attr in ("source", "destination"):
+        seen: set[str] = set()
+        for i, pair in enumerate(pairs, start=1):
+            value = getattr(pair, attr)
+            if value in seen:
+                r.fail(f"filesystem[{i}].{attr}", f"{value!r} appears twice", "each once")
+            seen.add(value)
+
+    return Service(
+        name=name, source=source, destination=destination, filesystems=tuple(pairs),
+        interval=interval, retries=retries, keep_source=keep_source,
+        keep_destination=keep_destination, pre_snapshot=r.hook("pre_snapshot"),
+        post_snapshot=r.hook("post_snapshot"), on_alarm=r.hook("on_alarm"),
+        hook_timeout=hook_timeout, retry_delay=retry_delay, path=path,
+    )
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _toml_str(value: str) -> str:
+    out = ['"']
+    for ch in value:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _endpoint_toml(ep: Endpoint) -> list[str]:
+    lines = [f"host = {_toml_str(ep.host)}", f"user = {_toml_str(ep.user)}"]
+    if ep.port:
+        lines.append(f"port = {ep.port}")
+    if ep.identity:
+        lines.append(f"identity = {_toml_str(ep.identity)}")
+    if ep.ssh_options:
+        lines.append("ssh_options = [" + ", ".join(_toml_str(o) for o in ep.ssh_options) + "]")
+    if ep.zfs_command != "zfs":
+        lines.append(f"zfs_command = {_toml_str(ep.zfs_command)}")
+    return lines
+
+
+def dump_service(svc: Service) -> str:
+    """The TOML text of a service; `parse_service` of it gives `svc` back."""
+
+    def hook(value: str | None) -> str:
+        return _toml_str(value or "none")
+
+    lines = [
+        f"name = {_toml_str(svc.name)}",
+        f"interval = {svc.interval}",
+        f"retries = {svc.retries}",
+    ]
+    if svc.keep_source == svc.keep_destination:
+        lines.append(f"keep = {svc.keep_source}")
+    else:
+        lines += [f"keep_source = {svc.keep_source}",
+                  f"keep_destination = {svc.keep_destination}"]
+    lines += [f"pre_snapshot = {hook(svc.pre_snapshot)}",
+              f"post_snapshot = {hook(svc.post_snapshot)}"]
+    if svc.on_alarm:
+        lines.append(f"on_alarm = {hook(svc.on_alarm)}")
+    if svc.hook_timeout != 300:
+        lines.append(f"hook_timeout = {svc.hook_timeout}")
+    if svc.retry_delay != 5.0:
+        lines.append(f"retry_delay = {svc.retry_delay:g}")
+    lines += ["", "[source]", *_endpoint_toml(svc.source),
+              "", "[destination]", *_endpoint_toml(svc.destination)]
+    for pair in svc.filesystems:
+        lines += ["", "[[filesystem]]", f"source = {_toml_str(pair.source)}",
+                  f"destination = {_toml_str(pair.destination)}"]
+    return "\n".join(lines) + "\n"
