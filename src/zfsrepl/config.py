@@ -12,17 +12,13 @@ import os
 import re
 import shlex
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from zfsrepl.errors import ConfigError, UsageError
 from zfsrepl.naming import SnapshotNaming, valid_name_component
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on older interpreters only
-    import tomli as tomllib
 
 DEFAULT_CONFIG_DIR = "/etc/zfsrepl"
 DEFAULT_STATE_DIR = "/var/lib/zfsrepl"
@@ -125,11 +121,21 @@ def load_service(confdir: Path, name: str) -> Service:
     return load_service_file(path, expected_name=name)
 
 
+def _toml_module() -> types.ModuleType:
+    # Imported on use: the remote agent runs on a bare Python 3.9 and reads no TOML.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on older interpreters only
+        import tomli as tomllib
+    return tomllib
+
+
 def load_service_file(path: Path, expected_name: str | None = None) -> Service:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    tomllib = _toml_module()
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
