@@ -190,7 +190,8 @@ class Cycle:
             logger.info("starting %s", what)
             result = pipe(self.src.send_argv(src_fs, s),
                           self.dst.receive_argv(dst_fs, incremental=s.base is not None), what)
-            logger.info("finished %s in %.1fs", what, result.seconds)
+            size = "" if result.bytes is None else f", {result.bytes} bytes"
+            logger.info("finished %s in %.1fs%s", what, result.seconds, size)
 
     def prune(self, fp: FilesystemPlan) -> None:
         for name in fp.destroy_source:
