@@ -24,6 +24,7 @@ DEFAULT_CONFIG_DIR = "/etc/zfsrepl"
 DEFAULT_STATE_DIR = "/var/lib/zfsrepl"
 DEFAULT_LOG_DIR = "/var/log/zfsrepl"
 
+ROLE_RE = re.compile(r"^(source|destination)$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%-]{1,253}$")
@@ -70,6 +71,8 @@ class Service:
     on_alarm: str | None = None
     hook_timeout: int = 300
     retry_delay: float = 5.0
+    # "destination" marks the copy setup stores on the destination host (for failback).
+    role: str = "source"
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -150,7 +153,7 @@ def load_service_file(path: Path, expected_name: str | None = None) -> Service:
 _TOP_KEYS = {
     "name", "interval", "retries", "keep", "keep_source", "keep_destination",
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
-    "source", "destination", "filesystem",
+    "source", "destination", "filesystem", "role",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
 _FS_KEYS = {"source", "destination"}
@@ -297,6 +300,8 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     keep_destination = r.integer("keep_destination", default=keep, minimum=1)
     hook_timeout = r.integer("hook_timeout", default=300, minimum=1)
     retry_delay = r.number("retry_delay", default=5.0, minimum=0.0)
+    role = r.string("role", required=False, pattern=ROLE_RE,
+                    expected='"source" or "destination"') or "source"
 
     for side in ("source", "destination"):
         if side not in data:
@@ -342,7 +347,7 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         interval=interval, retries=retries, keep_source=keep_source,
         keep_destination=keep_destination, pre_snapshot=r.hook("pre_snapshot"),
         post_snapshot=r.hook("post_snapshot"), on_alarm=r.hook("on_alarm"),
-        hook_timeout=hook_timeout, retry_delay=retry_delay, path=path,
+        hook_timeout=hook_timeout, retry_delay=retry_delay, role=role, path=path,
     )
 
 
@@ -393,6 +398,8 @@ def dump_service(svc: Service) -> str:
                   f"keep_destination = {svc.keep_destination}"]
     lines += [f"pre_snapshot = {hook(svc.pre_snapshot)}",
               f"post_snapshot = {hook(svc.post_snapshot)}"]
+    if svc.role != "source":
+        lines.append(f"role = {_toml_str(svc.role)}")
     if svc.on_alarm:
         lines.append(f"on_alarm = {hook(svc.on_alarm)}")
     if svc.hook_timeout != 300:
