@@ -1,0 +1,238 @@
+"""The pure parts of a cycle: the new snapshot, retention after the sends, the plan text."""
+
+from __future__ import annotations
+
+import pytest
+
+from zfsrepl import plan
+from zfsrepl.config import Endpoint, FilesystemPair, Service
+from zfsrepl.cycle import CyclePlan, FilesystemPlan, _prune, _with_new_snapshot
+from zfsrepl.errors import ReplicationError
+from zfsrepl.snapshots import Snapshot
+
+from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
+
+PAIR = FilesystemPair(SRC_FS, DST_FS)
+
+
+def service(keep_source: int = 1, keep_destination: int = 1,
+            pairs: tuple[FilesystemPair, ...] = (PAIR,)) -> Service:
+    svc = Service(name="testrepl", source=Endpoint("srchost", "src"),
+                  destination=Endpoint("desthost", "dst"), filesystems=pairs,
+                  keep_source=keep_source, keep_destination=keep_destination)
+    assert svc.naming == NAMING
+    return svc
+
+
+def planned(src: list[Snapshot], dst: list[Snapshot] | None, svc: Service,
+            sent_ok: bool, pair: FilesystemPair = PAIR) -> FilesystemPlan:
+    fp = FilesystemPlan(pair, src, dst, plan.plan_filesystem(src, dst, NAMING))
+    _prune(fp, svc, sent_ok)
+    return fp
+
+
+def test_with_new_snapshot() -> None:
+    snaps = [own(1, 11, 40), other("manual", 12, 45)]
+    out = _with_new_snapshot(snaps, SRC_FS, seq(2))
+    assert out[:2] == snaps
+    new = out[2]
+    assert (new.filesystem, new.name, new.guid, new.createtxg) == (SRC_FS, seq(2), None, 46)
+    assert new.creation > 0
+    assert snaps == [own(1, 11, 40), other("manual", 12, 45)]  # input untouched
+    assert _with_new_snapshot([], SRC_FS, seq(1))[0].createtxg == 1
+
+
+# ---------------------------------------------------------------------------- _prune
+
+
+def test_prune_after_full_send() -> None:
+    src = _with_new_snapshot([own(1, 11, 10), own(2, 12, 20)], SRC_FS, seq(3))
+    fp = planned(src, None, service(), sent_ok=True)
+    assert isinstance(fp.plan, plan.Full)
+    assert fp.destroy_source == (seq(1), seq(2))
+    assert fp.destroy_destination == ()
+
+
+def test_prune_after_failed_full_send() -> None:
+    src = _with_new_snapshot([own(1, 11, 10)], SRC_FS, seq(2))
+    fp = planned(src, None, service(), sent_ok=False)
+    assert fp.destroy_source == (seq(1),)
+    assert fp.destroy_destination == ()
+
+
+def test_prune_after_incremental_send() -> None:
+    base = [own(n, 10 + n, 10 * n) for n in range(1, 5)]
+    src = _with_new_snapshot(base, SRC_FS, seq(5))
+    dst = [other("dst-local", 999, 900), *received(base[:2])]
+    fp = planned(src, dst, service(keep_source=2, keep_destination=3), sent_ok=True)
+    assert fp.plan == plan.Incremental(
+        base=seq(2), sends=(plan.Send(seq(5), seq(2), intermediates=True),))
+    assert fp.destroy_source == (seq(1), seq(2), seq(3))
+    # afterwards the destination holds 1..5; 3, 4, 5 stay, its own snapshot too
+    assert fp.destroy_destination == (seq(1), seq(2))
+
+
+def test_prune_when_up_to_date() -> None:
+    base = [own(n, 10 + n, 10 * n) for n in range(1, 4)]
+    fp = planned(base, received(base), service(), sent_ok=True)
+    assert fp.plan == plan.UpToDate(seq(3))
+    assert fp.destroy_source == (seq(1), seq(2))
+    assert fp.destroy_destination == (seq(1), seq(2))
+
+
+def test_prune_after_failed_incremental_keeps_the_common_snapshot() -> None:
+    base = [own(n, 10 + n, 10 * n) for n in range(1, 3)]
+    src = _with_new_snapshot(base, SRC_FS, seq(3))
+    dst = received(base)
+    ok = planned(src, dst, service(), sent_ok=True)
+    assert ok.destroy_source == (seq(1), seq(2))  # 3 is the new common one
+
+    fp = planned(src, dst, service(), sent_ok=False)
+    # 2 is still the newest common snapshot: it stays on both sides
+    assert seq(2) not in fp.destroy_source
+    assert fp.destroy_source == (seq(1),)
+    assert fp.destroy_destination == (seq(1),)
+    # nothing the failed send would have brought is destroyed on the destination
+    assert not set(fp.destroy_destination) & set(plan.received_names(fp.plan, src))
+    assert set(fp.destroy_destination) <= {s.name for s in dst}
+
+
+def test_prune_after_failed_send_with_higher_keep() -> None:
+    base = [own(n, 10 + n, 10 * n) for n in range(1, 6)]
+    src = _with_new_snapshot(base, SRC_FS, seq(6))
+    dst = received(base[:2])
+    fp = planned(src, dst, service(keep_source=2, keep_destination=1), sent_ok=False)
+    assert seq(2) not in fp.destroy_source
+    assert fp.destroy_destination == (seq(1),)
+
+
+def test_failed_chain_step_does_not_turn_into_a_conflict() -> None:
+    """Foreign snapshots between own ones make a chain of -i sends. When the first
+    step (2 -> 3) went through and the second (3 -> 4) failed, the destination holds
+    3. _prune(sent_ok=False) protects only the pre-send common 2, so with the default
+    keep of 1 it destroys 3 on the source; the next cycle then finds 3 on the
+    destination newer than every snapshot shared with the source: Diverged."""
+    src = [own(1, 11, 10), own(2, 12, 20), other("hourly-1", 90, 25), own(3, 13, 30),
+           other("hourly-2", 91, 35)]
+    src = _with_new_snapshot(src, SRC_FS, seq(4))
+    dst = received(src[:2])
+    fp = planned(src, dst, service(), sent_ok=False)
+    assert fp.plan == plan.Incremental(base=seq(2), sends=(plan.Send(seq(3), seq(2)),
+                                                           plan.Send(seq(4), seq(3))))
+    # What the next cycle sees: the first step arrived, then retention ran.
+    dst_next = [*dst, Snapshot(DST_FS, seq(3), 13, 2000)]
+    dst_next = [s for s in dst_next if s.name not in fp.destroy_destination]
+    src_next = [Snapshot(s.filesystem, s.name, 14 if s.guid is None else s.guid, s.createtxg)
+                for s in src if s.name not in fp.destroy_source]
+    src_next = _with_new_snapshot(src_next, SRC_FS, seq(5))
+    next_plan = plan.plan_filesystem(src_next, dst_next, NAMING)
+    assert not isinstance(next_plan, (plan.Diverged, plan.NoCommonSnapshot)), (
+        f"destroy_source={fp.destroy_source} leads to {next_plan}")
+
+
+def test_prune_leaves_the_destination_alone_without_a_common_snapshot() -> None:
+    src = _with_new_snapshot([own(1, 11, 10)], SRC_FS, seq(2))
+    dst = received([own(1, 77, 10), own(5, 78, 20)])  # same names, other GUIDs
+    for ok in (True, False):
+        fp = planned(src, dst, service(), sent_ok=ok)
+        assert isinstance(fp.plan, plan.NoCommonSnapshot)
+        assert fp.destroy_destination == ()
+
+
+def test_prune_never_destroys_foreign_or_held_snapshots() -> None:
+    base = [own(1, 11, 10, userrefs=1), other("manual", 50, 15), own(2, 12, 20),
+            own(3, 13, 30)]
+    src = _with_new_snapshot(base, SRC_FS, seq(4))
+    dst = [*received(base), other("dst-only", 60, 5000)]
+    # "dst-only" is newer than the common 3: a conflict, nothing may run
+    fp = planned(src, dst, service(), sent_ok=True)
+    assert isinstance(fp.plan, plan.Diverged)
+    dst = received(base)  # holds are per side: the destination's copies are not held
+    dst[2] = Snapshot(DST_FS, dst[2].name, dst[2].guid, dst[2].createtxg, userrefs=1)
+    fp = planned(src, dst, service(), sent_ok=True)
+    assert fp.destroy_source == (seq(2), seq(3))
+    assert fp.destroy_destination == (seq(1), seq(3))
+
+
+# ---------------------------------------------------------------------------- describe
+
+
+def _pair(n: int) -> FilesystemPair:
+    return FilesystemPair(f"tank/fs{n}", f"backup/fs {n}")
+
+
+def _plans() -> CyclePlan:
+    pairs = tuple(_pair(n) for n in range(1, 7))
+    svc = service(pairs=pairs)
+    new = seq(4)
+
+    def fs(n: int, snaps: list[Snapshot]) -> list[Snapshot]:
+        return _with_new_snapshot([Snapshot(f"tank/fs{n}", s.name, s.guid, s.createtxg)
+                                   for s in snaps], f"tank/fs{n}", new)
+
+    base = [own(n, 10 + n, 10 * n) for n in range(1, 4)]
+    fps = [
+        planned(fs(1, base), None, svc, True, pairs[0]),
+        planned(fs(2, base), received(base[:1]), svc, True, pairs[1]),
+        planned(base, received(base), svc, True, pairs[2]),
+        planned([other("manual", 1, 1)], None, svc, True, pairs[3]),
+        planned(fs(5, base), [*received(base[:1]), Snapshot("backup/fs 5", "x", 99, 2000)],
+                svc, True, pairs[4]),
+        planned(fs(6, base), [], svc, True, pairs[5]),
+    ]
+    return CyclePlan(svc, new, fps)
+
+
+def test_describe() -> None:
+    cp = _plans()
+    lines = cp.describe()
+    new = seq(4)
+    assert lines[0] == "service testrepl: src@srchost -> dst@desthost"
+    assert lines[1] == (f"snapshot @{new} of: tank/fs1, tank/fs2, tank/fs3, tank/fs4, "
+                        "tank/fs5, tank/fs6")
+    body = lines[2:]
+    assert body[0] == f"tank/fs1 -> backup/fs 1: full send of @{new}"
+    assert body[1:4] == [f"  destroy on source: tank/fs1@{seq(n)}" for n in (1, 2, 3)]
+    assert body[4] == f"tank/fs2 -> backup/fs 2: incremental -I @{seq(1)} -> @{new}"
+    assert body[5:8] == [f"  destroy on source: tank/fs2@{seq(n)}" for n in (1, 2, 3)]
+    assert f"  destroy on destination: backup/fs 2@{seq(1)}" in body
+    i = body.index(f"tank/fs3 -> backup/fs 3: up to date at @{seq(3)}")
+    assert body[i + 1] == f"  destroy on source: tank/fs3@{seq(1)}"
+    assert "tank/fs4 -> backup/fs 4: nothing to send" in body
+    fs5 = next(line for line in body if line.startswith("tank/fs5 -> "))
+    assert fs5.startswith("tank/fs5 -> backup/fs 5: CONFLICT: backup/fs 5 has snapshots newer"
+                          f" than the last one it shares with tank/fs5 (@{seq(1)}): @x.")
+    fs6 = next(line for line in body if line.startswith("tank/fs6 -> "))
+    assert fs6.startswith("tank/fs6 -> backup/fs 6: CONFLICT: no common snapshot between "
+                          "tank/fs6 and backup/fs 6: the destination exists but has no snapshots")
+
+
+def test_describe_chain_of_sends_and_no_snapshot() -> None:
+    src = [own(1, 11, 10), other("hourly", 90, 15), own(2, 12, 20), own(3, 13, 30)]
+    svc = service()
+    cp = CyclePlan(svc, None, [planned(src, received(src[:1]), svc, True)])
+    lines = cp.describe()
+    assert lines[1] == (f"{SRC_FS} -> {DST_FS}: incremental -i @{seq(1)} -> @{seq(2)}; "
+                        f"incremental -i @{seq(2)} -> @{seq(3)}")
+    assert not any(line.startswith("snapshot @") for line in lines)
+
+
+def test_conflicts_name_each_filesystem_and_situation() -> None:
+    cp = _plans()
+    found = cp.conflicts()
+    assert len(found) == 2
+    assert found[0].startswith("backup/fs 5 has snapshots newer than the last one it shares "
+                               "with tank/fs5")
+    assert "run 'zfsrepl doctor'" in found[0]
+    assert found[1].startswith("no common snapshot between tank/fs6 and backup/fs 6")
+    assert "rename or destroy the destination" in found[1]
+    with pytest.raises(ReplicationError) as info:
+        cp.raise_on_conflict()
+    assert str(info.value) == "; ".join(found)
+
+
+def test_no_conflicts() -> None:
+    cp = _plans()
+    cp.filesystems = cp.filesystems[:4]
+    assert cp.conflicts() == []
+    cp.raise_on_conflict()
