@@ -8,6 +8,7 @@ was expected, so nothing ever runs on a bad definition.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import shlex
@@ -101,7 +102,7 @@ def service_path(confdir: Path, name: str) -> Path:
 
 
 def check_service_name(name: str) -> None:
-    if not SERVICE_NAME_RE.match(name):
+    if not SERVICE_NAME_RE.fullmatch(name):
         raise UsageError(
             f"invalid service name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
@@ -112,7 +113,7 @@ def list_services(confdir: Path) -> list[str]:
     folder = confdir / "services"
     if not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.glob("*.toml") if SERVICE_NAME_RE.match(p.stem))
+    return sorted(p.stem for p in folder.glob("*.toml") if SERVICE_NAME_RE.fullmatch(p.stem))
 
 
 def load_service(confdir: Path, name: str) -> Service:
@@ -183,27 +184,27 @@ class _Reader:
             msg += f"; expected {expected}"
         raise ConfigError(msg)
 
-    def _get(self, key: str, required: bool) -> Any:
+    def _get(self, key: str, required: bool, expected: str | None = None) -> Any:
         if key not in self.table:
             if required:
-                self.fail(key, "missing", expected=None)
+                self.fail(key, "missing", expected)
             return None
         return self.table[key]
 
     def string(self, key: str, *, required: bool = True, pattern: re.Pattern[str] | None = None,
                expected: str = "a string") -> str | None:
-        value = self._get(key, required)
+        value = self._get(key, required, expected)
         if value is None:
             return None
         if not isinstance(value, str) or not value:
             self.fail(key, f"{value!r} is not a non-empty string", expected)
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.fail(key, f"{value!r} is not valid", expected)
         return str(value)
 
     def integer(self, key: str, *, default: int | None, minimum: int,
                 maximum: int | None = None) -> int:
-        value = self._get(key, required=default is None)
+        value = self._get(key, required=default is None, expected=f"an integer >= {minimum}")
         if value is None:
             assert default is not None
             return default
@@ -219,7 +220,8 @@ class _Reader:
         value = self._get(key, required=False)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < minimum:
             self.fail(key, f"{value!r} is not valid", f"a number >= {minimum:g}")
         return float(value)
 
@@ -246,7 +248,7 @@ def _dataset_problem(name: str) -> str | None:
     if not parts[0][:1].isalpha():
         return "pool names start with a letter"
     for part in parts:
-        if part in (".", "..") or not _DATASET_COMPONENT_RE.match(part):
+        if part in (".", "..") or not _DATASET_COMPONENT_RE.fullmatch(part):
             return f"component {part!r} may only hold letters, digits and '_-.: '"
     if len(name) > 255:
         return "is longer than 255 characters"
@@ -269,7 +271,7 @@ def _endpoint(path: Path | None, data: dict[str, Any], where: str) -> Endpoint:
         r.fail("identity", f"{identity!r} is not a full path", "the full path of a private key")
     options = data.get("ssh_options", [])
     if not isinstance(options, list) or not all(
-        isinstance(o, str) and _SSH_OPTION_RE.match(o) for o in options
+        isinstance(o, str) and _SSH_OPTION_RE.fullmatch(o) for o in options
     ):
         r.fail("ssh_options", f"{options!r} is not valid",
                'a list of ssh -o options like ["Compression=no"]')
@@ -405,7 +407,7 @@ def dump_service(svc: Service) -> str:
     if svc.hook_timeout != 300:
         lines.append(f"hook_timeout = {svc.hook_timeout}")
     if svc.retry_delay != 5.0:
-        lines.append(f"retry_delay = {svc.retry_delay:g}")
+        lines.append(f"retry_delay = {svc.retry_delay!r}")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:

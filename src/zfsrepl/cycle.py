@@ -88,6 +88,7 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
         c = plan.newest_common(fp.source, fp.destination)
         common = c.name if c else None
     dst_after = fp.destination
+    protected = [common] if common else []
     if sent_ok and fp.plan.sends:
         received = plan.received_names(fp.plan, fp.source)
         by_name = {s.name: s for s in fp.source}
@@ -96,7 +97,13 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
                      *(Snapshot(fp.pair.destination, n, by_name[n].guid, top + i + 1)
                        for i, n in enumerate(received))]
         common = received[-1]
-    protected = [common] if common else []
+        protected = [common]
+    elif not sent_ok:
+        # A failed send may still have delivered part of its snapshots (one step of a
+        # chain, the first streams of a -I): keep every candidate on the source so the
+        # next cycle finds its common snapshot whatever arrived.
+        pending = plan.received_names(fp.plan, fp.source)
+        protected += pending
     fp.destroy_source = retention.decide(fp.source, naming, svc.keep_source, protected).destroy
     if dst_after is not None and common is not None:
         fp.destroy_destination = retention.decide(dst_after, naming, svc.keep_destination,

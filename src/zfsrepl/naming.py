@@ -38,7 +38,7 @@ class SnapshotNaming:
         if not snapname.startswith(self.prefix):
             return None
         tail = snapname[len(self.prefix):]
-        if not tail.isdigit() or tail.startswith("0"):
+        if not (tail.isascii() and tail.isdigit()) or tail.startswith("0"):
             return None
         return int(tail)
 
@@ -48,7 +48,7 @@ class SnapshotNaming:
 
 def valid_name_component(value: str) -> bool:
     """True if `value` can appear inside a ZFS snapshot name."""
-    return bool(_SNAP_COMPONENT.match(value))
+    return bool(_SNAP_COMPONENT.fullmatch(value))
 
 
 def split_snapshot(full: str) -> tuple[str, str]:
