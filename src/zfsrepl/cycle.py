@@ -7,9 +7,11 @@ conflicts are found, and only then are hooks run and snapshots taken.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ContextManager
 
 from zfsrepl import hooks, plan, retention
 from zfsrepl.config import FilesystemPair, Service
@@ -17,7 +19,7 @@ from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplEr
 from zfsrepl.host import Host
 from zfsrepl.log import alarm, logger
 from zfsrepl.snapshots import Snapshot
-from zfsrepl.transfer import pipe
+from zfsrepl.transfer import TransferResult, pipe
 from zfsrepl.zfs import Zfs
 
 
@@ -112,11 +114,27 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
         fp.destroy_destination = ()
 
 
+class CycleEvents:
+    """What the long-running service learns of a cycle as it goes; the defaults do nothing."""
+
+    def attempt_failed(self, attempt: int, attempts: int, error: ZfsreplError) -> None:
+        """An attempt failed (the last one too, before the error is raised)."""
+
+    def sent(self, pair: FilesystemPair, result: TransferResult) -> None:
+        """One stream reached the destination."""
+
+    def snapshot_phase(self) -> ContextManager[None]:
+        """Wraps hooks and snapshots, which a stop request must not cut in half."""
+        return contextlib.nullcontext()
+
+
 class Cycle:
     """The replication of one service between a source and a destination host."""
 
-    def __init__(self, service: Service, source: Host, destination: Host) -> None:
+    def __init__(self, service: Service, source: Host, destination: Host,
+                 events: CycleEvents | None = None) -> None:
         self.service = service
+        self.events = events or CycleEvents()
         self.src = Zfs(source, service.source.zfs_argv)
         self.dst = Zfs(destination, service.destination.zfs_argv)
 
@@ -199,6 +217,7 @@ class Cycle:
                           self.dst.receive_argv(dst_fs, incremental=s.base is not None), what)
             size = "" if result.bytes is None else f", {result.bytes} bytes"
             logger.info("finished %s in %.1fs%s", what, result.seconds, size)
+            self.events.sent(fp.pair, result)
 
     def prune(self, fp: FilesystemPlan) -> None:
         for name in fp.destroy_source:
@@ -227,12 +246,13 @@ class Cycle:
 
 
 def replicate(service: Service, source: Host, destination: Host,
-              sleep: Callable[[float], None] = time.sleep) -> CyclePlan:
+              sleep: Callable[[float], None] = time.sleep,
+              events: CycleEvents | None = None) -> CyclePlan:
     """Run one cycle with up to `service.retries` attempts; ALARM when they run out.
 
     A snapshot is taken at most once per cycle: later attempts send what exists.
     """
-    cycle = Cycle(service, source, destination)
+    cycle = Cycle(service, source, destination, events)
     snapshot_taken = False
     attempts = service.retries
     for attempt in range(1, attempts + 1):
@@ -240,7 +260,8 @@ def replicate(service: Service, source: Host, destination: Host,
             cp = cycle.survey(take_snapshot=not snapshot_taken)
             cp.raise_on_conflict()
             if cp.snapshot:
-                cycle.take_snapshots(cp)
+                with cycle.events.snapshot_phase():
+                    cycle.take_snapshots(cp)
                 snapshot_taken = True
             cycle.send_and_prune(cp)
             logger.info("cycle of %s finished", service.name)
@@ -248,6 +269,7 @@ def replicate(service: Service, source: Host, destination: Host,
         except UsageError:
             raise
         except ZfsreplError as exc:
+            cycle.events.attempt_failed(attempt, attempts, exc)
             if attempt == attempts:
                 alarm("could not replicate %s after %d attempt(s): %s", service.name,
                       attempts, exc)
