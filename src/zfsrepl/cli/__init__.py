@@ -7,13 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from zfsrepl import __version__, log
-from zfsrepl.cli import runonce
+from zfsrepl.cli import agent, runonce
 from zfsrepl.cli.common import Context, add_common_options
 from zfsrepl.errors import ZfsreplError
 
 # Each module has register(subparsers, parents) adding its commands; a command's
 # handler is stored as the parser default `handler(args, ctx) -> exit code`.
-COMMAND_MODULES = [runonce]
+COMMAND_MODULES = [runonce, agent]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["agent"]:
+        # The forced command of a service key: the agent parses its own arguments and
+        # must not depend on the rest of the command line (nor log setup, nor TOML).
+        from zfsrepl import agent as remote_agent
+
+        return remote_agent.main(words[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     log.setup()

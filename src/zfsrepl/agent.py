@@ -1,0 +1,399 @@
+"""The remote agent: the forced command of a service's key on the destination.
+
+sshd runs `zfsrepl agent --service NAME ...` for every connection made with the
+service's key and puts what the client asked for in SSH_ORIGINAL_COMMAND. The
+agent allows only the zfs commands a replication cycle of that service sends, on
+that service's own destination filesystems, and runs them as configured in the
+forced command (never as the client says), with an argv list: never a shell.
+Everything else is refused with one line on standard error, a log line and a
+non-zero exit, before anything runs.
+
+What the service may touch comes from the forced command's own arguments: sshd
+shows them with the key, they need no file the destination user could widen,
+and no TOML parser (this module runs on a bare Python 3.9 with the standard
+library only; it must not import the rest of zfsrepl beyond `naming`).
+
+Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
+
+    get -Hp -r -d 1 -o name,property,value PROPS FS...   PROPS from LISTING_PROPERTIES
+    list -H -o name NAME...                               NAME: an own FS or its parent
+    receive -u FS                                         full stream into a new FS
+    receive -u -F FS                                      incremental, FS must exist
+    destroy FS@SNAP                                       SNAP made by this service
+    rollback FS@SNAP                                      SNAP made by this service
+    hello                                                 version and ZFS capabilities
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import NoReturn, Sequence, Union
+
+from zfsrepl import __version__
+from zfsrepl.naming import SnapshotNaming
+
+# The properties the cycle lists (zfs.py `_LIST_PROPS`; a unit test keeps them equal).
+LISTING_PROPERTIES = ("guid", "createtxg", "creation", "userrefs")
+# Far above any real request (a listing of many filesystems), far below what could
+# hurt: refused before it is even split.
+MAX_COMMAND_BYTES = 64 * 1024
+EXIT_REFUSED = 126
+EXIT_CANNOT_RUN = 127
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_PROBE_TIMEOUT = 30
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What one service may do on its destination, from the forced command."""
+
+    service: str
+    filesystems: frozenset[str]
+    naming: SnapshotNaming
+    zfs_argv: tuple[str, ...]  # how the agent runs zfs, e.g. ("sudo", "-n", "/usr/sbin/zfs")
+
+    @property
+    def parents(self) -> frozenset[str]:
+        return frozenset(fs.rsplit("/", 1)[0] for fs in self.filesystems if "/" in fs)
+
+    def client_prefixes(self) -> list[tuple[str, ...]]:
+        """What the client may put before the zfs arguments: the definition's
+        zfs_command (which setup wrote into the forced command), its last word (the
+        zfs binary), or plain `zfs`. All of them mean "the agent's zfs"."""
+        found: list[tuple[str, ...]] = [self.zfs_argv, (self.zfs_argv[-1],), ("zfs",)]
+        # longest first, so "sudo -n /usr/sbin/zfs" is not read as "sudo" + arguments
+        return sorted(set(found), key=len, reverse=True)
+
+
+@dataclass(frozen=True)
+class Hello:
+    pass
+
+
+@dataclass(frozen=True)
+class RunZfs:
+    args: tuple[str, ...]  # after the zfs command
+    must_exist: str | None = None  # dataset that must exist before the command runs
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+Decision = Union[Hello, RunZfs, Refused]
+
+
+# ---------------------------------------------------------------------------- deciding
+
+
+def decode_command(raw: bytes | None) -> str | Refused:
+    """The request as text, or why it cannot be one."""
+    if raw is None:
+        return Refused("no command given: this key only runs zfsrepl's replication commands")
+    if len(raw) > MAX_COMMAND_BYTES:
+        return Refused(f"command too long ({len(raw)} bytes, at most {MAX_COMMAND_BYTES})")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return Refused("command is not UTF-8 text")
+    if _CONTROL_RE.search(text):
+        return Refused("command holds control characters (newline, tab, NUL ...)")
+    return text
+
+
+def decide(command: str, policy: Policy) -> Decision:
+    """What to do for one request: pure, so every case is tested without ZFS."""
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        return Refused(f"command cannot be split into words: {exc}")
+    if not words:
+        return Refused("empty command")
+    if words == ["hello"]:
+        return Hello()
+    args = _strip_prefix(words, policy)
+    if args is None:
+        return Refused(f"{words[0]!r} is not allowed: this key runs only zfs commands and "
+                       "'hello'")
+    if not args:
+        return Refused("zfs without a subcommand")
+    sub = args[0]
+    handler = _SUBCOMMANDS.get(sub)
+    if handler is None:
+        return Refused(f"zfs {sub} is not allowed for service {policy.service}: only "
+                       f"{', '.join(sorted(_SUBCOMMANDS))} of its own datasets")
+    return handler(args, policy)
+
+
+def _strip_prefix(words: list[str], policy: Policy) -> list[str] | None:
+    for prefix in policy.client_prefixes():
+        if tuple(words[:len(prefix)]) == prefix:
+            return words[len(prefix):]
+    return None
+
+
+def _own_fs(name: str, policy: Policy) -> Refused | None:
+    if name not in policy.filesystems:
+        return Refused(f"{name!r} is not a destination filesystem of service {policy.service}")
+    return None
+
+
+def _own_snapshot(name: str, policy: Policy, what: str) -> Refused | None:
+    fs, sep, snap = name.partition("@")
+    if not sep:
+        return Refused(f"{what} takes a snapshot (FS@SNAP) of service {policy.service}, "
+                       f"not {name!r}")
+    refused = _own_fs(fs, policy)
+    if refused:
+        return refused
+    if not policy.naming.is_ours(snap):
+        return Refused(f"snapshot {snap!r} was not made by service {policy.service} "
+                       f"(its snapshots are named {policy.naming.prefix}N)")
+    return None
+
+
+def _get(args: list[str], policy: Policy) -> Decision:
+    head = ["get", "-Hp", "-r", "-d", "1", "-o", "name,property,value"]
+    if args[:len(head)] != head or len(args) < len(head) + 2:
+        return Refused("zfs get is allowed only as: get -Hp -r -d 1 -o name,property,value "
+                       f"{','.join(LISTING_PROPERTIES)} FS...")
+    props = args[len(head)].split(",")
+    if len(set(props)) != len(props) or not set(props) <= set(LISTING_PROPERTIES):
+        return Refused(f"zfs get may read only {','.join(LISTING_PROPERTIES)}, "
+                       f"not {args[len(head)]!r}")
+    for fs in args[len(head) + 1:]:
+        refused = _own_fs(fs, policy)
+        if refused:
+            return refused
+    return RunZfs(tuple(args))
+
+
+def _list(args: list[str], policy: Policy) -> Decision:
+    head = ["list", "-H", "-o", "name"]
+    if args[:len(head)] != head or len(args) == len(head):
+        return Refused("zfs list is allowed only as: list -H -o name DATASET...")
+    allowed = policy.filesystems | policy.parents
+    for name in args[len(head):]:
+        if name not in allowed:
+            return Refused(f"{name!r} is neither a destination filesystem of service "
+                           f"{policy.service} nor the parent of one")
+    return RunZfs(tuple(args))
+
+
+def _receive(args: list[str], policy: Policy) -> Decision:
+    if len(args) == 3 and args[1] == "-u":
+        flags_ok, incremental = True, False
+    elif len(args) == 4 and args[1:3] == ["-u", "-F"]:
+        flags_ok, incremental = True, True
+    else:
+        flags_ok, incremental = False, False
+    if not flags_ok:
+        return Refused("zfs receive is allowed only as: receive -u [-F] FS")
+    refused = _own_fs(args[-1], policy)
+    if refused:
+        return refused
+    # zfs-fuse receives an incremental stream aimed at a missing name into any dataset
+    # holding the base snapshot: -F (the incremental form) only into an existing one.
+    return RunZfs(tuple(args), must_exist=args[-1] if incremental else None)
+
+
+def _destroy(args: list[str], policy: Policy) -> Decision:
+    if len(args) != 2 or args[1].startswith("-"):
+        return Refused("zfs destroy is allowed only as: destroy FS@SNAP (no options)")
+    return _own_snapshot(args[1], policy, "destroy") or RunZfs(tuple(args))
+
+
+def _rollback(args: list[str], policy: Policy) -> Decision:
+    # No -r/-R: those would destroy newer snapshots, other services' included.
+    if len(args) != 2 or args[1].startswith("-"):
+        return Refused("zfs rollback is allowed only as: rollback FS@SNAP (no options)")
+    return _own_snapshot(args[1], policy, "rollback") or RunZfs(tuple(args))
+
+
+_SUBCOMMANDS = {
+    "get": _get, "list": _list, "receive": _receive, "destroy": _destroy,
+    "rollback": _rollback,
+}
+
+
+# ---------------------------------------------------------------------------- capabilities
+
+
+def capabilities_from_usage(usage: str, allow_output: str) -> dict[str, bool]:
+    """What this ZFS offers, read from its usage text and from `zfs allow`."""
+    lines = usage.splitlines()
+
+    def usage_of(cmd: str) -> str:
+        return " ".join(ln for ln in lines if ln.strip().startswith(cmd + " "))
+
+    send, recv, lst = usage_of("send"), usage_of("receive"), usage_of("list")
+    allow_broken = ("pyzfs" in allow_output or "unrecognized command" in allow_output
+                    or "failed to initialize" in allow_output)
+    return {
+        "allow": bool(usage_of("allow")) and not allow_broken,
+        "bookmarks": bool(usage_of("bookmark")),
+        # zfs-fuse lists `holds` but, like `allow`, it needs the missing pyzfs helper
+        "holds": bool(usage_of("holds")) and "pyzfs" not in allow_output,
+        "list_p": "p" in _flags(lst),
+        "resume": "s" in _flags(recv) and "t" in _flags(send),
+        "raw_send": "w" in _flags(send),
+        "compressed_send": "c" in _flags(send),
+    }
+
+
+def _flags(usage: str) -> set[str]:
+    """Single-letter options in usage lines like 'send [-DnPpRv] [-i snap] ... -t <token>'."""
+    found: set[str] = set()
+    for group in re.findall(r"(?:^|[\s\[|])-([A-Za-z]+)", usage):
+        found.update(group)
+    return found
+
+
+def probe(zfs_argv: Sequence[str]) -> dict[str, bool]:
+    def output(args: list[str]) -> str:
+        try:
+            proc = subprocess.run([*zfs_argv, *args], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=_PROBE_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return (proc.stdout + proc.stderr).decode("utf-8", "replace")
+
+    # `zfs` alone prints the usage of every subcommand and changes nothing.
+    return capabilities_from_usage(output([]), output(["allow"]))
+
+
+# ---------------------------------------------------------------------------- running
+
+
+class AgentLog:
+    """One line per request: syslog (auth) where there is one, and the --log file."""
+
+    def __init__(self, service: str, path: str | None) -> None:
+        self.service = service
+        self.path = path
+
+    def write(self, level: str, message: str) -> None:
+        text = f"agent[{self.service}] {message}"
+        try:
+            import syslog  # not on every platform
+
+            syslog.openlog("zfsrepl-agent", 0, syslog.LOG_AUTH)
+            syslog.syslog(syslog.LOG_WARNING if level != "INFO" else syslog.LOG_INFO, text)
+        except (ImportError, OSError):
+            pass
+        if self.path:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(f"{stamp} {level} {text}\n")
+            except OSError:
+                pass  # a full disk must not let a request through or block one
+
+
+def _shown(command: str) -> str:
+    return command if len(command) <= 300 else command[:300] + "..."
+
+
+def _exists(zfs_argv: Sequence[str], name: str) -> bool:
+    proc = subprocess.run([*zfs_argv, "list", "-H", "-o", "name", name],
+                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    return proc.returncode == 0 and proc.stdout.decode("utf-8", "replace").strip() == name
+
+
+def refuse(log: AgentLog, reason: str, command: str) -> int:
+    print(f"zfsrepl agent: refused: {reason}", file=sys.stderr)
+    log.write("WARNING", f"refused: {reason}: {_shown(command)!r}")
+    return EXIT_REFUSED
+
+
+def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
+    """Handle one request; returns the exit code (exec replaces the process on success)."""
+    text = decode_command(raw)
+    if isinstance(text, Refused):
+        shown = raw.decode("utf-8", "backslashreplace") if raw is not None else ""
+        return refuse(log, text.reason, shown)
+    decision = decide(text, policy)
+    if isinstance(decision, Refused):
+        return refuse(log, decision.reason, text)
+    if isinstance(decision, Hello):
+        log.write("INFO", "hello")
+        print(json.dumps({"agent": "zfsrepl", "version": __version__,
+                          "service": policy.service,
+                          "filesystems": sorted(policy.filesystems),
+                          "zfs": probe(policy.zfs_argv)}, sort_keys=True))
+        return 0
+    if decision.must_exist and not _exists(policy.zfs_argv, decision.must_exist):
+        return refuse(log, f"{decision.must_exist!r} does not exist: an incremental stream "
+                           "is received only into an existing filesystem", text)
+    argv = [*policy.zfs_argv, *decision.args]
+    log.write("INFO", f"running: {shlex.join(argv)}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        # exec: the receive stream goes from sshd to zfs without passing through Python
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        print(f"zfsrepl agent: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
+        log.write("WARNING", f"cannot run {shlex.join(argv)}: {exc.strerror}")
+        return EXIT_CANNOT_RUN
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # A broken forced command: one line, no usage dump, nothing run.
+        print(f"zfsrepl agent: bad forced command in authorized_keys: {message}",
+              file=sys.stderr)
+        sys.exit(EXIT_REFUSED)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="zfsrepl agent",
+                description="Forced command of a service's key on the destination: runs "
+                            "the request in SSH_ORIGINAL_COMMAND if the service may.")
+    p.add_argument("--service", required=True)
+    p.add_argument("--filesystem", action="append", required=True, metavar="FS",
+                   help="a destination filesystem of the service (repeat for each)")
+    p.add_argument("--source-user", required=True)
+    p.add_argument("--destination-user", required=True)
+    p.add_argument("--destination-host", required=True)
+    p.add_argument("--zfs-command", default="zfs",
+                   help="how the agent runs zfs (the definition's destination zfs_command)")
+    p.add_argument("--log", metavar="FILE", help="also append log lines to FILE")
+    return p
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    try:
+        zfs_argv = tuple(shlex.split(args.zfs_command))
+    except ValueError:
+        zfs_argv = ()
+    if not zfs_argv:
+        build_parser().error(f"--zfs-command {args.zfs_command!r} is not a command")
+    return Policy(service=args.service, filesystems=frozenset(args.filesystem),
+                  naming=SnapshotNaming(args.source_user, args.destination_user,
+                                        args.destination_host),
+                  zfs_argv=zfs_argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    policy = policy_from_args(args)
+    raw = os.environb.get(b"SSH_ORIGINAL_COMMAND")
+    return serve(raw, policy, AgentLog(policy.service, args.log))
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m zfsrepl.agent`
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""The agent's grammar: exactly what a cycle sends is allowed, nothing else."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zfsrepl import agent, zfs
+from zfsrepl.agent import Hello, Policy, Refused, RunZfs, decide
+from zfsrepl.host import Result
+from zfsrepl.naming import SnapshotNaming
+from zfsrepl.plan import Send
+
+FS1 = "zfsrepl_dst/svc/fs 1"  # a space, as dataset names may hold
+FS2 = "zfsrepl_dst/svc/fs2"
+NAMING = SnapshotNaming("src", "dst", "198.51.100.12")
+OTHER_NAMING = SnapshotNaming("src", "dst2", "198.51.100.12")
+SUDO_ZFS = ("sudo", "-n", "/usr/sbin/zfs")
+POLICY = Policy(service="svc", filesystems=frozenset({FS1, FS2}), naming=NAMING,
+                zfs_argv=SUDO_ZFS)
+
+
+def wire(argv: list[str]) -> str:
+    """What SshHost hands ssh as the remote command (host.py's quoting)."""
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+class RecordingHost:
+    """A Host that records what zfs.py runs and answers like an empty ZFS."""
+
+    label = "dst@test"
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
+            timeout: float | None = None) -> Result:
+        self.argvs.append(list(argv))
+        return Result(argv, 0, "", "")
+
+    def command(self, argv: list[str]) -> list[str]:
+        return list(argv)
+
+    def close(self) -> None:
+        pass
+
+
+def cycle_commands(zfs_argv: list[str]) -> list[list[str]]:
+    """Every destination command zfs.py builds for this service."""
+    host = RecordingHost()
+    z = zfs.Zfs(host, zfs_argv)
+    z.snapshots([FS1, FS2])
+    z.existing(["zfsrepl_dst/svc"])
+    z.destroy_snapshot(FS1, NAMING.format(3))
+    full = z.receive_argv(FS1, incremental=False)
+    incr = z.receive_argv(FS2, incremental=True)
+    # the fallback listing of ZFS without holds
+    no_holds = z.argv("get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+                      "guid,createtxg,creation", FS1)
+    return [*host.argvs, full, incr, no_holds, [*zfs_argv, "rollback", f"{FS2}@{NAMING.format(7)}"]]
+
+
+def test_listing_properties_are_zfs_pys() -> None:
+    assert agent.LISTING_PROPERTIES == zfs._LIST_PROPS
+
+
+@pytest.mark.parametrize("prefix", [list(SUDO_ZFS), ["zfs"], ["/usr/sbin/zfs"]])
+def test_every_command_of_a_cycle_is_allowed_and_runs_the_agents_zfs(prefix: list[str]) -> None:
+    commands = cycle_commands(prefix)
+    assert len(commands) == 7
+    for argv in commands:
+        decision = decide(wire(argv), POLICY)
+        assert isinstance(decision, RunZfs), (argv, decision)
+        # whatever the client's prefix, the agent runs its own zfs with the arguments
+        assert decision.args == tuple(argv[len(prefix):])
+
+
+def test_send_argv_shapes_are_not_for_the_destination() -> None:
+    host = RecordingHost()
+    argv = zfs.Zfs(host, ["zfs"]).send_argv(FS1, Send(base=None, target=NAMING.format(1)))
+    assert isinstance(decide(wire(argv), POLICY), Refused)
+
+
+def test_incremental_receive_needs_an_existing_target() -> None:
+    full = decide(wire(["zfs", "receive", "-u", FS1]), POLICY)
+    incr = decide(wire(["zfs", "receive", "-u", "-F", FS1]), POLICY)
+    assert isinstance(full, RunZfs) and full.must_exist is None
+    assert isinstance(incr, RunZfs) and incr.must_exist == FS1
+
+
+def test_hello() -> None:
+    assert isinstance(decide("hello", POLICY), Hello)
+    assert isinstance(decide("'hello'", POLICY), Hello)
+
+
+REFUSED = {
+    "other dataset get": ["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+                          "guid,createtxg,creation,userrefs", FS1, "zfsrepl_dst/other"],
+    "other dataset list": ["zfs", "list", "-H", "-o", "name", "zfsrepl_dst"],
+    "list recursive": ["zfs", "list", "-H", "-r", "-o", "name", FS1],
+    "other dataset receive": ["zfs", "receive", "-u", "zfsrepl_dst/other"],
+    "receive into parent": ["zfs", "receive", "-u", "-F", "zfsrepl_dst/svc"],
+    "receive -d": ["zfs", "receive", "-u", "-d", FS1],
+    "receive -o": ["zfs", "receive", "-u", "-o", "mountpoint=/", FS1],
+    "receive no -u": ["zfs", "receive", "-F", FS1],
+    "recv alias": ["zfs", "recv", "-u", FS1],
+    "other service snapshot": ["zfs", "destroy", f"{FS1}@{OTHER_NAMING.format(3)}"],
+    "foreign snapshot": ["zfs", "destroy", f"{FS1}@manual-backup"],
+    "snapshot list": ["zfs", "destroy", f"{FS1}@{NAMING.format(3)},{NAMING.format(4)}"],
+    "snapshot range": ["zfs", "destroy", f"{FS1}@{NAMING.format(3)}%{NAMING.format(9)}"],
+    "destroy filesystem": ["zfs", "destroy", FS1],
+    "destroy -r": ["zfs", "destroy", "-r", f"{FS1}@{NAMING.format(3)}"],
+    "destroy other fs": ["zfs", "destroy", f"zfsrepl_dst/other@{NAMING.format(3)}"],
+    "rollback -r": ["zfs", "rollback", "-r", f"{FS1}@{NAMING.format(3)}"],
+    "rollback foreign": ["zfs", "rollback", f"{FS1}@before-upgrade"],
+    "get other props": ["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+                        "all", FS1],
+    "get deeper": ["zfs", "get", "-Hp", "-r", "-o", "name,property,value", "guid", FS1],
+    "send": ["zfs", "send", f"{FS1}@{NAMING.format(3)}"],
+    "set": ["zfs", "set", "mountpoint=/etc", FS1],
+    "create": ["zfs", "create", f"{FS1}/x"],
+    "rename": ["zfs", "rename", FS1, "zfsrepl_dst/x"],
+    "allow": ["zfs", "allow", "-u", "dst", "destroy", FS1],
+    "snapshot": ["zfs", "snapshot", f"{FS1}@{NAMING.format(99)}"],
+    "no subcommand": ["zfs"],
+    "other program": ["rm", "-rf", "/"],
+    "shell": ["sh", "-c", "zfs list"],
+    "sudo other": ["sudo", "-n", "/bin/sh"],
+    "sudo without -n": ["sudo", "/usr/sbin/zfs", "list", "-H", "-o", "name", FS1],
+    "zfsrepl itself": ["zfsrepl", "setup-remote", "install-key"],
+}
+
+
+@pytest.mark.parametrize("argv", list(REFUSED.values()), ids=list(REFUSED))
+def test_refused(argv: list[str]) -> None:
+    decision = decide(wire(argv), POLICY)
+    assert isinstance(decision, Refused), decision
+    assert decision.reason
+
+
+LIST_OWN = wire(["zfs", "list", "-H", "-o", "name", FS1])
+
+SHELL_TRICKS = {
+    "semicolon": f"{LIST_OWN}; zfs destroy -r zfsrepl_dst",
+    "semicolon glued": f"{LIST_OWN};id",
+    "and": f"{LIST_OWN} && zfs destroy -r zfsrepl_dst",
+    "or": f"{LIST_OWN} || id",
+    "pipe": f"{LIST_OWN} | sh",
+    "substitution": "zfs list -H -o name $(id)",
+    "substitution in name": f"zfs destroy '{FS1}'@$(echo {NAMING.format(3)})",
+    "backticks": "zfs list -H -o name `id`",
+    "redirect": f"{LIST_OWN} > /tmp/x",
+    "background": f"{LIST_OWN} &",
+    "variable": "zfs list -H -o name $HOME",
+    "unbalanced quote": f"zfs list -H -o name '{FS1}",
+    "unbalanced double quote": 'zfs list -H -o name "x',
+    "trailing backslash": "zfs list -H -o name x\\",
+    "glob": "zfs list -H -o name zfsrepl_dst/*",
+    "comment": f"{LIST_OWN} # hi",
+}
+
+
+@pytest.mark.parametrize("command", list(SHELL_TRICKS.values()), ids=list(SHELL_TRICKS))
+def test_shell_syntax_is_never_interpreted(command: str) -> None:
+    assert isinstance(decide(command, POLICY), Refused)
+
+
+@pytest.mark.parametrize("raw", [
+    None, b"", b"   ", b"x" * (agent.MAX_COMMAND_BYTES + 1), b"zfs list \xff\xfe",
+    LIST_OWN.encode() + b"\nzfs destroy -r zfsrepl_dst", LIST_OWN.encode() + b"\r",
+    LIST_OWN.encode() + b"\x00", b"zfs\tlist -H -o name " + FS2.encode(),
+])
+def test_bad_bytes_are_refused(raw: bytes | None) -> None:
+    text = agent.decode_command(raw)
+    assert isinstance(text, Refused) or isinstance(decide(text, POLICY), Refused)
+
+
+def test_a_long_but_valid_listing_is_accepted() -> None:
+    many = [f"zfsrepl_dst/svc/f{i}" for i in range(100)]
+    policy = Policy("svc", frozenset(many), NAMING, ("zfs",))
+    command = wire(["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+                    "guid,createtxg,creation,userrefs", *many])
+    assert isinstance(agent.decode_command(command.encode()), str)
+    assert isinstance(decide(command, policy), RunZfs)
+
+
+# ---------------------------------------------------------------------------- properties
+
+NAMES = st.sampled_from([FS1, FS2, "zfsrepl_dst/svc", "zfsrepl_dst", "zfsrepl_dst/other",
+                         f"{FS1}@{NAMING.format(2)}", f"{FS1}@{OTHER_NAMING.format(2)}",
+                         f"{FS2}@x", "-r", "-F", "-u", "-d", "1", "-Hp", "-o", "-H", "name",
+                         "name,property,value", "guid,createtxg", "all", "get", "list",
+                         "receive", "destroy", "rollback", "send", "zfs", "sudo", "-n",
+                         "/usr/sbin/zfs", ";", "&&", "$(id)", "`id`", "|", "'", '"', "\n"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(NAMES, max_size=12) | st.lists(st.text(max_size=20), max_size=6))
+def test_whatever_is_asked_only_own_datasets_are_touched(words: list[str]) -> None:
+    command = " ".join(words)
+    decision = decide(command, POLICY)
+    if not isinstance(decision, RunZfs):
+        return
+    sub, *rest = decision.args
+    assert sub in ("get", "list", "receive", "destroy", "rollback")
+    names = [a for a in rest if not a.startswith("-") and "/" in a]
+    assert names, decision
+    for name in names:
+        fs, _, snap = name.partition("@")
+        if sub == "list":
+            assert fs in POLICY.filesystems | POLICY.parents
+        else:
+            assert fs in POLICY.filesystems
+        if sub in ("destroy", "rollback"):
+            assert NAMING.is_ours(snap)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash(raw: bytes) -> None:
+    text = agent.decode_command(raw)
+    if isinstance(text, str):
+        decide(text, POLICY)
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def test_refusal_says_why_logs_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "execvp", lambda *a: pytest.fail("exec on a refused request"))
+    log = tmp_path / "agent.log"
+    code = agent.serve(b"zfs destroy -r zfsrepl_dst", POLICY, agent.AgentLog("svc", str(log)))
+    assert code == agent.EXIT_REFUSED
+    err = capsys.readouterr().err
+    assert err.startswith("zfsrepl agent: refused: ") and err.count("\n") == 1
+    assert "WARNING agent[svc] refused:" in log.read_text()
+
+
+def test_accepted_request_execs_the_agents_zfs(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+
+    def fake_exec(file: str, argv: list[str]) -> None:
+        ran.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execvp", fake_exec)
+    with pytest.raises(SystemExit):
+        agent.serve(f"zfs destroy '{FS1}@{NAMING.format(4)}'".encode(), POLICY,
+                    agent.AgentLog("svc", str(tmp_path / "log")))
+    assert ran == [[*SUDO_ZFS, "destroy", f"{FS1}@{NAMING.format(4)}"]]
+    assert "INFO agent[svc] running: sudo -n /usr/sbin/zfs destroy" in \
+        (tmp_path / "log").read_text()
+
+
+def test_incremental_receive_into_a_missing_filesystem_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "_exists", lambda zfs_argv, name: False)
+    monkeypatch.setattr(os, "execvp", lambda *a: pytest.fail("exec"))
+    code = agent.serve(wire(["zfs", "receive", "-u", "-F", FS1]).encode(), POLICY,
+                       agent.AgentLog("svc", None))
+    assert code == agent.EXIT_REFUSED
+
+
+def test_a_broken_forced_command_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        agent.main(["--service", "x"])
+    assert exc.value.code == agent.EXIT_REFUSED
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+OPENZFS_USAGE = """usage: zfs command args ...
+\tsend [-DLPbcehnpsvw] [-i|-I snapshot] [-R [-X dataset[,dataset]...]] <snapshot>
+\tsend [-DnvPLecw] [-i snapshot|bookmark] <filesystem|volume|snapshot>
+\tsend [-PnvV] -t <receive_resume_token>
+\treceive [-vMnsFhu] [-o <property>=<value>] ... <filesystem|volume|snapshot>
+\tlist [-Hp] [-r|-d max] [-o property[,...]] [-s property]...
+\tallow <filesystem|volume>
+\tbookmark <snapshot|bookmark> <newbookmark>
+\tholds [-rHp] <snapshot> ...
+"""
+FUSE_USAGE = """usage: zfs command args ...
+\tsend [-vRDp] [-[iI] snapshot] <snapshot>
+\treceive [-vnFu] <filesystem|volume|snapshot>
+\tlist [-rH][-d max] [-o property[,...]] [-t type[,...]] [-s property] ...
+\tallow <filesystem|volume>
+\tholds [-r] <snapshot> ...
+"""
+
+
+def test_capabilities() -> None:
+    assert agent.capabilities_from_usage(OPENZFS_USAGE, "usage:\n\tallow <filesystem>") == {
+        "allow": True, "bookmarks": True, "holds": True, "list_p": True, "resume": True,
+        "raw_send": True, "compressed_send": True}
+    fuse = agent.capabilities_from_usage(FUSE_USAGE,
+                                         "internal error: /usr/lib/zfs/pyzfs.py not found")
+    assert not any(fuse.values())
+
+
+def test_the_agent_imports_only_the_standard_library() -> None:
+    """`zfsrepl agent` through the CLI entry point: no TOML parser, nothing third-party."""
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "from zfsrepl.cli import main\n"
+        "rc = main(['agent', '--service', 's', '--filesystem', 'p/a', '--source-user', 'u',"
+        " '--destination-user', 'v', '--destination-host', 'h'])\n"
+        "names = {m.split('.')[0] for m in set(sys.modules) - before}\n"
+        "bad = sorted(n for n in names if n not in sys.stdlib_module_names"
+        " and n not in ('zfsrepl', '__main__'))\n"
+        "toml = sorted(n for n in names if 'toml' in n)\n"
+        "print(rc, bad, toml)\n"
+    )
+    env = {**os.environ, "SSH_ORIGINAL_COMMAND": "zfs frobnicate"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
+    assert out.stdout.strip() == f"{agent.EXIT_REFUSED} [] []"
+
+
+PY39 = Path("/root/.pyenv/versions/3.9.18/bin/python")
+
+
+@pytest.mark.skipif(not PY39.exists(), reason="no Python 3.9 here")
+def test_the_agent_runs_on_python_3_9() -> None:
+    src = Path(agent.__file__).parents[1]
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(src),
+           "SSH_ORIGINAL_COMMAND": wire(["zfs", "destroy", FS1])}
+    out = subprocess.run([str(PY39), "-m", "zfsrepl.agent", "--service", "svc",
+                          "--filesystem", FS1, "--source-user", "src",
+                          "--destination-user", "dst", "--destination-host", "h"],
+                         capture_output=True, text=True, env=env, check=False)
+    assert out.returncode == agent.EXIT_REFUSED, out.stderr
+    assert "refused: destroy takes a snapshot" in out.stderr
