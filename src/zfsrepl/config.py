@@ -74,6 +74,9 @@ class Service:
     retry_delay: float = 5.0
     # "destination" marks the copy setup stores on the destination host (for failback).
     role: str = "source"
+    # `zfsrepl run` serves its metrics over HTTP on this port when set.
+    metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -154,7 +157,7 @@ def load_service_file(path: Path, expected_name: str | None = None) -> Service:
 _TOP_KEYS = {
     "name", "interval", "retries", "keep", "keep_source", "keep_destination",
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
-    "source", "destination", "filesystem", "role",
+    "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
 _FS_KEYS = {"source", "destination"}
@@ -304,6 +307,10 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     retry_delay = r.number("retry_delay", default=5.0, minimum=0.0)
     role = r.string("role", required=False, pattern=ROLE_RE,
                     expected='"source" or "destination"') or "source"
+    metrics_port = r.integer("metrics_port", default=0, minimum=0, maximum=65535) or None
+    metrics_address = r.string("metrics_address", required=False, pattern=_HOST_RE,
+                               expected='an address to listen on, e.g. "127.0.0.1" or "::"') \
+        or "127.0.0.1"
 
     for side in ("source", "destination"):
         if side not in data:
@@ -349,7 +356,8 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         interval=interval, retries=retries, keep_source=keep_source,
         keep_destination=keep_destination, pre_snapshot=r.hook("pre_snapshot"),
         post_snapshot=r.hook("post_snapshot"), on_alarm=r.hook("on_alarm"),
-        hook_timeout=hook_timeout, retry_delay=retry_delay, role=role, path=path,
+        hook_timeout=hook_timeout, retry_delay=retry_delay, role=role,
+        metrics_port=metrics_port, metrics_address=metrics_address, path=path,
     )
 
 
@@ -408,6 +416,10 @@ def dump_service(svc: Service) -> str:
         lines.append(f"hook_timeout = {svc.hook_timeout}")
     if svc.retry_delay != 5.0:
         lines.append(f"retry_delay = {svc.retry_delay!r}")
+    if svc.metrics_port is not None:
+        lines.append(f"metrics_port = {svc.metrics_port}")
+    if svc.metrics_address != "127.0.0.1":
+        lines.append(f"metrics_address = {_toml_str(svc.metrics_address)}")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:
