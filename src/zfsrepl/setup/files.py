@@ -1,0 +1,34 @@
+"""Writing setup's files: atomically, with their mode, and not at all when unchanged
+(running setup again must change nothing)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_if_changed(path: Path, content: str, mode: int) -> bool:
+    """Make `path` hold `content` with `mode`; True if anything had to change."""
+    data = content.encode("utf-8")
+    try:
+        same = path.read_bytes() == data
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        same = False
+    if same:
+        if (path.stat().st_mode & 0o7777) == mode:
+            return False
+        os.chmod(path, mode)
+        return True
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True

@@ -1,0 +1,204 @@
+"""The root steps of a setup: a script per host, and the check that it has been run.
+
+The script creates the key folder, installs the definition (the source's own copy,
+or the destination's `<service>.remote` for failback), on the destination the
+agent's log file, and grants the service's user exactly the ZFS rights it needs:
+`zfs allow` where the platform has it, otherwise a sudo rule limited to the zfs
+binary. `problems()` checks each of those effects as the user on that host, so
+setup waits until the script has been run, and skips the step when it already was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import stat
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from zfsrepl.errors import UsageError
+
+# What a cycle does on each side, and nothing more: the source snapshots, sends and
+# prunes (destroy needs mount); the destination creates by receiving, prunes and
+# rolls back. hold/release and userprop: holds and role properties of a service.
+SOURCE_PERMISSIONS = ("send", "snapshot", "destroy", "mount", "hold", "release", "userprop")
+DESTINATION_PERMISSIONS = ("create", "mount", "receive", "destroy", "rollback", "hold",
+                           "release", "userprop")
+HEREDOC_END = "ZFSREPL_DEFINITION_END"
+SUDOERS_DIR = "/etc/sudoers.d"
+
+
+def rights_of(zfs_command: str) -> tuple[str, str]:
+    """("sudo" | "allow", zfs binary) for a definition's zfs_command."""
+    words = shlex.split(zfs_command)
+    if os.path.basename(words[0]) == "sudo":
+        return "sudo", words[-1]
+    return "allow", words[-1]
+
+
+@dataclass(frozen=True)
+class RootStep:
+    side: str  # "source" or "destination"
+    host: str
+    user: str
+    service: str
+    config_dir: str
+    definition_file: str  # name under <config_dir>/services
+    definition_text: str
+    rights: str  # "allow" or "sudo"
+    zfs_path: str
+    datasets: tuple[str, ...]  # where `zfs allow` grants
+    permissions: tuple[str, ...]
+    agent_log: str | None = None  # destination only
+
+    @property
+    def key_dir(self) -> str:
+        return f"{self.config_dir}/keys/{self.user}"
+
+    @property
+    def definition_path(self) -> str:
+        return f"{self.config_dir}/services/{self.definition_file}"
+
+    @property
+    def script_name(self) -> str:
+        return f"zfsrepl-root.{self.service}.{self.side}.sh"
+
+    @property
+    def sudoers_file(self) -> str:
+        # sudo skips files in sudoers.d whose names hold a '.'
+        return f"{SUDOERS_DIR}/zfsrepl-{self.user.replace('.', '_')}"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RootStep:
+        data = dict(data)
+        data["datasets"] = tuple(data.get("datasets", ()))
+        data["permissions"] = tuple(data.get("permissions", ()))
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise UsageError(f"not a root step: {exc}") from None
+
+
+def render(step: RootStep) -> str:
+    """The shell script root runs on the step's host."""
+    q = shlex.quote
+    if any(line == HEREDOC_END for line in step.definition_text.splitlines()):
+        raise UsageError(f"the definition holds a line {HEREDOC_END!r}")
+    services = f"{step.config_dir}/services"
+    lines = [
+        "#!/bin/sh",
+        f"# zfsrepl: root steps of service {step.service} on the {step.side} system "
+        f"{step.host}.",
+        "# Written by `zfsrepl setup`. Read it, then run it as root there: sh THIS_FILE",
+        "set -eu",
+        'if [ "$(id -u)" != 0 ]; then echo "run this script as root" >&2; exit 1; fi',
+        f"user={q(step.user)}",
+        'group=$(id -gn "$user")',
+        f"echo {q(f'Creating the key folder {step.key_dir}')}",
+        f"for d in {q(step.config_dir)} {q(step.config_dir + '/keys')} {q(services)}; do",
+        '    [ -d "$d" ] || install -d -m 0755 "$d"',
+        "done",
+        f'install -d -m 0700 -o "$user" -g "$group" {q(step.key_dir)}',
+        f"echo {q(f'Installing the service definition {step.definition_path}')}",
+        f"tmp=$(mktemp {q(f'{services}/.{step.service}.XXXXXX')})",
+        f"cat > \"$tmp\" <<'{HEREDOC_END}'",
+        *step.definition_text.rstrip("\n").split("\n"),
+        HEREDOC_END,
+        'chmod 0644 "$tmp"',
+        f'mv -f "$tmp" {q(step.definition_path)}',
+    ]
+    if step.agent_log:
+        log = step.agent_log
+        lines += [
+            f"echo {q(f'Creating the agent log file {log}')}",
+            f"[ -d {q(os.path.dirname(log))} ] || install -d -m 0755 {q(os.path.dirname(log))}",
+            f"touch {q(log)}",
+            f'chown "$user:$group" {q(log)}',
+            f"chmod 0640 {q(log)}",
+        ]
+    if step.rights == "sudo":
+        rule = f"{step.user} ALL=(root) NOPASSWD: {step.zfs_path}"
+        says = f"Allowing {step.user} to run {step.zfs_path} through sudo (no zfs allow here)"
+        lines += [
+            f"echo {q(says)}",
+            f"tmp=$(mktemp {q(SUDOERS_DIR + '/.zfsrepl.XXXXXX')})",
+            f"printf '%s\\n' {q(rule)} > \"$tmp\"",
+            'chmod 0440 "$tmp"',
+            'if ! visudo -cqf "$tmp"; then rm -f "$tmp"; '
+            'echo "visudo rejects the sudo rule" >&2; exit 1; fi',
+            f'mv -f "$tmp" {q(step.sudoers_file)}',
+        ]
+    else:
+        perms = ",".join(step.permissions)
+        for ds in step.datasets:
+            lines += [
+                f"echo {q(f'Running zfs allow -u {step.user} {perms} {ds}')}",
+                f"{q(step.zfs_path)} allow -u {q(step.user)} {q(perms)} {q(ds)}",
+            ]
+    lines.append(f"echo {q(f'Done: the root steps of {step.service} on {step.host}.')}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- checking
+
+
+def _folder_problem(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"key folder {path} is missing"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a folder"
+    if st.st_uid != os.getuid():
+        return f"key folder {path} is not owned by this user"
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        return f"key folder {path} has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
+    return None
+
+
+def _allowed(zfs_path: str, dataset: str, user: str) -> set[str]:
+    proc = subprocess.run([zfs_path, "allow", dataset], stdin=subprocess.DEVNULL,
+                          capture_output=True, check=False)
+    found: set[str] = set()
+    pattern = re.compile(rf"^\s*user\s+{re.escape(user)}\s+(\S+)")
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        m = pattern.match(line)
+        if m:
+            found.update(m.group(1).split(","))
+    return found
+
+
+def problems(step: RootStep) -> list[str]:
+    """What the root script has not done (yet), checked as the user; empty when done."""
+    found = []
+    folder = _folder_problem(step.key_dir)
+    if folder:
+        found.append(folder)
+    try:
+        current = Path(step.definition_path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        found.append(f"definition {step.definition_path} is missing")
+    else:
+        if current != step.definition_text:
+            found.append(f"definition {step.definition_path} differs from this setup's")
+    if step.agent_log and not os.access(step.agent_log, os.W_OK):
+        found.append(f"agent log {step.agent_log} is missing or not writable by {step.user}")
+    if step.rights == "sudo":
+        proc = subprocess.run(["sudo", "-n", "-l", step.zfs_path], stdin=subprocess.DEVNULL,
+                              capture_output=True, check=False)
+        if proc.returncode != 0:
+            found.append(f"{step.user} may not run {step.zfs_path} through sudo without a "
+                         "password")
+    else:
+        for ds in step.datasets:
+            missing = set(step.permissions) - _allowed(step.zfs_path, ds, step.user)
+            if missing:
+                found.append(f"zfs allow on {ds} lacks {','.join(sorted(missing))} for "
+                             f"{step.user}")
+    return found
