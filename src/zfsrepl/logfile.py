@@ -1,0 +1,38 @@
+"""The per-service log file, beside standard error, in the same line format."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from pathlib import Path
+
+from zfsrepl.log import DATEFMT, FORMAT, logger
+
+
+def log_path(log_dir: Path, name: str) -> Path:
+    return log_dir / f"{name}.log"
+
+
+def attach(log_dir: Path, name: str, *, warn: bool = True) -> logging.Handler | None:
+    """Also log to `<log_dir>/<name>.log`; carry on with standard error alone when that
+    file cannot be written (the journal still has every line), with a warning if `warn`."""
+    path = log_path(log_dir, name)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        # Watched: logrotate may move the file away; the next line reopens it.
+        handler: logging.Handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        if not warn:
+            return None
+        logger.warning("cannot write the log file %s: %s; logging to standard error only "
+                       "(give --log-dir DIR or set ZFSREPL_LOG_DIR)", path, exc.strerror)
+        return None
+    handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
+    logger.addHandler(handler)
+    return handler
+
+
+def detach(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        logger.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,325 @@
+"""The host's service manager: systemd, SMF (Solaris, illumos) or FreeBSD rc.d.
+
+Each runs `zfsrepl run NAME` in the foreground and leaves it stopped when it
+exits with EXIT_MAINTENANCE. What is written for them (unit, manifest, rc.d
+script) is made by pure functions here; the few commands run go through a
+`Runner`, so tests can see them without a service manager.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+import shlex
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable
+
+from zfsrepl import config
+from zfsrepl.errors import UsageError, ZfsreplError
+from zfsrepl.host import LocalHost, Result, first_line
+
+# SMF_EXIT_ERR_CONFIG: svc.startd puts a wait-model service that exits with it in
+# maintenance at once, so the same status serves systemd, rc.d and any supervisor.
+EXIT_MAINTENANCE = 96
+
+SYSTEMD_TEMPLATE = "zfsrepl@.service"
+SYSTEMD_ETC = Path("/etc/systemd/system")
+# Where systemd looks for units, most local first (systemd.unit(5)).
+SYSTEMD_UNIT_DIRS = (SYSTEMD_ETC, Path("/run/systemd/system"),
+                     Path("/usr/local/lib/systemd/system"), Path("/usr/lib/systemd/system"),
+                     Path("/lib/systemd/system"))
+INSTALLED_MARK = "# Installed by `zfsrepl enable`; it rewrites this file when it differs."
+DROPIN_NAME = "zfsrepl-folders.conf"
+
+SMF_SERVICE = "application/zfsrepl"
+SMF_DTD = "/usr/share/lib/xml/dtd/service_bundle.dtd.1"
+# Instance names of Solaris 10, 11.3 and illumos; 11.4 allows more, not less.
+_SMF_INSTANCE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# Seconds SMF waits for a stop: a post-snapshot hook in progress is let finish.
+SMF_STOP_TIMEOUT = 900
+
+Runner = Callable[[list[str]], Result]
+
+
+def run_command(argv: list[str]) -> Result:
+    return LocalHost().run(argv, check=False)
+
+
+def zfsrepl_command() -> list[str]:
+    """How a service manager starts this installation of zfsrepl."""
+    return [sys.executable, "-m", "zfsrepl"]
+
+
+def packaged(name: str) -> str:
+    return importlib.resources.files("zfsrepl").joinpath("data", name).read_text("utf-8")
+
+
+def folder_environment(config_dir: Path, state_dir: Path, log_dir: Path) -> dict[str, str]:
+    """The ZFSREPL_* variables a managed `run` needs to find what this command found."""
+    env: dict[str, str] = {}
+    for var, value, default in (
+        ("ZFSREPL_CONFIG_DIR", config_dir, config.DEFAULT_CONFIG_DIR),
+        ("ZFSREPL_STATE_DIR", state_dir, config.DEFAULT_STATE_DIR),
+        ("ZFSREPL_LOG_DIR", log_dir, config.DEFAULT_LOG_DIR),
+    ):
+        if Path(value).absolute() != Path(default):
+            env[var] = str(Path(value).absolute())
+    return env
+
+
+def detect() -> str | None:
+    """The service manager running here: "systemd", "smf", "rc" or None."""
+    if os.path.isdir("/run/systemd/system"):  # what sd_booted(3) checks
+        return "systemd"
+    if sys.platform.startswith("sunos") and shutil.which("svcadm"):
+        return "smf"
+    if sys.platform.startswith("freebsd"):
+        return "rc"
+    return None
+
+
+def no_manager_help(name: str, manager: str | None) -> str:
+    """Why enable/disable cannot act here, and how to run the service anyway."""
+    q = shlex.quote(name)
+    if manager == "smf":
+        how = (f"on Solaris and illumos: zfsrepl smf-manifest {q} > /var/svc/manifest/site/"
+               f"zfsrepl-{name}.xml; svccfg import /var/svc/manifest/site/zfsrepl-{name}.xml; "
+               f"svcadm enable svc:/{SMF_SERVICE}:{name}")
+    elif manager == "rc":
+        how = ("on FreeBSD: zfsrepl rc-script > /usr/local/etc/rc.d/zfsrepl; chmod 555 "
+               f"/usr/local/etc/rc.d/zfsrepl; sysrc zfsrepl_enable=YES zfsrepl_services+={q}; "
+               f"service zfsrepl start {q}")
+    else:
+        how = (f"run `zfsrepl run {q}` under your supervisor (runit, s6, supervisord, ...): it "
+               "stays in the foreground and logs to standard error; SIGTERM stops it (exit 0), "
+               "SIGHUP makes it re-read its definition; restart it when it exits non-zero, "
+               f"except on {EXIT_MAINTENANCE} (maintenance: clear it with `zfsrepl clear {q}` "
+               "first) and 2 (bad definition)")
+    return f"systemd is not running on this host (no /run/systemd/system); {how}"
+
+
+# ---------------------------------------------------------------------------- systemd
+
+
+def systemd_unit(name: str) -> str:
+    return f"zfsrepl@{name}.service"
+
+
+def _systemd_quote(word: str) -> str:
+    # systemd splits ExecStart= like a shell: plain words stay plain.
+    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_unit(command: list[str]) -> str:
+    """The packaged template unit, starting `command run %i`."""
+    exec_start = "ExecStart=" + " ".join(_systemd_quote(w) for w in [*command, "run", "%i"])
+    lines = [exec_start if ln.startswith("ExecStart=") else ln
+             for ln in packaged(SYSTEMD_TEMPLATE).splitlines()]
+    return "\n".join([INSTALLED_MARK, *lines]) + "\n"
+
+
+def render_dropin(env: Mapping[str, str]) -> str:
+    lines = ["# Written by `zfsrepl enable`: the folders this service was enabled with.",
+             "[Service]"]
+    lines += [f'Environment="{k}={v}"' for k, v in sorted(env.items())]
+    return "\n".join(lines) + "\n"
+
+
+class Systemd:
+    """zfsrepl@NAME.service through systemctl."""
+
+    def __init__(self, run: Runner = run_command, unit_dirs: tuple[Path, ...] = SYSTEMD_UNIT_DIRS,
+                 etc_dir: Path = SYSTEMD_ETC) -> None:
+        self.run = run
+        self.unit_dirs = unit_dirs
+        self.etc_dir = etc_dir
+
+    def systemctl(self, *args: str, check: bool = True) -> Result:
+        result = self.run(["systemctl", *args])
+        if check and result.returncode != 0:
+            why = first_line(result.stderr) or f"exit status {result.returncode}"
+            raise ZfsreplError(f"systemctl {' '.join(args)}: {why}")
+        return result
+
+    def _write(self, path: Path, text: str) -> bool:
+        try:
+            if path.exists() and path.read_text("utf-8") == text:
+                return False
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, "utf-8")
+        except OSError as exc:
+            raise ZfsreplError(f"cannot write {path}: {exc.strerror} (run as root)") from None
+        return True
+
+    def install(self, name: str, command: list[str], env: Mapping[str, str]) -> list[str]:
+        """Put the template unit (and the service's folders) where systemd finds them;
+        return what was written. A unit from a package is used as it is."""
+        written: list[str] = []
+        ours = self.etc_dir / SYSTEMD_TEMPLATE
+        found = next((d / SYSTEMD_TEMPLATE for d in self.unit_dirs
+                      if (d / SYSTEMD_TEMPLATE).exists()), None)
+        installed_by_us = found == ours and ours.read_text("utf-8").startswith(INSTALLED_MARK)
+        if (found is None or installed_by_us) and self._write(ours, render_unit(command)):
+            written.append(str(ours))
+        dropin = self.etc_dir / f"{systemd_unit(name)}.d" / DROPIN_NAME
+        if env:
+            if self._write(dropin, render_dropin(env)):
+                written.append(str(dropin))
+        elif dropin.exists():
+            try:
+                dropin.unlink()
+            except OSError as exc:
+                raise ZfsreplError(f"cannot remove {dropin}: {exc.strerror}") from None
+            written.append(f"{dropin} (removed)")
+        return written
+
+    def enable(self, name: str, command: list[str], env: Mapping[str, str]) -> list[str]:
+        written = self.install(name, command, env)
+        if written:
+            self.systemctl("daemon-reload")
+        self.systemctl("enable", "--now", systemd_unit(name))
+        return written
+
+    def disable(self, name: str) -> None:
+        self.systemctl("disable", "--now", systemd_unit(name))
+
+    def is_enabled(self, name: str) -> bool:
+        out = self.systemctl("is-enabled", systemd_unit(name), check=False).stdout.strip()
+        return out in ("enabled", "enabled-runtime")
+
+    def start_again(self, name: str) -> str:
+        """After a clear: start the service if it is enabled, like `svcadm clear`."""
+        unit = systemd_unit(name)
+        if not self.is_enabled(name):
+            return (f"{unit} is not enabled: start the service with `zfsrepl enable {name}` "
+                    f"or run `zfsrepl run {name}`")
+        self.systemctl("reset-failed", unit, check=False)
+        self.systemctl("start", unit)
+        return f"started {unit}"
+
+
+# ---------------------------------------------------------------------------- SMF
+
+
+def smf_fmri(name: str) -> str:
+    return f"svc:/{SMF_SERVICE}:{name}"
+
+
+def check_smf_instance_name(name: str) -> None:
+    if not _SMF_INSTANCE_RE.match(name):
+        raise UsageError(f"service name {name!r} cannot be an SMF instance name: SMF wants a "
+                         "letter first, then letters, digits, '_' or '-'; rename the service "
+                         "definition")
+
+
+def smf_manifest(name: str, command: list[str], user: str, group: str | None,
+                 env: Mapping[str, str]) -> str:
+    """The SMF manifest of svc:/application/zfsrepl:NAME, a wait-model service whose start
+    method is `zfsrepl run NAME`: SMF watches that process, stops it with SIGTERM,
+    refreshes it with SIGHUP, and puts it in maintenance when it exits with
+    EXIT_MAINTENANCE."""
+    check_smf_instance_name(name)
+    bundle = ET.Element("service_bundle", type="manifest", name=f"zfsrepl-{name}")
+    svc = ET.SubElement(bundle, "service", name=SMF_SERVICE, type="service", version="1")
+    for dep, fmri in (("network", "svc:/milestone/network:default"),
+                      ("filesystem-local", "svc:/system/filesystem/local:default")):
+        d = ET.SubElement(svc, "dependency", name=dep, grouping="require_all",
+                          restart_on="none", type="service")
+        ET.SubElement(d, "service_fmri", value=fmri)
+    ET.SubElement(svc, "method_context")
+    inst = ET.SubElement(svc, "instance", name=name, enabled="false")
+    ctx = ET.SubElement(inst, "method_context", working_directory="/")
+    ET.SubElement(ctx, "method_credential", user=user, group=group or ":default")
+    if env:
+        menv = ET.SubElement(ctx, "method_environment")
+        for key, value in sorted(env.items()):
+            ET.SubElement(menv, "envvar", name=key, value=value)
+    start = " ".join(shlex.quote(w) for w in [*command, "run", name])
+    ET.SubElement(inst, "exec_method", type="method", name="start", exec=start,
+                  timeout_seconds="0")
+    ET.SubElement(inst, "exec_method", type="method", name="stop", exec=":kill",
+                  timeout_seconds=str(SMF_STOP_TIMEOUT))
+    ET.SubElement(inst, "exec_method", type="method", name="refresh", exec=":kill -HUP",
+                  timeout_seconds="60")
+    pg = ET.SubElement(inst, "property_group", name="startd", type="framework")
+    # child: the start method is the service itself (no daemonizing, no contract games).
+    ET.SubElement(pg, "propval", name="duration", type="astring", value="child")
+    tmpl = ET.SubElement(inst, "template")
+    cn = ET.SubElement(tmpl, "common_name")
+    ET.SubElement(cn, "loctext", {"xml:lang": "C"}).text = f"ZFS replication service {name}"
+    ET.SubElement(svc, "stability", value="Unstable")
+    tmpl = ET.SubElement(svc, "template")
+    cn = ET.SubElement(tmpl, "common_name")
+    ET.SubElement(cn, "loctext", {"xml:lang": "C"}).text = "ZFS replication (zfsrepl)"
+    ET.indent(bundle, "  ")
+    body = ET.tostring(bundle, encoding="unicode")
+    return (f'<?xml version="1.0"?>\n<!DOCTYPE service_bundle SYSTEM "{SMF_DTD}">\n'
+            f"<!-- zfsrepl smf-manifest {name}: svccfg import this file, then "
+            f"svcadm enable {smf_fmri(name)} -->\n{body}\n")
+
+
+class Smf:
+    """svc:/application/zfsrepl:NAME through svcs and svcadm."""
+
+    def __init__(self, run: Runner = run_command) -> None:
+        self.run = run
+
+    def state(self, name: str) -> str | None:
+        result = self.run(["svcs", "-H", "-o", "state", smf_fmri(name)])
+        return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+    def is_enabled(self, name: str) -> bool:
+        return self.state(name) not in (None, "disabled")
+
+    def start_again(self, name: str) -> str:
+        fmri = smf_fmri(name)
+        if self.state(name) != "maintenance":
+            return f"{fmri} is not in maintenance in SMF: nothing to clear there"
+        result = self.run(["svcadm", "clear", fmri])
+        if result.returncode != 0:
+            raise ZfsreplError(f"svcadm clear {fmri}: {first_line(result.stderr)}")
+        return f"cleared {fmri} in SMF"
+
+
+# ---------------------------------------------------------------------------- FreeBSD
+
+
+def rc_script(command: list[str]) -> str:
+    """The packaged rc.d script, set to start this installation of zfsrepl."""
+    line = f': ${{zfsrepl_command:="{shlex.join(command)}"}}'
+    return "\n".join(line if ln.startswith(": ${zfsrepl_command:=") else ln
+                     for ln in packaged("zfsrepl.rc").splitlines()) + "\n"
+
+
+# ---------------------------------------------------------------------------- any
+
+
+def is_enabled(name: str, manager: str | None, run: Runner = run_command) -> bool | None:
+    """Whether the service manager starts the service; None where that cannot be asked."""
+    try:
+        if manager == "systemd":
+            return Systemd(run).is_enabled(name)
+        if manager == "smf":
+            return Smf(run).is_enabled(name)
+    except ZfsreplError:
+        return None
+    return None
+
+
+def start_again(name: str, manager: str | None, run: Runner = run_command) -> str:
+    """What `zfsrepl clear` does after clearing maintenance, as one line for the operator."""
+    if manager == "systemd":
+        return Systemd(run).start_again(name)
+    if manager == "smf":
+        return Smf(run).start_again(name)
+    if manager == "rc":
+        return f"start it again with: service zfsrepl start {shlex.quote(name)}"
+    return (f"no service manager here: start `zfsrepl run {shlex.quote(name)}` again under "
+            "your supervisor")

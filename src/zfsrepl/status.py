@@ -1,0 +1,249 @@
+"""What `zfsrepl status` and `zfsrepl list` show of a service.
+
+The state comes from three places: the maintenance flag in the state file, the
+lock that a running `zfsrepl run` holds, and the service manager (enabled or
+not). The lag comes from ZFS itself, one listing per side for all of the
+service's filesystems; where a side cannot be asked, the newest snapshot the
+last cycle saw (cached in the state file) stands in, marked as cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zfsrepl import config, lock, managers
+from zfsrepl.config import FilesystemPair, Service
+from zfsrepl.errors import ZfsreplError
+from zfsrepl.host import LocalHost, SshHost
+from zfsrepl.naming import SnapshotNaming
+from zfsrepl.plan import newest_common
+from zfsrepl.snapshots import Snapshot, by_age
+from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
+from zfsrepl.zfs import Zfs
+
+# A status must come back quickly even when the destination does not answer.
+STATUS_CONNECT_TIMEOUT = 5
+
+
+@dataclass(frozen=True)
+class FilesystemStatus:
+    source: str
+    destination: str
+    newest_snapshot: str | None = None  # newest snapshot of the service on the destination
+    newest_snapshot_time: int | None = None
+    lag_seconds: float | None = None
+    newest_source_snapshot: str | None = None
+    pending: int | None = None  # source snapshots of the service the destination lacks
+    cached: bool = False  # from the last cycle, not from ZFS now
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str  # online, offline, disabled or maintenance
+    reason: str | None = None  # why it is in maintenance
+    maintenance_since: float | None = None
+    pid: int | None = None  # of the running `zfsrepl run`
+    busy: str | None = None  # who is in a cycle right now
+    source: str | None = None
+    destination: str | None = None
+    interval: int | None = None
+    last_success: float | None = None
+    last_attempt: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    next_run: float | None = None
+    last_cycle_seconds: float | None = None
+    cycles_total: int = 0
+    cycle_failures_total: int = 0
+    attempt_failures_total: int = 0
+    sent_bytes_total: int = 0
+    filesystems: list[FilesystemStatus] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what could not be found out
+
+
+def derive_state(maintenance: bool, running: bool, enabled: bool | None) -> str:
+    """maintenance wins (it survives restarts); a running loop is online; a service the
+    service manager does not start is disabled; anything else is offline."""
+    if maintenance:
+        return "maintenance"
+    if running:
+        return "online"
+    if enabled is False:
+        return "disabled"
+    return "offline"
+
+
+def filesystem_status(pair: FilesystemPair, naming: SnapshotNaming,
+                      source: list[Snapshot] | None, destination: list[Snapshot] | None,
+                      listed: bool, cached: Newest | None, now: float) -> FilesystemStatus:
+    """Lag and pending snapshots of one filesystem.
+
+    `listed`: the destination could be asked; `destination` is then None when the
+    filesystem does not exist there yet. When it could not be asked, the newest
+    snapshot the last cycle saw (`cached`) stands in."""
+    newest_src = [s for s in by_age(source or []) if naming.is_ours(s.name)]
+    newest_source = newest_src[-1].name if newest_src else None
+    if not listed:
+        if cached is None:
+            return FilesystemStatus(pair.source, pair.destination,
+                                    newest_source_snapshot=newest_source)
+        return FilesystemStatus(pair.source, pair.destination, cached.snapshot, cached.creation,
+                                max(0.0, now - cached.creation), newest_source, cached=True)
+    if destination is None:
+        return FilesystemStatus(pair.source, pair.destination, newest_source_snapshot=newest_source,
+                                pending=len(newest_src) if source is not None else None)
+    own_dst = [s for s in by_age(destination) if naming.is_ours(s.name)]
+    pending = None
+    if source is not None:
+        common = newest_common(source, destination)
+        pending = len([s for s in newest_src if common is None or s.createtxg > common.createtxg])
+    if not own_dst:
+        return FilesystemStatus(pair.source, pair.destination, newest_source_snapshot=newest_source,
+                                pending=pending)
+    top = own_dst[-1]
+    return FilesystemStatus(pair.source, pair.destination, top.name, top.creation,
+                            max(0.0, now - top.creation), newest_source, pending)
+
+
+def read_both_sides(svc: Service) -> tuple[dict[str, list[Snapshot] | None] | None,
+                                           dict[str, list[Snapshot] | None] | None, list[str]]:
+    """Both sides' snapshot lists (None for a side that could not be asked), and why not."""
+    problems: list[str] = []
+    src_lists = dst_lists = None
+    try:
+        src = Zfs(LocalHost(f"{svc.source.user}@{svc.source.host}"), svc.source.zfs_argv)
+        src_lists = src.snapshots([p.source for p in svc.filesystems])
+    except ZfsreplError as exc:
+        problems.append(f"source: {exc}")
+    try:
+        with SshHost(svc.destination, connect_timeout=STATUS_CONNECT_TIMEOUT) as host:
+            dst_lists = Zfs(host, svc.destination.zfs_argv).snapshots(
+                [p.destination for p in svc.filesystems])
+    except ZfsreplError as exc:
+        problems.append(f"destination: {exc}")
+    return src_lists, dst_lists, problems
+
+
+def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder | None,
+          cycle: lock.Holder | None, enabled: bool | None,
+          src_lists: Mapping[str, list[Snapshot] | None] | None,
+          dst_lists: Mapping[str, list[Snapshot] | None] | None,
+          problems: Sequence[str], now: float) -> ServiceStatus:
+    """Put together what was found (pure)."""
+    fs: list[FilesystemStatus] = []
+    if svc is not None:
+        for pair in svc.filesystems:
+            src = src_lists.get(pair.source) if src_lists is not None else None
+            dst = dst_lists.get(pair.destination) if dst_lists is not None else None
+            fs.append(filesystem_status(pair, svc.naming, src, dst, dst_lists is not None,
+                                        st.newest.get(pair.destination), now))
+    busy = f"{cycle.describe()} is in a cycle" if cycle is not None else None
+    return ServiceStatus(
+        name=name,
+        state=derive_state(st.in_maintenance, daemon is not None, enabled),
+        reason=st.maintenance_reason, maintenance_since=st.maintenance_since,
+        pid=daemon.pid if daemon is not None else None, busy=busy,
+        source=f"{svc.source.user}@{svc.source.host}" if svc else None,
+        destination=f"{svc.destination.user}@{svc.destination.host}" if svc else None,
+        interval=svc.interval if svc else None,
+        last_success=st.last_success, last_attempt=st.last_attempt, last_error=st.last_error,
+        last_error_time=st.last_error_time,
+        next_run=st.next_run if daemon is not None else None,
+        last_cycle_seconds=st.last_cycle_seconds, cycles_total=st.cycles_total,
+        cycle_failures_total=st.cycle_failures_total,
+        attempt_failures_total=st.attempt_failures_total,
+        sent_bytes_total=st.sent_bytes_total, filesystems=fs, problems=list(problems))
+
+
+def gather(config_dir: Path, state_dir: Path, name: str, *, live: bool,
+           manager: str | None) -> ServiceStatus:
+    """The status of one service, asking ZFS on both sides when `live`."""
+    paths = ServicePaths(state_dir, name)
+    st = StateStore(paths).load()
+    problems: list[str] = []
+    svc: Service | None = None
+    try:
+        svc = config.load_service(config_dir, name)
+    except ZfsreplError as exc:
+        problems.append(str(exc))
+    src_lists = dst_lists = None
+    if live and svc is not None:
+        src_lists, dst_lists, read_problems = read_both_sides(svc)
+        problems += read_problems
+    return build(name, st, svc, lock.probe(paths.daemon_lock), lock.probe(paths.cycle_lock),
+                 managers.is_enabled(name, manager), src_lists, dst_lists, problems,
+                 time.time())
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def to_json(statuses: Sequence[ServiceStatus]) -> dict[str, Any]:
+    """Times are seconds since the epoch; durations and lags are seconds."""
+    return {"services": [asdict(s) for s in statuses]}
+
+
+def human_duration(seconds: float) -> str:
+    s = round(seconds)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _when(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    delta = now - ts
+    rel = f"{human_duration(delta)} ago" if delta >= 0 else f"in {human_duration(-delta)}"
+    return f"{stamp} ({rel})"
+
+
+def format_text(s: ServiceStatus, now: float) -> list[str]:
+    head = f"{s.name}: {s.state}"
+    if s.state == "maintenance":
+        head += f" since {_when(s.maintenance_since, now)}"
+    elif s.pid is not None:
+        head += f" (process {s.pid})"
+    lines = [head]
+    if s.state == "maintenance":
+        lines += [f"  reason: {s.reason}",
+                  f"  fix the cause, then: zfsrepl clear {s.name}"]
+    if s.source and s.destination:
+        lines.append(f"  {s.source} -> {s.destination}, every {s.interval} s")
+    lines.append(f"  last success: {_when(s.last_success, now)}")
+    if s.next_run is not None:
+        lines.append(f"  next run:     {_when(s.next_run, now)}")
+    if s.busy:
+        lines.append(f"  now:          {s.busy}")
+    if s.last_error:
+        lines.append(f"  last error:   {_when(s.last_error_time, now)}: {s.last_error}")
+    lines.append(f"  cycles: {s.cycles_total} ({s.cycle_failures_total} failed, "
+                 f"{s.attempt_failures_total} failed attempts), "
+                 f"{s.sent_bytes_total} bytes sent")
+    for f in s.filesystems:
+        if f.lag_seconds is None:
+            what = "nothing replicated yet"
+        else:
+            what = f"lag {human_duration(f.lag_seconds)} (@{f.newest_snapshot})"
+            if f.cached:
+                what += " as of the last cycle"
+        if f.pending:
+            what += f", {f.pending} snapshot(s) not yet on the destination"
+        lines.append(f"  {f.source} -> {f.destination}: {what}")
+    lines += [f"  could not check: {p}" for p in s.problems]
+    return lines
+
+
+def list_line(s: ServiceStatus) -> str:
+    where = f"{s.source} -> {s.destination}" if s.source else "(definition unreadable)"
+    return f"{s.name}\t{s.state}\t{where}"
