@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from zfsrepl import config
+from zfsrepl import config, service
 from zfsrepl.cli.common import Context
-from zfsrepl.cycle import dry_run, replicate
+from zfsrepl.cycle import dry_run
 from zfsrepl.errors import ReplicationError
 from zfsrepl.host import LocalHost, SshHost
 
@@ -19,20 +20,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("name", help="service name")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be snapshotted, sent and destroyed; change nothing")
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once when another process is in a cycle of the service, "
+                        "instead of waiting for it")
+    p.add_argument("--metrics-file", metavar="FILE", type=Path,
+                   help="also write the service's Prometheus metrics to FILE")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)
+    if not args.dry_run:
+        # Under the service's lock (one cycle at a time, with `run` too), recorded for
+        # status and metrics.
+        service.run_once(svc, ctx.state_dir, ctx.log_dir, wait=not args.no_wait,
+                         metrics_file=args.metrics_file)
+        return 0
     source = LocalHost(f"{svc.source.user}@{svc.source.host}")
     with SshHost(svc.destination) as destination:
-        if args.dry_run:
-            cp = dry_run(svc, source, destination)
-            print("\n".join(cp.describe()))
-            print("dry run: nothing was changed")
-            conflicts = cp.conflicts()
-            if conflicts:
-                raise ReplicationError("; ".join(conflicts))
-            return 0
-        replicate(svc, source, destination)
+        cp = dry_run(svc, source, destination)
+    print("\n".join(cp.describe()))
+    print("dry run: nothing was changed")
+    conflicts = cp.conflicts()
+    if conflicts:
+        raise ReplicationError("; ".join(conflicts))
     return 0

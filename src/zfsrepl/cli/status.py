@@ -1,0 +1,101 @@
+"""`zfsrepl status`, `zfsrepl list` and `zfsrepl metrics`: what the services are doing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from zfsrepl import config, managers, status
+from zfsrepl.cli.common import Context
+from zfsrepl.errors import ZfsreplError
+from zfsrepl.lock import probe
+from zfsrepl.metrics import ServiceSample, render
+from zfsrepl.state import ServicePaths, StateStore
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+             parents: list[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "status", parents=parents, help="show the state, lag and errors of services",
+        description="For each service (or NAME): its state (online, offline, disabled, "
+                    "maintenance with its reason), last successful cycle, next run, last "
+                    "error, and the lag of each filesystem (age of the newest snapshot on "
+                    "the destination), read from ZFS on both sides.")
+    p.add_argument("name", nargs="?", help="service name (default: every service)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--cached", action="store_true",
+                   help="do not ask ZFS: show the lag seen by the last cycle")
+    p.set_defaults(handler=show_status)
+
+    ls = sub.add_parser("list", parents=parents, help="list the services defined here",
+                        description="List the services defined in the configuration folder, "
+                                    "with their state.")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(handler=list_services)
+
+    m = sub.add_parser(
+        "metrics", parents=parents, help="print Prometheus metrics of services",
+        description="Print the metrics of each service (or NAME) in the Prometheus text "
+                    "format, from what the last cycles recorded.")
+    m.add_argument("name", nargs="?", help="service name (default: every service)")
+    m.set_defaults(handler=print_metrics)
+
+
+def _names(ctx: Context, name: str | None) -> list[str]:
+    if name is not None:
+        config.load_service(ctx.config_dir, name)  # an unknown name is an error
+        return [name]
+    return config.list_services(ctx.config_dir)
+
+
+def show_status(args: argparse.Namespace, ctx: Context) -> int:
+    names = _names(ctx, args.name)
+    manager = managers.detect()
+    statuses = [status.gather(ctx.config_dir, ctx.state_dir, n, live=not args.cached,
+                              manager=manager) for n in names]
+    if args.json:
+        json.dump(status.to_json(statuses), sys.stdout, indent=2)
+        print()
+        return 0
+    if not statuses:
+        print(f"no services defined in {ctx.config_dir / 'services'}")
+    now = time.time()
+    for i, s in enumerate(statuses):
+        if i:
+            print()
+        print("\n".join(status.format_text(s, now)))
+    return 0
+
+
+def list_services(args: argparse.Namespace, ctx: Context) -> int:
+    manager = managers.detect()
+    statuses = [status.gather(ctx.config_dir, ctx.state_dir, n, live=False, manager=manager)
+                for n in config.list_services(ctx.config_dir)]
+    if args.json:
+        rows = [{"name": s.name, "state": s.state, "source": s.source,
+                 "destination": s.destination, "interval": s.interval} for s in statuses]
+        json.dump({"services": rows}, sys.stdout, indent=2)
+        print()
+    else:
+        for s in statuses:
+            print(status.list_line(s))
+    return 0
+
+
+def print_metrics(args: argparse.Namespace, ctx: Context) -> int:
+    samples = []
+    for name in _names(ctx, args.name):
+        paths = ServicePaths(ctx.state_dir, name)
+        st = StateStore(paths).load()
+        try:
+            svc = config.load_service(ctx.config_dir, name)
+        except ZfsreplError:
+            continue
+        state = status.derive_state(st.in_maintenance, probe(paths.daemon_lock) is not None,
+                                    None)
+        samples.append(ServiceSample(name, state, st,
+                                     [(p.source, p.destination) for p in svc.filesystems]))
+    sys.stdout.write(render(samples, time.time()))
+    return 0
