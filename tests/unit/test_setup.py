@@ -29,7 +29,7 @@ SVC = Service(
                  FilesystemPair("zfsrepl_src/b 2", "zfsrepl_dst/y/b 2")),
     interval=60, retries=5, keep_source=3, keep_destination=3,
 )
-PLACES = apply.Places(Path("/etc/zfsrepl"), Path("/var/log/zfsrepl"), True)
+PLACES = apply.Places(Path("/etc/zfsrepl"), Path("/var/log/zfsrepl"), Path("/var/lib/zfsrepl"))
 
 
 # ---------------------------------------------------------------------------- keys

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     r.set_defaults(handler=run_remote)
 
 
-def _places(args: argparse.Namespace, ctx: Context) -> Places:
+def _places(ctx: Context) -> Places:
+    shown = ""
+    for option, value, default in (
+            ("--config-dir", ctx.config_dir, config.DEFAULT_CONFIG_DIR),
+            ("--state-dir", ctx.state_dir, config.DEFAULT_STATE_DIR),
+            ("--log-dir", ctx.log_dir, config.DEFAULT_LOG_DIR)):
+        if value != Path(default):
+            shown += f" {option} {shlex.quote(str(value.absolute()))}"
     return Places(config_dir=ctx.config_dir.absolute(), log_dir=ctx.log_dir.absolute(),
-                  default_config_dir=args.config_dir is None
-                  and ctx.config_dir == Path(config.DEFAULT_CONFIG_DIR))
+                  state_dir=ctx.state_dir.absolute(), options=shown)
 
 
 def _login(endpoint: Endpoint, options: list[str]) -> Destination:
@@ -57,7 +64,7 @@ def _login(endpoint: Endpoint, options: list[str]) -> Destination:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     console = TerminalConsole()
-    places = _places(args, ctx)
+    places = _places(ctx)
     for opt in args.ssh_option:
         if "=" not in opt:
             raise UsageError(f"--ssh-option {opt!r}: expected NAME=VALUE")

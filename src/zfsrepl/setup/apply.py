@@ -33,7 +33,8 @@ POLL_SECONDS = 2.0
 class Places:
     config_dir: Path
     log_dir: Path
-    default_config_dir: bool  # whether commands shown need --config-dir
+    state_dir: Path | None = None
+    options: str = ""  # folder options to show in commands: " --config-dir X"
 
 
 def normalized(svc: Service, config_dir: Path) -> Service:
@@ -78,10 +79,17 @@ def root_step(svc: Service, side: str, places: Places) -> RootStep:
         datasets = tuple(sorted({p.destination.rsplit("/", 1)[0] for p in svc.filesystems}))
         perms, file = rootscript.DESTINATION_PERMISSIONS, f"{svc.name}.remote"
         log = agent_log(places, svc)
+    state = service_log = None
+    if side == "source":
+        # what runonce and the service write as the source user
+        if places.state_dir is not None:
+            state = str(places.state_dir / "services" / svc.name)
+        service_log = str(places.log_dir / f"{svc.name}.log")
     return RootStep(side=side, host=ep.host, user=ep.user, service=svc.name,
                     config_dir=str(places.config_dir), definition_file=file,
                     definition_text=text, rights=rights, zfs_path=zfs_path,
-                    datasets=datasets, permissions=perms, agent_log=log)
+                    datasets=datasets, permissions=perms, agent_log=log,
+                    state_folder=state, service_log=service_log)
 
 
 def wait_for_root(console: Console, where: str, script: str,
@@ -143,7 +151,7 @@ def apply(svc: Service, places: Places, console: Console, dest: Destination,
         for p in problems:
             console.say(f"  - {p}")
         return 1
-    opt = "" if places.default_config_dir else f" --config-dir {places.config_dir}"
+    opt = places.options
     console.say("The installation is correct.")
     console.say(f"The service {svc.name} can be started now (as root): zfsrepl{opt} enable "
                 f"{svc.name}")

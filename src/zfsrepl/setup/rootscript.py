@@ -1,8 +1,9 @@
 """The root steps of a setup: a script per host, and the check that it has been run.
 
 The script creates the key folder, installs the definition (the source's own copy,
-or the destination's `<service>.remote` for failback), on the destination the
-agent's log file, and grants the service's user exactly the ZFS rights it needs:
+or the destination's `<service>.remote` for failback), the files the service's user
+writes (on the source its state folder and log file, on the destination the agent's
+log file), and grants the service's user exactly the ZFS rights it needs:
 `zfs allow` where the platform has it, otherwise a sudo rule limited to the zfs
 binary. `problems()` checks each of those effects as the user on that host, so
 setup waits until the script has been run, and skips the step when it already was.
@@ -52,7 +53,9 @@ class RootStep:
     zfs_path: str
     datasets: tuple[str, ...]  # where `zfs allow` grants
     permissions: tuple[str, ...]
-    agent_log: str | None = None  # destination only
+    agent_log: str | None = None  # destination: the agent's log file
+    state_folder: str | None = None  # source: the service's state (locks, last error)
+    service_log: str | None = None  # source: the service's log file
 
     @property
     def key_dir(self) -> str:
@@ -113,15 +116,17 @@ def render(step: RootStep) -> str:
         'chmod 0644 "$tmp"',
         f'mv -f "$tmp" {q(step.definition_path)}',
     ]
-    if step.agent_log:
-        log = step.agent_log
-        lines += [
-            f"echo {q(f'Creating the agent log file {log}')}",
-            f"[ -d {q(os.path.dirname(log))} ] || install -d -m 0755 {q(os.path.dirname(log))}",
-            f"touch {q(log)}",
-            f'chown "$user:$group" {q(log)}',
-            f"chmod 0640 {q(log)}",
-        ]
+    if step.state_folder:
+        folder = step.state_folder
+        lines.append(f"echo {q(f'Creating the state folder {folder}')}")
+        lines += _parents(os.path.dirname(folder), 2)
+        lines.append(f'install -d -m 0750 -o "$user" -g "$group" {q(folder)}')
+    for log in (step.service_log, step.agent_log):
+        if log:
+            lines.append(f"echo {q(f'Creating the log file {log}')}")
+            lines += _parents(os.path.dirname(log), 1)
+            lines += [f"touch {q(log)}", f'chown "$user:$group" {q(log)}',
+                      f"chmod 0640 {q(log)}"]
     if step.rights == "sudo":
         rule = f"{step.user} ALL=(root) NOPASSWD: {step.zfs_path}"
         says = f"Allowing {step.user} to run {step.zfs_path} through sudo (no zfs allow here)"
@@ -143,6 +148,15 @@ def render(step: RootStep) -> str:
             ]
     lines.append(f"echo {q(f'Done: the root steps of {step.service} on {step.host}.')}")
     return "\n".join(lines) + "\n"
+
+
+def _parents(folder: str, depth: int) -> list[str]:
+    """Create `folder` and up to depth-1 of its parents if missing (mode 0755, root's)."""
+    chain = [folder]
+    for _ in range(depth - 1):
+        chain.insert(0, os.path.dirname(chain[0]))
+    q = shlex.quote
+    return [f"[ -d {q(d)} ] || install -d -m 0755 {q(d)}" for d in chain]
 
 
 # ---------------------------------------------------------------------------- checking
@@ -187,8 +201,10 @@ def problems(step: RootStep) -> list[str]:
     else:
         if current != step.definition_text:
             found.append(f"definition {step.definition_path} differs from this setup's")
-    if step.agent_log and not os.access(step.agent_log, os.W_OK):
-        found.append(f"agent log {step.agent_log} is missing or not writable by {step.user}")
+    for what, path in (("agent log", step.agent_log), ("log file", step.service_log),
+                       ("state folder", step.state_folder)):
+        if path and not os.access(path, os.W_OK):
+            found.append(f"{what} {path} is missing or not writable by {step.user}")
     if step.rights == "sudo":
         proc = subprocess.run(["sudo", "-n", "-l", step.zfs_path], stdin=subprocess.DEVNULL,
                               capture_output=True, check=False)

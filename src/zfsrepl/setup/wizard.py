@@ -225,7 +225,7 @@ class Wizard:
         svc = config.parse_service(_as_data(svc), response)
         for line in summary(svc, response):
             c.say(line)
-        go = ask(c, "Do you want to make changes now (y/[n])?", "n", yes_no)
+        go = ask(c, "Do you want to make changes now (y/n)?", "n", yes_no)
         return WizardResult(svc, response, dest, go)
 
     # -- single questions --------------------------------------------------------------
