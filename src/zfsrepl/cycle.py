@@ -184,16 +184,19 @@ class Cycle:
     # -- doing ----------------------------------------------------------------------
 
     def take_snapshots(self, cp: CyclePlan) -> None:
-        """pre hook, one snapshot per filesystem, post hook (even when a snapshot failed)."""
+        """pre hook, one snapshot per filesystem, post hook.
+
+        The post hook runs whenever the pre hook was started, even if it or a snapshot
+        failed: a database put into backup mode must always be taken out of it."""
         svc = self.service
         assert cp.snapshot is not None
         env = {"ZFSREPL_SERVICE": svc.name, "ZFSREPL_SNAPSHOT": cp.snapshot,
                "ZFSREPL_FILESYSTEMS": "\n".join(p.source for p in svc.filesystems)}
-        if svc.pre_snapshot:
-            hooks.run_hook("pre_snapshot", svc.pre_snapshot,
-                           {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
         failure: ZfsreplError | None = None
         try:
+            if svc.pre_snapshot:
+                hooks.run_hook("pre_snapshot", svc.pre_snapshot,
+                               {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
             for pair in svc.filesystems:
                 self.src.snapshot(pair.source, cp.snapshot)
                 logger.info("snapshot %s@%s taken", pair.source, cp.snapshot)
