@@ -11,10 +11,19 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lab import Area, Lab, ZfsreplCli, exists, snapshot_checksums, tree_checksums, write_tree
+from lab import (
+    Area,
+    Lab,
+    LabHost,
+    ZfsreplCli,
+    exists,
+    snapshot_checksums,
+    tree_checksums,
+    write_tree,
+)
 
 
-def snapshots(host, fs: str) -> list[str]:
+def snapshots(host: LabHost, fs: str) -> list[str]:
     """Snapshot names (after '@') of `fs`, oldest first."""
     out = host.zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-d", "1", fs)
     return [line.split("@", 1)[1] for line in out.splitlines() if "@" in line]
