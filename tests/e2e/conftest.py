@@ -1,0 +1,71 @@
+"""Fixtures for end-to-end tests: the lab, a fresh area per test, the zfsrepl CLI.
+
+    def test_something(lab, area, repl):
+        fs = f"{area.src}/fs1"
+        lab.src.zfs("create", fs)
+        write_tree(lab.src.mountpoint(fs), seed=1)
+        repl.write_service(filesystems=[(fs, f"{area.dst}/fs1")])
+        repl.run("run", "testrepl")
+
+Every test in this directory is marked ``e2e`` (deselect with ``-m "not e2e"``).
+Environment: ``ZFSREPL_LAB_DIR`` (default /var/tmp/zfsrepl-lab),
+``ZFSREPL_LAB_KEEP=1`` keeps a lab this session set up, ``ZFSREPL_LAB_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+E2E_DIR = Path(__file__).resolve().parent
+# The helpers are the package `lab` in tests/ (a source root, like tests/unit's `unit`).
+# pytest puts tests/ on sys.path only when it imports a package from there first.
+if str(E2E_DIR.parent) not in sys.path:
+    sys.path.insert(0, str(E2E_DIR.parent))
+
+from lab import Area, Lab, ZfsreplCli, claim_area, lab_session  # noqa: E402
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in item.path.resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The lab, set up for this session if needed (and then torn down at its end,
+    unless ZFSREPL_LAB_KEEP=1); its zfsrepl runs the work tree's current code."""
+    if os.geteuid() != 0:
+        pytest.skip("e2e tests need root: they create pools, users and network namespaces")
+    with lab_session(keep=os.environ.get("ZFSREPL_LAB_KEEP") == "1") as the_lab:
+        yield the_lab
+
+
+@pytest.fixture
+def area(lab: Lab) -> Iterator[Area]:
+    """Fresh parent filesystems for this test on both hosts (``area.src``, ``area.dst``),
+    destroyed with everything below and every clone of them afterwards, pass or fail.
+    Background processes the test started with ``popen`` are stopped first."""
+    with claim_area(lab) as the_area:
+        try:
+            yield the_area
+        finally:
+            lab.stop_children()
+
+
+@pytest.fixture
+def repl(lab: Lab, area: Area) -> Iterator[ZfsreplCli]:
+    """zfsrepl as the source host's user, with this test's own config and state dirs
+    (``repl.write_service(...)``, ``repl.run(...)``, ``repl.popen(...)``)."""
+    cli = ZfsreplCli(lab, area.name)
+    cli.create()
+    try:
+        yield cli
+    finally:
+        lab.stop_children()  # a daemon must not outlive its state dir
+        cli.destroy()

@@ -1,0 +1,58 @@
+"""The zfsrepl test lab: two ZFS hosts joined by ssh, for end-to-end tests.
+
+tests/ is a source root (see pyproject.toml), so this package is imported as ``lab``:
+
+    from lab import Lab, snapshot_checksums, tree_checksums, write_tree
+
+Tests get a :class:`Lab` from the ``lab`` fixture (tests/e2e/conftest.py). The backend
+is chosen by ``$ZFSREPL_LAB_BACKEND``; ``fuse`` (zfs-fuse in network namespaces, see
+tests/lab/fuse/setup.sh) is the only one so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from .area import Area, claim_area, release_area
+from .base import Lab, LabCommandError, LabHost
+from .content import tree_checksums, write_tree
+from .service import ZfsreplCli, service_definition, toml_dumps
+from .zfs import CHECK_CLONE_PREFIX, destroy, exists, retry_busy, snapshot_checksums
+
+__all__ = [
+    "CHECK_CLONE_PREFIX",
+    "Area",
+    "Lab",
+    "LabCommandError",
+    "LabHost",
+    "ZfsreplCli",
+    "claim_area",
+    "destroy",
+    "exists",
+    "lab_session",
+    "release_area",
+    "retry_busy",
+    "service_definition",
+    "snapshot_checksums",
+    "toml_dumps",
+    "tree_checksums",
+    "write_tree",
+]
+
+
+@contextlib.contextmanager
+def lab_session(*, keep: bool = False) -> Iterator[Lab]:
+    """The lab of ``$ZFSREPL_LAB_BACKEND`` (default ``fuse``) for one test session.
+
+    It is set up if needed and, if this session set it up, torn down at the end
+    unless ``keep``.
+    """
+    backend = os.environ.get("ZFSREPL_LAB_BACKEND") or "fuse"
+    if backend != "fuse":
+        raise ValueError(f"unknown lab backend {backend!r} (known: fuse)")
+    from .fuse import fuse_lab_session
+
+    with fuse_lab_session(keep=keep) as lab:
+        yield lab

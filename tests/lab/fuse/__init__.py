@@ -1,0 +1,220 @@
+"""zfs-fuse backend: two network namespaces sharing this machine's zfs-fuse daemon.
+
+The shell scripts beside this file build and remove the lab (see setup.sh); this
+module drives them and implements :class:`~lab.base.LabHost` on top of the
+``on-src``/``on-dst`` wrappers they install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Optional, Sequence
+
+from ..base import Lab, LabHost
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DIR = Path("/var/tmp/zfsrepl-lab")
+# present while the lab was set up by a test session, which then also tears it down
+SESSION_OWNED = "run/set-up-by-tests"
+
+
+def lab_dir() -> Path:
+    return Path(os.environ.get("ZFSREPL_LAB_DIR") or DEFAULT_DIR)
+
+
+def run_script(name: str, *args: str, directory: Path, locked: bool = False) -> str:
+    """Run one of the lab scripts as root; its output, or an error carrying it."""
+    env = dict(os.environ, ZFSREPL_LAB_DIR=str(directory))
+    if locked:  # the caller holds the lab lock (see common.sh: lab_lock)
+        env["ZFSREPL_LAB_LOCKED"] = "1"
+    proc = subprocess.run(
+        ["bash", str(HERE / name), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    out = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} {' '.join(args)} failed ({proc.returncode}):\n{out}")
+    return out
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key] = value
+    return values
+
+
+class FuseHost(LabHost):
+    def __init__(self, *, side: str, env: Mapping[str, str], directory: Path) -> None:
+        up = side.upper()
+        super().__init__(
+            name=side,
+            address=env[f"{up}_IP"],
+            user=env[f"{up}_USER"],
+            pool=env[f"{up}_POOL"],
+            netns=env[f"{up}_NS"],
+        )
+        self._dir = directory
+        self._wrapper = Path(env["LAB_BIN"]) / f"on-{side}"
+
+    def command(
+        self, argv: Sequence[str], *, root: bool = False, env: Optional[Mapping[str, str]] = None
+    ) -> list[str]:
+        cmd = [str(self._wrapper)]
+        if root:
+            cmd.append("--root")
+        if env:
+            cmd += ["env", *(f"{k}={v}" for k, v in env.items())]
+        return cmd + list(argv)
+
+    def stop_sshd(self) -> None:
+        run_script("sshd.sh", "stop", self.name, directory=self._dir)
+
+    def start_sshd(self) -> None:
+        run_script("sshd.sh", "start", self.name, directory=self._dir)
+
+    @contextlib.contextmanager
+    def password_login(self, password: str) -> Iterator[None]:
+        dropin = self._dir / "ssh" / str(self.netns) / "sshd_config.d" / "50-password.conf"
+        shadow = subprocess.run(
+            ["getent", "shadow", self.user], capture_output=True, text=True, check=True
+        ).stdout
+        saved_hash = shadow.split(":")[1]
+        dropin.write_text("PasswordAuthentication yes\n")
+        try:
+            subprocess.run(
+                ["chpasswd"], input=f"{self.user}:{password}\n", text=True, check=True
+            )
+            run_script("sshd.sh", "restart", self.name, directory=self._dir)
+            yield
+        finally:
+            dropin.unlink()
+            subprocess.run(["usermod", "-p", saved_hash, self.user], check=True)
+            run_script("sshd.sh", "restart", self.name, directory=self._dir)
+
+    def mountpoint(self, fs: str) -> Path:
+        props = dict(
+            line.split("\t", 1)
+            for line in self.zfs("get", "-H", "-o", "property,value", "mounted,mountpoint", fs)
+            .strip()
+            .splitlines()
+        )
+        if props.get("mounted") != "yes":
+            raise RuntimeError(f"{fs} is not mounted ({props})")
+        return Path(props["mountpoint"])
+
+
+class FuseLab(Lab):
+    backend = "fuse"
+
+    def __init__(self, directory: Path) -> None:
+        env = read_env_file(directory / "lab.env")
+        super().__init__(
+            src=FuseHost(side="src", env=env, directory=directory),
+            dst=FuseHost(side="dst", env=env, directory=directory),
+            bin_dir=Path(env["LAB_BIN"]),
+            known_hosts=Path(env["KNOWN_HOSTS"]),
+            work_dir=Path(env["LAB_WORK"]),
+        )
+        self.dir = directory
+
+    def sync_code(self) -> None:
+        run_script("setup.sh", "--sync-code", directory=self.dir)
+
+
+class _LabLock:
+    """The flock on ``LABDIR.lock`` that the scripts take too (common.sh: lab_lock).
+
+    Test sessions hold it shared while they use the lab; set-up and teardown hold it
+    exclusively. Teardown deletes the file, so after locking we check that the file we
+    hold is still the one at the path.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def acquire(self, mode: int, *, wait: bool, timeout: float = 600.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if not wait:
+                    return False
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"lab lock {self.path} busy for {timeout:.0f} s") from None
+                time.sleep(0.2)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    self.fd = fd
+                    return True
+            os.close(fd)
+
+    def convert(self, mode: int, *, wait: bool) -> bool:
+        assert self.fd is not None
+        try:
+            fcntl.flock(self.fd, mode | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@contextlib.contextmanager
+def fuse_lab_session(*, keep: bool = False, directory: Optional[Path] = None) -> Iterator[FuseLab]:
+    """Use the lab for the length of a test session, setting it up if needed.
+
+    Sessions may overlap (two people testing on one machine): the first to find no
+    lab sets it up, and the last one out tears it down if a session set it up and
+    ``keep`` is false. A lab set up by hand (setup.sh, scripts/test) is left standing.
+    """
+    directory = directory or lab_dir()
+    lock = _LabLock(Path(f"{directory}.lock"))
+    while True:
+        if lock.acquire(fcntl.LOCK_EX, wait=False):
+            fresh = not (directory / "lab.env").exists()
+            try:
+                run_script("setup.sh", directory=directory, locked=True)
+            except BaseException:
+                lock.release()
+                raise
+            if fresh:
+                (directory / SESSION_OWNED).touch()
+            lock.convert(fcntl.LOCK_SH, wait=True)
+            break
+        # someone holds it: a session using the lab, or a set-up or teardown running
+        lock.acquire(fcntl.LOCK_SH, wait=True)
+        if (directory / "lab.env").exists():
+            break
+        lock.release()  # it was a teardown: start over
+    lab = FuseLab(directory)
+    try:
+        lab.sync_code()
+        yield lab
+    finally:
+        try:
+            lab.stop_children()
+            last = lock.convert(fcntl.LOCK_EX, wait=False)
+            if last and not keep and (directory / SESSION_OWNED).exists():
+                run_script("teardown.sh", directory=directory, locked=True)
+        finally:
+            lock.release()

@@ -1,0 +1,368 @@
+#!/bin/bash
+# Set up the zfs-fuse replication lab: two "hosts" (network namespaces with their own
+# sshd and user) sharing one zfs-fuse daemon, each with its own pool.
+#
+#   setup.sh              create or repair the lab (idempotent: fills in what is missing)
+#   setup.sh --sync-code  only refresh the copy of src/zfsrepl that the lab users run
+#
+# The lab dir is $ZFSREPL_LAB_DIR (default /var/tmp/zfsrepl-lab). Everything created is
+# recorded in LABDIR/state, and teardown.sh undoes exactly that. Run as root.
+#
+# What it sets up (names in common.sh):
+#   * packages: apt-get update + install of whatever in $PACKAGES is missing
+#   * the zfs-fuse daemon, started only if none runs (its PID is recorded)
+#   * pools zfsrepl_src / zfsrepl_dst on sparse files in LABDIR/img, mounted under
+#     LABDIR/mnt, which is a shared bind mount (see "mount pinning" below)
+#   * users src and dst (group zfsrepl-lab), ed25519 keys authorized for both users,
+#     and a sudo rule for exactly /usr/sbin/zfs and /usr/sbin/zpool
+#   * namespaces zr-src (198.51.100.11) and zr-dst (198.51.100.12) joined by a veth
+#     pair, an sshd in each, known_hosts for both users
+#   * LABDIR/bin: zfs/zpool wrappers (sudo for non-root), zfsrepl (runs the copy in
+#     LABDIR/py with /usr/bin/python3), unpin, on-src/on-dst
+#   * LABDIR/lab.env, read by the Python side (tests/lab/fuse)
+#
+# Mount pinning: every process started by `ip netns exec` gets a copy of the mount
+# table, and a copied FUSE mount keeps its dataset busy ("dataset is busy", "pool is
+# busy") while that process lives. So LABDIR/mnt is made a shared mount before any pool
+# mounts there (the copies then follow mounts and unmounts under it), and namespaced
+# processes start under LABDIR/bin/unpin, which drops every other zfs-fuse mount from
+# their private copy.
+set -euo pipefail
+HERE=$(dirname "$(readlink -f "$0")")
+REPO=$(cd "$HERE/../../.." && pwd)
+. "$HERE/common.sh"
+
+# Copy src/zfsrepl to LABDIR/py-<stamp> and point LABDIR/py at it. The users cannot be
+# assumed to read the work tree (CI may clone it under a private folder). The switch is
+# an atomic symlink rename, so a zfsrepl process of another test session running at that
+# moment keeps a complete tree; older copies but the previous one are removed.
+sync_code() {
+    local pkg="$REPO/src/zfsrepl" new old
+    [ -d "$pkg" ] || die "no package at $pkg"
+    new=$(mktemp -d "$LABDIR/py-XXXXXX")
+    cp -r "$pkg" "$new/zfsrepl"
+    find "$new" \( -name __pycache__ -o -name '*.pyc' \) -prune -exec rm -rf {} +
+    if [ -d "$LABDIR/py/zfsrepl" ] && diff -r -q -x __pycache__ "$LABDIR/py/zfsrepl" "$new/zfsrepl" >/dev/null; then
+        rm -rf "$new"
+        return 0
+    fi
+    # byte-compile as root: the users cannot write __pycache__ there, and every zfsrepl
+    # start would otherwise compile the whole package again
+    /usr/bin/python3 -m compileall -q "$new" >/dev/null || true
+    chmod -R a+rX "$new"
+    old=$(readlink "$LABDIR/py" 2>/dev/null || true)
+    ln -sfn "$(basename "$new")" "$LABDIR/py.tmp"
+    mv -T "$LABDIR/py.tmp" "$LABDIR/py"
+    for d in "$LABDIR"/py-*; do
+        case "$(basename "$d")" in "$(basename "$new")" | "$old") ;; *) rm -rf "$d" ;; esac
+    done
+}
+
+if [ "${1:-}" = --sync-code ]; then
+    [ -d "$LABDIR/bin" ] || die "no lab at $LABDIR (run setup.sh first)"
+    sync_code
+    exit 0
+fi
+[ $# -eq 0 ] || die "usage: setup.sh [--sync-code]"
+
+install -d -m 0755 "$LABDIR"
+lab_lock
+install -d -m 0755 "$LABDIR"/{img,mnt,run,ssh,log,bin,work}
+install -d -m 0700 "$STATE"
+
+# ------------------------------------------------------------------ packages
+install_packages() {
+    local need=() p policy=
+    for p in $PACKAGES; do
+        dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || need+=("$p")
+    done
+    [ ${#need[@]} -eq 0 ] && return 0
+    log "installing ${need[*]}"
+    # keep apt from starting the packages' own services (a host-wide sshd on port 22,
+    # a zfs-fuse daemon nobody would stop): the lab starts what it needs itself
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        policy=1
+    fi
+    local rc=0
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        --no-install-recommends "${need[@]}"; } >"$LABDIR/log/apt.log" 2>&1 || rc=$?
+    [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
+    [ $rc -eq 0 ] || { tail -20 "$LABDIR/log/apt.log" >&2; die "apt-get failed"; }
+}
+install_packages
+
+# ------------------------------------------------------------------ zfs-fuse daemon
+if pgrep -x zfs-fuse >/dev/null; then
+    :   # shared daemon: never ours to stop unless we started it
+else
+    log "starting zfs-fuse"
+    rm -f "$LABDIR/run/zfs-fuse.pid"
+    # it daemonizes; a second instance would exit 1 silently (lock /var/lock/zfs/zfs_lock)
+    zfs-fuse --pidfile "$LABDIR/run/zfs-fuse.pid" </dev/null >/dev/null 2>&1 9>&- \
+        || die "zfs-fuse exited with $? (see syslog)"
+    for _ in $(seq 1 50); do [ -s "$LABDIR/run/zfs-fuse.pid" ] && break; sleep 0.1; done
+    [ -s "$LABDIR/run/zfs-fuse.pid" ] || die "zfs-fuse wrote no PID file"
+    cp "$LABDIR/run/zfs-fuse.pid" "$STATE/zfs-fuse.started"
+fi
+for _ in $(seq 1 50); do zpool list >/dev/null 2>&1 && break; sleep 0.1; done
+zpool list >/dev/null 2>&1 || die "the zfs-fuse daemon does not answer"
+
+# ------------------------------------------------------------------ shared mount dir
+if ! mountpoint -q "$LABDIR/mnt"; then
+    if awk -v m="$LABDIR/mnt/" 'index($5, m) == 1' /proc/self/mountinfo | grep -q .; then
+        die "datasets are mounted under $LABDIR/mnt, which is not a shared mount: run teardown.sh"
+    fi
+    mount --bind "$LABDIR/mnt" "$LABDIR/mnt"
+    touch "$STATE/mnt.bind"
+fi
+mount --make-shared "$LABDIR/mnt"
+
+# ------------------------------------------------------------------ pools
+make_pool() {  # pool
+    local p=$1 img="$LABDIR/img/$1.img"
+    if zpool list -H -o name "$p" >/dev/null 2>&1; then
+        zpool status "$p" | grep -qF "$img" || die "pool $p exists but is not backed by $img"
+    elif [ -f "$img" ]; then
+        log "importing pool $p"
+        zpool import -d "$LABDIR/img" "$p" || die "cannot import $p from $img"
+    else
+        log "creating pool $p ($POOL_SIZE)"
+        truncate -s "$POOL_SIZE" "$img"
+        echo "$img" > "$STATE/pool.$p"
+        zpool create -m "$LABDIR/mnt/$p" "$p" "$img" 2>&1 | { grep -v '^Defaulting to 4K' || true; }
+        zpool list -H -o name "$p" >/dev/null || die "zpool create $p failed"
+    fi
+    [ -f "$STATE/pool.$p" ] || echo "$img" > "$STATE/pool.$p"
+}
+make_pool "$SRC_POOL"
+make_pool "$DST_POOL"
+
+# ------------------------------------------------------------------ users, keys, sudo
+if ! getent group "$GROUP" >/dev/null; then
+    groupadd "$GROUP"
+    touch "$STATE/group"
+fi
+for u in $USERS; do
+    if ! id "$u" >/dev/null 2>&1; then
+        log "creating user $u"
+        # password field stays '!': sshd with UsePAM still accepts keys, and only
+        # password tests set a password, temporarily
+        useradd -m -s /bin/bash -g "$GROUP" "$u"
+        touch "$STATE/user.$u"
+    fi
+    home=$(getent passwd "$u" | cut -d: -f6)
+    install -d -m 0700 -o "$u" -g "$(id -g "$u")" "$home/.ssh"
+    [ -f "$home/.ssh/id_ed25519" ] ||
+        runuser -u "$u" -- ssh-keygen -q -t ed25519 -N '' -C "$u@zfsrepl-lab" -f "$home/.ssh/id_ed25519"
+done
+for u in $USERS; do
+    ak="$(getent passwd "$u" | cut -d: -f6)/.ssh/authorized_keys"
+    touch "$ak"
+    for k in $USERS; do
+        pub=$(cat "$(getent passwd "$k" | cut -d: -f6)/.ssh/id_ed25519.pub")
+        grep -qxF "$pub" "$ak" || echo "$pub" >> "$ak"
+    done
+    chown "$u:$(id -g "$u")" "$ak"
+    chmod 0600 "$ak"
+done
+# The daemon's socket is root-only, and whoever can open it controls every pool without
+# any check, so the users get exactly the two commands through sudo instead.
+tmp=$(mktemp)
+cat > "$tmp" <<'EOF'
+# zfsrepl test lab (tests/lab/fuse/setup.sh); removed by teardown.sh
+Defaults:src,dst !requiretty
+src,dst ALL=(root) NOPASSWD: /usr/sbin/zfs, /usr/sbin/zpool
+EOF
+visudo -cqf "$tmp" || die "sudoers syntax check failed"
+if ! cmp -s "$tmp" "$SUDOERS"; then
+    install -m 0440 "$tmp" "$SUDOERS"
+    touch "$STATE/sudoers"
+fi
+rm -f "$tmp"
+
+# ------------------------------------------------------------------ wrappers
+write_exe() {  # path; content on stdin
+    cat > "$1.tmp"
+    chmod 0755 "$1.tmp"
+    mv "$1.tmp" "$1"
+}
+for c in zfs zpool; do
+    write_exe "$BIN/$c" <<EOF
+#!/bin/sh
+# zfs-fuse's socket is root-only: other users go through the lab's sudo rule
+if [ "\$(id -u)" = 0 ]; then exec /usr/sbin/$c "\$@"; fi
+exec sudo -n /usr/sbin/$c "\$@"
+EOF
+done
+write_exe "$BIN/zfsrepl" <<EOF
+#!/bin/sh
+# the lab's copy of the package under test (setup.sh --sync-code), on the users' runtime
+PYTHONPATH=$LABDIR/py PYTHONSAFEPATH=1 exec /usr/bin/python3 -m zfsrepl "\$@"
+EOF
+# unpin CMD...: run CMD in a private slave copy of the mount table from which every
+# zfs-fuse mount outside LABDIR/mnt is lazily unmounted, so CMD pins no other pool. It
+# unshares before unmounting anything, and refuses to run in the daemon's namespace.
+write_exe "$BIN/unpin" <<EOF
+#!/bin/sh
+if [ "\${ZFSREPL_UNPIN_INNER:-}" != 1 ]; then
+    ZFSREPL_UNPIN_INNER=1 exec unshare --mount --propagation slave "\$0" "\$@"
+fi
+unset ZFSREPL_UNPIN_INNER
+me=\$(readlink /proc/self/ns/mnt)
+dpid=\$(pgrep -xo zfs-fuse)
+dm=\$(readlink "/proc/\$dpid/ns/mnt" 2>/dev/null)
+if [ -z "\$me" ] || [ -z "\$dpid" ] || [ -z "\$dm" ] || [ "\$me" = "\$dm" ]; then
+    echo "unpin: not in a private mount namespace (self=\$me daemon=\$dm); refusing" >&2
+    exit 1
+fi
+awk '\$3 == "fuse.zfs" { print \$2 }' /proc/self/mounts | while IFS= read -r m; do
+    m=\$(printf '%b' "\$m")     # /proc/mounts writes a space as \\040
+    case "\$m" in "$LABDIR/mnt"/*) ;; *) umount -l "\$m" 2>/dev/null ;; esac
+done
+exec "\$@"
+EOF
+# on-src / on-dst [--root] CMD...: run CMD on that "host", in its network namespace, as
+# its user (or root), with a clean environment and LABDIR/bin first on PATH. Every step
+# execs (setpriv, unlike runuser, does not stay around as a parent), so the PID a caller
+# sees is CMD's own and signals reach it directly.
+# The user's CMD runs unpinned in a copy of the mount table (as sshd sessions do). Root's
+# CMD stays in the machine's mount namespace (nsenter --net): `zfs unmount`, and so
+# destroy/rename of a mounted filesystem, unmounts in the *client's* namespace, which
+# in a copy leaves the real mount in place and the dataset "busy".
+for side in src dst; do
+    ns=$(side_ns $side)
+    home=$(getent passwd $side | cut -d: -f6)
+    write_exe "$BIN/on-$side" <<EOF
+#!/bin/sh
+if [ "\${1:-}" = --root ]; then
+    shift
+    cd /root || exit 1
+    exec nsenter --net=/run/netns/$ns env -i HOME=/root LANG=C.UTF-8 PATH=$ROOT_PATH "\$@"
+fi
+cd $home || exit 1
+exec ip netns exec $ns "$BIN/unpin" setpriv --reuid=$side --regid=$(id -g $side) --init-groups \\
+    --reset-env env LANG=C.UTF-8 PATH=$USER_PATH "\$@"
+EOF
+done
+
+# ------------------------------------------------------------------ network
+for ns in "$NS_SRC" "$NS_DST"; do
+    if [ ! -e "/run/netns/$ns" ]; then
+        ip netns add "$ns"
+        touch "$STATE/netns.$ns"
+    fi
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 >/dev/null 2>&1 || true
+done
+if ! ip -n "$NS_SRC" link show "$VETH_SRC" >/dev/null 2>&1 ||
+    ! ip -n "$NS_DST" link show "$VETH_DST" >/dev/null 2>&1; then
+    ip -n "$NS_SRC" link del "$VETH_SRC" 2>/dev/null || true
+    ip -n "$NS_DST" link del "$VETH_DST" 2>/dev/null || true
+    # created inside zr-src and one end moved: it never sits in the host namespace
+    ip -n "$NS_SRC" link add "$VETH_SRC" type veth peer name "$VETH_DST"
+    ip -n "$NS_SRC" link set "$VETH_DST" netns "$NS_DST"
+fi
+ip -n "$NS_SRC" addr replace "$SRC_IP/24" dev "$VETH_SRC"
+ip -n "$NS_DST" addr replace "$DST_IP/24" dev "$VETH_DST"
+ip -n "$NS_SRC" link set "$VETH_SRC" up
+ip -n "$NS_DST" link set "$VETH_DST" up
+# In the host namespace the lab addresses must fail at once rather than follow the
+# default route off the machine (a command that forgot the namespace, say).
+if [ -z "$(ip route show "$LAB_NET")" ]; then
+    ip route add unreachable "$LAB_NET"
+    touch "$STATE/route.guard"
+fi
+
+# ------------------------------------------------------------------ sshd per namespace
+if [ ! -d /run/sshd ]; then    # sshd's privilege separation dir
+    install -d -m 0755 /run/sshd
+    touch "$STATE/run-sshd"
+fi
+: > "$LABDIR/ssh/known_hosts.new"
+for side in src dst; do
+    ns=$(side_ns $side)
+    ip=$(side_ip $side)
+    d="$LABDIR/ssh/$ns"
+    install -d -m 0755 "$d" "$d/sshd_config.d"
+    [ -f "$d/ssh_host_ed25519_key" ] ||
+        ssh-keygen -q -t ed25519 -N '' -C "zfsrepl-lab-$side" -f "$d/ssh_host_ed25519_key"
+    # The first value of an option wins, so drop-ins (the password test's) come first.
+    cat > "$d/sshd_config.new" <<EOF
+# zfsrepl lab sshd for the $side host (generated by tests/lab/fuse/setup.sh)
+Include $d/sshd_config.d/*.conf
+ListenAddress $ip
+Port 22
+HostKey $d/ssh_host_ed25519_key
+PidFile $LABDIR/run/sshd-$ns.pid
+AuthorizedKeysFile .ssh/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers $USERS
+UsePAM yes
+UseDNS no
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+# tests open many connections at once (parallel transfers, ControlMaster sessions)
+MaxStartups 200:30:400
+MaxSessions 200
+AcceptEnv LANG LC_*
+SetEnv PATH=$USER_PATH
+Subsystem sftp internal-sftp
+EOF
+    /usr/sbin/sshd -t -f "$d/sshd_config.new" || die "sshd config test failed for $ns"
+    if cmp -s "$d/sshd_config.new" "$d/sshd_config"; then
+        rm "$d/sshd_config.new"
+        "$HERE/sshd.sh" start $side
+    else
+        mv "$d/sshd_config.new" "$d/sshd_config"
+        "$HERE/sshd.sh" restart $side
+    fi
+    echo "$ip $(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >> "$LABDIR/ssh/known_hosts.new"
+done
+mv "$LABDIR/ssh/known_hosts.new" "$LABDIR/ssh/known_hosts"
+chmod 0644 "$LABDIR/ssh/known_hosts"
+for u in $USERS; do
+    kh="$(getent passwd "$u" | cut -d: -f6)/.ssh/known_hosts"
+    touch "$kh"
+    for ip in "$SRC_IP" "$DST_IP"; do ssh-keygen -q -R "$ip" -f "$kh" >/dev/null 2>&1 || true; done
+    cat "$LABDIR/ssh/known_hosts" >> "$kh"
+    rm -f "$kh.old"
+    chown "$u:$(id -g "$u")" "$kh"
+    chmod 0644 "$kh"
+done
+
+# ------------------------------------------------------------------ code, env file
+sync_code
+cat > "$LABDIR/lab.env.tmp" <<EOF
+# zfsrepl lab (tests/lab/fuse/setup.sh). KEY=VALUE lines; in a shell: set -a; . lab.env; set +a
+ZFSREPL_LAB_BACKEND=fuse
+ZFSREPL_LAB_DIR=$LABDIR
+LAB_BIN=$BIN
+LAB_MNT=$LABDIR/mnt
+LAB_WORK=$LABDIR/work
+KNOWN_HOSTS=$LABDIR/ssh/known_hosts
+SRC_POOL=$SRC_POOL
+DST_POOL=$DST_POOL
+SRC_NS=$NS_SRC
+DST_NS=$NS_DST
+SRC_IP=$SRC_IP
+DST_IP=$DST_IP
+SRC_USER=src
+DST_USER=dst
+# run CMD as src on the source host: \$LAB_BIN/on-src CMD (as root there: on-src --root CMD)
+EOF
+mv "$LABDIR/lab.env.tmp" "$LABDIR/lab.env"
+
+# ------------------------------------------------------------------ smoke check
+for pair in "src $DST_IP dst $DST_POOL" "dst $SRC_IP src $SRC_POOL"; do
+    set -- $pair
+    "$BIN/on-$1" ssh -o BatchMode=yes -o ConnectTimeout=5 "$3@$2" zfs list -H -o name "$4" \
+        9>&- >/dev/null 2>"$LABDIR/log/smoke.log" ||
+        die "smoke check failed: on-$1 ssh $3@$2 zfs list $4: $(cat "$LABDIR/log/smoke.log")"
+done
+log "ready: $LABDIR (source $LABDIR/lab.env)"
