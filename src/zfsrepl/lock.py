@@ -18,6 +18,9 @@ from typing import Callable
 
 from zfsrepl.errors import ZfsreplError
 
+# How long a lock seen taken may be a mere `probe` (see FileLock.acquire).
+PROBE_GRACE = 1.0
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -99,13 +102,14 @@ class FileLock:
 
     def acquire(self, *, wait: bool, sleep: Callable[[float], None] = time.sleep,
                 on_wait: Callable[[Holder], None] | None = None, what: str = "",
-                poll: float = 0.2, grace: float = 1.0) -> None:
+                poll: float = 0.2, grace: float | None = None) -> None:
         """Take the lock; if another process has it, wait for it (`wait`) or raise Busy.
 
         `sleep` is how to pass the time between tries: the service loop passes one
         that a stop request interrupts. A holder seen only during the first `grace`
         seconds may be a `probe`, which lets go at once, so it is not reported.
         """
+        grace = PROBE_GRACE if grace is None else grace
         started = time.monotonic()
         told = False
         while not self.try_acquire():
