@@ -1,0 +1,96 @@
+"""The Prometheus text output, parsed with the reference client's parser."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from zfsrepl import metrics
+from zfsrepl.errors import ZfsreplError
+from zfsrepl.metrics import MetricsServer, ServiceSample, render
+from zfsrepl.state import Newest, ServiceState
+
+NOW = 1_800_000_000.0
+
+
+def sample(name: str = "web", state: str = "online") -> ServiceSample:
+    st = ServiceState(last_success=NOW - 30, last_cycle_seconds=2.5, next_run=NOW + 30,
+                      cycles_total=7, cycle_failures_total=1, attempt_failures_total=3,
+                      sent_bytes_total=123456,
+                      newest={"backup/a": Newest("zfsrepl-src-dst-b-7", int(NOW) - 45)})
+    return ServiceSample(name, state, st, [("tank/a", "backup/a"), ("tank/b", "backup/b")])
+
+
+def parse(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
+    out: dict[str, list[tuple[str, dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        out[fam.name] = [(s.name, s.labels, s.value) for s in fam.samples]
+    return out
+
+
+def test_render_parses_and_holds_every_metric() -> None:
+    fams = parse(render([sample(), sample("db", "maintenance")], NOW))
+    state = {(s[1]["service"], s[1]["state"]): s[2] for s in fams["zfsrepl_service_state"]}
+    assert state[("web", "online")] == 1 and state[("web", "maintenance")] == 0
+    assert state[("db", "maintenance")] == 1 and sum(state.values()) == 2
+    assert ("zfsrepl_last_success_timestamp_seconds", {"service": "web"}, NOW - 30) in \
+        fams["zfsrepl_last_success_timestamp_seconds"]
+    assert ("zfsrepl_cycles_total", {"service": "web"}, 7) in fams["zfsrepl_cycles"]
+    assert ("zfsrepl_cycle_failures_total", {"service": "web"}, 1) in \
+        fams["zfsrepl_cycle_failures"]
+    assert ("zfsrepl_sent_bytes_total", {"service": "web"}, 123456) in fams["zfsrepl_sent_bytes"]
+    assert ("zfsrepl_last_cycle_duration_seconds", {"service": "web"}, 2.5) in \
+        fams["zfsrepl_last_cycle_duration_seconds"]
+    lag = [s for s in fams["zfsrepl_lag_seconds"] if s[1]["service"] == "web"]
+    # Only the filesystem that has a replica has a lag.
+    assert lag == [("zfsrepl_lag_seconds",
+                    {"service": "web", "filesystem": "tank/a", "destination": "backup/a"}, 45)]
+    assert fams["zfsrepl_next_run_timestamp_seconds"]
+
+
+def test_label_values_are_escaped() -> None:
+    odd = ServiceSample('we"b\\x', "offline", ServiceState(
+        newest={'b/"q"\n': Newest("s", int(NOW))}), [("t/a\\b", 'b/"q"\n')])
+    fams = parse(render([odd], NOW))
+    (lag,) = fams["zfsrepl_lag_seconds"]
+    assert lag[1] == {"service": 'we"b\\x', "filesystem": "t/a\\b", "destination": 'b/"q"\n'}
+
+
+def test_nothing_to_say_is_an_empty_text() -> None:
+    assert render([], NOW) == ""
+
+
+def test_textfile_is_replaced_whole(tmp_path: Path) -> None:
+    path = tmp_path / "metrics" / "web.prom"
+    metrics.write_textfile(path, render([sample()], NOW))
+    metrics.write_textfile(path, render([sample(state="maintenance")], NOW))
+    assert [p.name for p in path.parent.iterdir()] == ["web.prom"]
+    assert 'state="maintenance"} 1' in path.read_text()
+
+
+def test_http_server_serves_the_metrics() -> None:
+    server = MetricsServer("127.0.0.1", 0, lambda: render([sample()], NOW))
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+            assert resp.headers["Content-Type"] == metrics.CONTENT_TYPE
+            assert "zfsrepl_cycles" in parse(resp.read().decode())
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{url}/other", timeout=10)
+        assert err.value.code == 404
+    finally:
+        server.stop()
+
+
+def test_a_port_in_use_is_one_clear_error() -> None:
+    first = MetricsServer("127.0.0.1", 0, lambda: "")
+    try:
+        with pytest.raises(ZfsreplError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+            MetricsServer("127.0.0.1", first.port, lambda: "")
+    finally:
+        first.stop()

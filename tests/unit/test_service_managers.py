@@ -1,0 +1,229 @@
+"""Service managers: the systemd unit, enable/disable through systemctl, the SMF
+manifest (validated against the service_bundle DTD) and the FreeBSD rc.d script."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zfsrepl import managers
+from zfsrepl.cli import main
+from zfsrepl.config import Endpoint, FilesystemPair, Service, dump_service
+from zfsrepl.errors import UsageError, ZfsreplError
+from zfsrepl.host import Result
+from zfsrepl.managers import EXIT_MAINTENANCE, Systemd
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+COMMAND = [sys.executable, "-m", "zfsrepl"]
+
+
+class FakeSystemctl:
+    """Records commands; answers `is-enabled` with `enabled`."""
+
+    def __init__(self, enabled: str = "enabled", fail: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.enabled = enabled
+        self.fail = fail
+
+    def __call__(self, argv: list[str]) -> Result:
+        self.calls.append(argv)
+        if self.fail and self.fail in argv:
+            return Result(argv, 1, "", "Failed to enable unit: Access denied\n")
+        if argv[1] == "is-enabled":
+            return Result(argv, 0 if self.enabled == "enabled" else 1, self.enabled + "\n", "")
+        return Result(argv, 0, "", "")
+
+
+def unit_dirs(tmp_path: Path) -> tuple[Path, tuple[Path, ...]]:
+    etc = tmp_path / "etc"
+    return etc, (etc, tmp_path / "run", tmp_path / "lib")
+
+
+# ---------------------------------------------------------------------------- systemd
+
+
+def test_unit_starts_this_installation_and_stays_stopped_after_maintenance() -> None:
+    unit = managers.render_unit(COMMAND)
+    assert f"ExecStart={sys.executable} -m zfsrepl run %i" in unit
+    assert "RestartPreventExitStatus=2 96" in unit and EXIT_MAINTENANCE == 96
+    assert "Restart=on-failure" in unit
+    assert unit.startswith(managers.INSTALLED_MARK)
+
+
+def test_unit_quotes_a_command_with_spaces() -> None:
+    unit = managers.render_unit(["/opt/my tools/zfsrepl"])
+    assert 'ExecStart="/opt/my tools/zfsrepl" run %i' in unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    (tmp_path / "zfsrepl@.service").write_text(managers.render_unit(COMMAND))
+    # A template is verified through an instance of it.
+    (tmp_path / "zfsrepl@testrepl.service").symlink_to("zfsrepl@.service")
+    proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "zfsrepl@testrepl.service")],
+                          capture_output=True, text=True, timeout=60)
+    # verify exits 0 on mere warnings: there must be none either.
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def test_enable_installs_the_unit_and_the_folders_then_enables_it(tmp_path: Path) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    fake = FakeSystemctl()
+    sd = Systemd(fake, dirs, etc)
+    env = {"ZFSREPL_CONFIG_DIR": "/srv/zfsrepl"}
+    written = sd.enable("web", COMMAND, env)
+    assert written == [str(etc / "zfsrepl@.service"),
+                       str(etc / "zfsrepl@web.service.d" / managers.DROPIN_NAME)]
+    assert fake.calls == [["systemctl", "daemon-reload"],
+                          ["systemctl", "enable", "--now", "zfsrepl@web.service"]]
+    dropin = (etc / "zfsrepl@web.service.d" / managers.DROPIN_NAME).read_text()
+    assert 'Environment="ZFSREPL_CONFIG_DIR=/srv/zfsrepl"' in dropin
+
+    fake.calls.clear()
+    assert sd.enable("web", COMMAND, env) == []  # nothing changed: no daemon-reload
+    assert fake.calls == [["systemctl", "enable", "--now", "zfsrepl@web.service"]]
+
+    assert sd.enable("web", COMMAND, {}) == [
+        f"{etc / 'zfsrepl@web.service.d' / managers.DROPIN_NAME} (removed)"]
+
+
+def test_a_unit_from_a_package_is_used_as_it_is(tmp_path: Path) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "zfsrepl@.service").write_text("[Service]\nExecStart=/usr/bin/zfsrepl\n")
+    fake = FakeSystemctl()
+    assert Systemd(fake, dirs, etc).enable("web", COMMAND, {}) == []
+    assert not (etc / "zfsrepl@.service").exists()
+
+
+def test_a_unit_edited_by_the_administrator_is_left_alone(tmp_path: Path) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    etc.mkdir()
+    (etc / "zfsrepl@.service").write_text("# mine\n[Service]\nExecStart=/x run %i\n")
+    Systemd(FakeSystemctl(), dirs, etc).enable("web", COMMAND, {})
+    assert (etc / "zfsrepl@.service").read_text().startswith("# mine")
+
+
+def test_systemctl_failures_are_one_clear_message(tmp_path: Path) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    with pytest.raises(ZfsreplError, match=re.escape(
+            "systemctl enable --now zfsrepl@web.service: Failed to enable unit: Access denied")):
+        Systemd(FakeSystemctl(fail="enable"), dirs, etc).enable("web", COMMAND, {})
+
+
+def test_disable_and_start_again(tmp_path: Path) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    fake = FakeSystemctl()
+    sd = Systemd(fake, dirs, etc)
+    sd.disable("web")
+    assert sd.start_again("web") == "started zfsrepl@web.service"
+    assert fake.calls == [["systemctl", "disable", "--now", "zfsrepl@web.service"],
+                          ["systemctl", "is-enabled", "zfsrepl@web.service"],
+                          ["systemctl", "reset-failed", "zfsrepl@web.service"],
+                          ["systemctl", "start", "zfsrepl@web.service"]]
+    off = Systemd(FakeSystemctl(enabled="disabled"), dirs, etc)
+    assert "not enabled" in off.start_again("web") and not off.is_enabled("web")
+
+
+def test_folder_environment_names_only_what_differs_from_the_defaults(tmp_path: Path) -> None:
+    env = managers.folder_environment(Path("/etc/zfsrepl"), tmp_path, Path("/var/log/zfsrepl"))
+    assert env == {"ZFSREPL_STATE_DIR": str(tmp_path)}
+
+
+def test_without_systemd_enable_says_how_to_run_the_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(managers, "detect", lambda: None)
+    confdir = tmp_path / "config"
+    (confdir / "services").mkdir(parents=True)
+    svc = Service("web", Endpoint("a", "src"), Endpoint("b", "dst"),
+                  (FilesystemPair("p/a", "p/b"),))
+    (confdir / "services" / "web.toml").write_text(dump_service(svc))
+    for command in ("enable", "disable"):
+        assert main(["--config-dir", str(confdir), command, "web"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err  # one line, no traceback
+        assert "systemd is not running" in err and "`zfsrepl run web`" in err
+        assert f"except on {EXIT_MAINTENANCE}" in err
+
+
+@pytest.mark.parametrize("manager,expected", [
+    ("smf", "zfsrepl smf-manifest web"), ("rc", "zfsrepl rc-script"), (None, "supervisor")])
+def test_no_manager_help_fits_the_platform(manager: str | None, expected: str) -> None:
+    assert expected in managers.no_manager_help("web", manager)
+
+
+# ---------------------------------------------------------------------------- SMF
+
+
+def smf(name: str = "testrepl", env: dict[str, str] | None = None) -> str:
+    return managers.smf_manifest(name, ["/opt/zfsrepl/bin/zfsrepl"], "src", None, env or {})
+
+
+@pytest.mark.skipif(shutil.which("xmllint") is None, reason="no xmllint (libxml2-utils)")
+@pytest.mark.parametrize("env", [{}, {"ZFSREPL_CONFIG_DIR": "/srv/a&b <c>"}])
+def test_smf_manifest_validates_against_the_dtd(tmp_path: Path, env: dict[str, str]) -> None:
+    manifest = tmp_path / "zfsrepl-testrepl.xml"
+    manifest.write_text(smf(env=env))
+    dtd = FIXTURES / "service_bundle.dtd.1"
+    # The DOCTYPE names the DTD where Solaris keeps it: a catalog points that at the copy.
+    catalog = tmp_path / "catalog.xml"
+    catalog.write_text(
+        '<?xml version="1.0"?>\n<catalog xmlns="urn:oasis:names:tc:entity:xmlns:xml:catalog">'
+        f'<system systemId="{managers.SMF_DTD}" uri="{dtd.as_uri()}"/></catalog>\n')
+    for how in (["--valid"], ["--dtdvalid", str(dtd)]):
+        proc = subprocess.run(["xmllint", "--noout", "--nonet", *how, str(manifest)],
+                              capture_output=True, text=True, timeout=60,
+                              env={"XML_CATALOG_FILES": str(catalog), "PATH": "/usr/bin:/bin"})
+        assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_smf_manifest_is_a_wait_model_service_run_by_zfsrepl_run() -> None:
+    text = smf()
+    assert 'exec="/opt/zfsrepl/bin/zfsrepl run testrepl"' in text
+    assert '<propval name="duration" type="astring" value="child" />' in text
+    assert 'exec=":kill -HUP"' in text and 'exec=":kill"' in text
+    assert '<method_credential user="src" group=":default" />' in text
+    assert 'name="testrepl"' in text and 'name="application/zfsrepl"' in text
+
+
+def test_smf_refuses_a_name_smf_cannot_hold() -> None:
+    with pytest.raises(UsageError, match="SMF instance name"):
+        smf("1st.backup")
+
+
+# ---------------------------------------------------------------------------- FreeBSD
+
+
+def test_rc_script_runs_this_installation_and_is_valid_shell(tmp_path: Path) -> None:
+    text = managers.rc_script(["/usr/local/bin/python3.11", "-m", "zfsrepl"])
+    assert ': ${zfsrepl_command:="/usr/local/bin/python3.11 -m zfsrepl"}' in text
+    assert "# PROVIDE: zfsrepl" in text and "run_rc_command" in text
+    script = tmp_path / "zfsrepl"
+    script.write_text(text)
+    assert subprocess.run(["sh", "-n", str(script)], timeout=30).returncode == 0
+
+
+def test_commands_print_manifest_and_script(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    confdir = tmp_path / "config"
+    (confdir / "services").mkdir(parents=True)
+    svc = Service("web", Endpoint("a", "backup"), Endpoint("b", "dst"),
+                  (FilesystemPair("p/a", "p/b"),))
+    (confdir / "services" / "web.toml").write_text(dump_service(svc))
+    assert main(["--config-dir", str(confdir), "smf-manifest", "web"]) == 0
+    assert '<method_credential user="backup"' in capsys.readouterr().out
+    out = tmp_path / "m.xml"
+    assert main(["--config-dir", str(confdir), "smf-manifest", "web", "--user", "root",
+                 "--command", "/opt/z/bin/zfsrepl", "-o", str(out)]) == 0
+    assert 'exec="/opt/z/bin/zfsrepl run web"' in out.read_text()
+    assert "svccfg import" in capsys.readouterr().out
+    assert main(["rc-script", "--command", "relative/zfsrepl"]) == 2
+    assert "full path" in capsys.readouterr().err
+    assert main(["rc-script"]) == 0
+    assert "run_rc_command" in capsys.readouterr().out
