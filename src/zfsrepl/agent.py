@@ -41,7 +41,7 @@ from zfsrepl import __version__
 from zfsrepl.naming import SnapshotNaming
 
 # The properties the cycle lists (zfs.py `_LIST_PROPS`; a unit test keeps them equal).
-LISTING_PROPERTIES = ("guid", "createtxg", "creation", "userrefs")
+LISTING_PROPERTIES = ("guid", "createtxg", "creation", "userrefs", "zfsrepl:role")
 # Far above any real request (a listing of many filesystems), far below what could
 # hurt: refused before it is even split.
 MAX_COMMAND_BYTES = 64 * 1024

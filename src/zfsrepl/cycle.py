@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ContextManager
 
-from zfsrepl import hooks, plan, retention
+from zfsrepl import diagnosis, hooks, plan, retention
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
 from zfsrepl.host import Host
@@ -146,7 +146,14 @@ class Cycle:
         hooks.check_executable("pre_snapshot", svc.pre_snapshot)
         hooks.check_executable("post_snapshot", svc.post_snapshot)
         pairs = list(svc.filesystems)
-        dst_lists = self.dst.snapshots([p.destination for p in pairs])
+        dst_lists, dst_roles = self.dst.listing([p.destination for p in pairs])
+        # The interlock: a destination that took over by failover is never overwritten.
+        taken = [p.destination for p in pairs
+                 if dst_roles.get(p.destination) == diagnosis.ROLE_TAKEN_OVER]
+        if taken:
+            raise ReplicationError(diagnosis.interlock_problem(
+                taken, svc.name, diagnosis.Side("destination", svc.destination.host,
+                                                svc.destination.user)))
         src_lists = self.src.snapshots([p.source for p in pairs])
 
         missing_src = [p.source for p in pairs if src_lists[p.source] is None]

@@ -14,7 +14,10 @@ from zfsrepl.host import Host, first_line
 from zfsrepl.plan import Send
 from zfsrepl.snapshots import Snapshot
 
-_LIST_PROPS = ("guid", "createtxg", "creation", "userrefs")
+# zfsrepl:role is read on the filesystems' lines (the interlock, see failover.py);
+# ZFS prints "-" for it where it is not set.
+ROLE_PROPERTY = "zfsrepl:role"
+_LIST_PROPS = ("guid", "createtxg", "creation", "userrefs", ROLE_PROPERTY)
 _MISSING_RE = re.compile(r"^cannot open '(.+)': dataset does not exist$")
 _BUSY_RETRIES = 20
 
@@ -41,20 +44,27 @@ class Zfs:
 
     def snapshots(self, filesystems: list[str]) -> dict[str, list[Snapshot] | None]:
         """Each filesystem's snapshots (None: the filesystem does not exist), in one call."""
+        return self.listing(filesystems)[0]
+
+    def listing(self, filesystems: list[str]) -> tuple[dict[str, list[Snapshot] | None],
+                                                       dict[str, str]]:
+        """`snapshots()`, and the zfsrepl:role of the filesystems where it is set, from
+        the same call."""
         if not filesystems:
-            return {}
+            return {}, {}
         result = self.host.run(
             self.argv("get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
                       ",".join(self._props), *filesystems), check=False)
         if result.returncode != 0 and "invalid property 'userrefs'" in result.stderr:
             # ZFS before pool version 18 has no holds: list without them.
             self._props = tuple(p for p in self._props if p != "userrefs")
-            return self.snapshots(filesystems)
+            return self.listing(filesystems)
         self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
 
         wanted = set(filesystems)
         present: set[str] = set()
         props: dict[str, dict[str, str]] = {}
+        roles: dict[str, str] = {}
         for line in result.stdout.splitlines():
             parts = line.rsplit("\t", 2)
             if len(parts) != 3:
@@ -66,6 +76,8 @@ class Zfs:
                     props.setdefault(name, {})[prop] = value
             elif name in wanted:
                 present.add(name)
+                if prop == ROLE_PROPERTY and value not in ("-", ""):
+                    roles[name] = value
         out: dict[str, list[Snapshot] | None] = {fs: ([] if fs in present else None)
                                                    for fs in filesystems}
         for full, values in props.items():
@@ -82,7 +94,7 @@ class Zfs:
         for snaps in out.values():
             if snaps is not None:
                 snaps.sort(key=lambda s: (s.createtxg, s.creation))
-        return out
+        return out, roles
 
     def existing(self, names: list[str]) -> set[str]:
         """Which of `names` exist, in one call."""
@@ -118,6 +130,29 @@ class Zfs:
                                    argv=result.argv, stderr=result.stderr,
                                    returncode=result.returncode)
             time.sleep(0.1 * (attempt + 1))
+
+    def rollback(self, filesystem: str, name: str) -> None:
+        """Roll back to `name`, which must be the newest snapshot (no -r: nothing else
+        is destroyed)."""
+        self.run("rollback", f"{filesystem}@{name}")
+
+    def set_property(self, filesystem: str, prop: str, value: str) -> None:
+        self.run("set", f"{prop}={value}", filesystem)
+
+    def get_properties(self, filesystem: str, props: list[str]) -> dict[str, str]:
+        """Values (-p) of `props` of one dataset."""
+        out = self.run("get", "-Hp", "-o", "property,value", ",".join(props), filesystem)
+        values: dict[str, str] = {}
+        for line in out.splitlines():
+            prop, _, value = line.partition("\t")
+            values[prop] = value
+        return values
+
+    def mount(self, filesystem: str) -> None:
+        self.run("mount", filesystem)
+
+    def unmount(self, filesystem: str) -> None:
+        self.run("unmount", filesystem)
 
     # -- streams ------------------------------------------------------------------
 
