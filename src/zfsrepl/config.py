@@ -55,6 +55,8 @@ class Endpoint:
 class FilesystemPair:
     source: str
     destination: str
+    # Where `zfsrepl failover` mounts the destination (None: where it inherits).
+    mountpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ _TOP_KEYS = {
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
-_FS_KEYS = {"source", "destination"}
+_FS_KEYS = {"source", "destination", "mountpoint"}
 
 
 class _Reader:
@@ -342,7 +344,12 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
             if problem:
                 fr.fail(key, f"{dataset!r} {problem}", "a ZFS filesystem name like pool/path/fs")
             values[key] = dataset
-        pairs.append(FilesystemPair(values["source"], values["destination"]))
+        mountpoint = fr.string("mountpoint", required=False,
+                               expected="the full path where failover mounts the destination")
+        if mountpoint is not None and not mountpoint.startswith("/"):
+            fr.fail("mountpoint", f"{mountpoint!r} is not a full path",
+                    "the full path where failover mounts the destination")
+        pairs.append(FilesystemPair(values["source"], values["destination"], mountpoint))
     for attr in ("source", "destination"):
         seen: set[str] = set()
         for i, pair in enumerate(pairs, start=1):
@@ -425,4 +432,6 @@ def dump_service(svc: Service) -> str:
     for pair in svc.filesystems:
         lines += ["", "[[filesystem]]", f"source = {_toml_str(pair.source)}",
                   f"destination = {_toml_str(pair.destination)}"]
+        if pair.mountpoint:
+            lines.append(f"mountpoint = {_toml_str(pair.mountpoint)}")
     return "\n".join(lines) + "\n"

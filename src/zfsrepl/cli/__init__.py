@@ -7,13 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from zfsrepl import __version__, log
-from zfsrepl.cli import agent, managers, runonce, service, setup, status
+from zfsrepl.cli import agent, doctor, failover, managers, runonce, service, setup, status
 from zfsrepl.cli.common import Context, add_common_options
 from zfsrepl.errors import ZfsreplError
 
 # Each module has register(subparsers, parents) adding its commands; a command's
 # handler is stored as the parser default `handler(args, ctx) -> exit code`.
-COMMAND_MODULES = [runonce, setup, agent, service, status, managers]
+COMMAND_MODULES = [runonce, setup, agent, service, status, managers, failover, doctor]
 
 
 def build_parser() -> argparse.ArgumentParser:

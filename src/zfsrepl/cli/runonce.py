@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from zfsrepl import config, service
+from zfsrepl import config, failover, service
 from zfsrepl.cli.common import Context
+from zfsrepl.cli.failover import confirm
 from zfsrepl.cycle import dry_run
 from zfsrepl.errors import ReplicationError
 from zfsrepl.host import LocalHost, SshHost
@@ -25,11 +27,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         "instead of waiting for it")
     p.add_argument("--metrics-file", metavar="FILE", type=Path,
                    help="also write the service's Prometheus metrics to FILE")
+    p.add_argument("--yes", action="store_true",
+                   help="on the destination host (failback): replicate back to the source "
+                        "without asking")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)
+    if failover.is_destination_copy(svc):
+        # The destination's copy of the definition: replicate back (failback).
+        back = failover.reversed_service(svc)
+        print(failover.failback_warning(svc), file=sys.stderr)
+        if args.dry_run:
+            with SshHost(back.destination, extra_options=("BatchMode=no",)) as remote:
+                cp = dry_run(back, LocalHost(svc.destination.host), remote)
+            print("\n".join(cp.describe()))
+            print("dry run: nothing was changed")
+            return 0
+        confirm(f"Replicate {svc.name} back to {svc.source.host}, overwriting its filesystems?",
+                args.yes)
+        service.run_once(back, ctx.state_dir, ctx.log_dir, wait=not args.no_wait,
+                         metrics_file=args.metrics_file, runner=failover.failback_runner)
+        return 0
     if not args.dry_run:
         # Under the service's lock (one cycle at a time, with `run` too), recorded for
         # status and metrics.

@@ -1,0 +1,172 @@
+"""Failover, lockoutkey and failback (manual section 6).
+
+Which way a cycle replicates follows from the definition it runs from: the copy
+setup keeps on the destination host says `role = "destination"`, and `runonce`
+run from that copy replicates destination -> source (failback, fallback). The
+snapshot names stay the service's (`zfsrepl-<srcuser>-<dstuser>-<dsthost>-N`) in
+both directions, and the chain continues by GUID, so forward replication picks
+up again from whatever failback left, with no renaming and no flag to forget.
+
+The interlock lives in ZFS, beside the data it protects: `failover` sets the user
+property zfsrepl:role=source on the destination filesystems, and every cycle
+refuses to receive into a filesystem so marked (cycle.py), until the operator
+either replicates the changes back (failback) or ends the failover here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from zfsrepl import diagnosis
+from zfsrepl.config import FilesystemPair, Service
+from zfsrepl.cycle import CycleEvents, replicate
+from zfsrepl.errors import UsageError, ZfsreplError
+from zfsrepl.host import LocalHost, SshHost
+from zfsrepl.log import logger
+from zfsrepl.naming import SnapshotNaming
+from zfsrepl.setup import authorized_keys
+from zfsrepl.state import Newest
+from zfsrepl.zfs import ROLE_PROPERTY, Zfs
+
+
+@dataclass(frozen=True)
+class ReversedService(Service):
+    """A service turned around for failback: its destination sends, its source
+    receives, and the snapshots keep the service's own names."""
+
+    forward_naming: SnapshotNaming | None = None
+
+    @property
+    def naming(self) -> SnapshotNaming:
+        assert self.forward_naming is not None
+        return self.forward_naming
+
+
+def is_destination_copy(svc: Service) -> bool:
+    return svc.role == "destination"
+
+
+def reversed_service(svc: Service) -> ReversedService:
+    """`svc` replicating destination -> source, with the same snapshot names."""
+    fields = {f.name: getattr(svc, f.name) for f in dataclasses.fields(Service)}
+    fields.update(
+        source=svc.destination, destination=svc.source,
+        filesystems=tuple(FilesystemPair(p.destination, p.source) for p in svc.filesystems),
+        keep_source=svc.keep_destination, keep_destination=svc.keep_source,
+        # hooks quiesce the application on the source host; here it runs elsewhere
+        pre_snapshot=None, post_snapshot=None,
+    )
+    return ReversedService(**fields, forward_naming=svc.naming)
+
+
+def failback_warning(svc: Service) -> str:
+    fss = ", ".join(p.source for p in svc.filesystems)
+    return (f"This replicates service {svc.name} BACKWARDS: from this host "
+            f"({svc.destination.host}) to the source {svc.source.user}@{svc.source.host}.\n"
+            f"You possibly destroy data on the source system {svc.source.host}: {fss} are "
+            "rolled back to the newest snapshot they share with this side and overwritten "
+            "with this side's data; anything written there since is lost.\n"
+            "Make sure no application writes on the source. Where this user has no key "
+            f"there, ssh asks for the password of {svc.source.user}.")
+
+
+def failback_runner(svc: Service, events: CycleEvents,
+                    sleep: Callable[[float], None]) -> dict[str, Newest]:
+    """A `service.run_once` runner for a reversed service: this host sends, the
+    original source receives over ssh (password login allowed)."""
+    local = LocalHost(f"{svc.source.user}@{svc.source.host}")
+    with SshHost(svc.destination, extra_options=("BatchMode=no",)) as remote:
+        replicate(svc, local, remote, sleep=sleep, events=events)
+    return {}
+
+
+# ---------------------------------------------------------------------------- failover
+
+
+def parse_mountpoints(values: list[str], svc: Service) -> dict[str, str]:
+    """`FS=PATH` options (FS: a destination or source filesystem of the service) as
+    destination -> path."""
+    by_name: dict[str, str] = {}
+    for p in svc.filesystems:
+        by_name[p.destination] = p.destination
+        by_name[p.source] = p.destination
+    out: dict[str, str] = {}
+    for value in values:
+        fs, sep, path = value.rpartition("=")
+        if not sep or not fs:
+            raise UsageError(f"--mountpoint {value!r}: expected FS=PATH")
+        if fs not in by_name:
+            known = ", ".join(p.destination for p in svc.filesystems)
+            raise UsageError(f"--mountpoint {value!r}: {fs!r} is not a filesystem of service "
+                             f"{svc.name} (its destination filesystems: {known})")
+        if not path.startswith("/"):
+            raise UsageError(f"--mountpoint {value!r}: {path!r} is not a full path")
+        out[by_name[fs]] = path
+    return out
+
+
+def failover(svc: Service, zfs: Zfs, mountpoints: Mapping[str, str]) -> list[str]:
+    """Make the destination filesystems usable here; returns one line per filesystem.
+
+    The interlock mark goes first, so nothing can be written there while a cycle from
+    the source could still overwrite it."""
+    dsts = [p.destination for p in svc.filesystems]
+    lists, _ = zfs.listing(dsts)
+    missing = [fs for fs in dsts if lists[fs] is None]
+    if missing:
+        raise ZfsreplError(f"{', '.join(missing)} does not exist on {zfs.label}: nothing to "
+                           "fail over to (was the service ever replicated?)")
+    lines = []
+    for pair in svc.filesystems:
+        fs = pair.destination
+        zfs.set_property(fs, ROLE_PROPERTY, diagnosis.ROLE_TAKEN_OVER)
+        zfs.set_property(fs, "readonly", "off")
+        target = mountpoints.get(fs) or pair.mountpoint
+        if target:
+            zfs.set_property(fs, "mountpoint", target)
+        props = zfs.get_properties(fs, ["mounted", "mountpoint"])
+        if props.get("mounted") != "yes":
+            zfs.mount(fs)
+            props = zfs.get_properties(fs, ["mounted", "mountpoint"])
+        lines.append(f"{fs}: mounted at {props.get('mountpoint')}, writable")
+        logger.info("failover of %s: %s mounted at %s", svc.name, fs, props.get("mountpoint"))
+    return lines
+
+
+def end_failover(svc: Service, zfs: Zfs) -> list[str]:
+    """This side becomes the replica again: the next forward cycle overwrites what was
+    written here since the newest common snapshot."""
+    lines = []
+    for pair in svc.filesystems:
+        fs = pair.destination
+        lists, _ = zfs.listing([fs])
+        if lists[fs] is None:
+            lines.append(f"{fs}: does not exist (the next cycle sends it whole)")
+            continue
+        try:
+            zfs.unmount(fs)
+        except ZfsreplError as exc:
+            logger.warning("could not unmount %s (%s); the next receive rolls it back anyway",
+                           fs, exc)
+        zfs.set_property(fs, ROLE_PROPERTY, diagnosis.ROLE_REPLICA)
+        lines.append(f"{fs}: a replica of {pair.source} again")
+    return lines
+
+
+# ---------------------------------------------------------------------------- lockoutkey
+
+
+def lockout(svc: Service, path: Path) -> str:
+    """Remove the service's key line from `path`; the marker that was removed."""
+    marker = authorized_keys.service_marker(svc.name, svc.source.user, svc.source.host)
+    if not path.exists():
+        raise ZfsreplError(f"{path} does not exist: no key of service {svc.name} to remove")
+    changed = authorized_keys.update(path, lambda c: authorized_keys.without_marker(c, marker))
+    if not changed:
+        raise ZfsreplError(f"{path} has no line ending in {marker}: the key of service "
+                           f"{svc.name} is not there (locked out already, or installed by "
+                           "hand: remove that line yourself)")
+    return marker
