@@ -1,0 +1,216 @@
+"""Failover, failback, lockoutkey and fallback (manual section 6) between the lab's hosts.
+
+The source runs zfsrepl as user src from its definition; the destination runs it as
+user dst from the copy kept there (role = "destination"). Contents are checked on
+both sides after every step.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from lab import (
+    Area,
+    Lab,
+    LabHost,
+    ZfsreplCli,
+    destroy,
+    exists,
+    retry_busy,
+    service_definition,
+    snapshot_checksums,
+    tree_checksums,
+    write_tree,
+)
+
+NAME = "testrepl"
+
+
+def snapshots(host: LabHost, fs: str) -> list[str]:
+    out = host.zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-d", "1", fs)
+    return [line.split("@", 1)[1] for line in out.splitlines() if "@" in line]
+
+
+def text(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stdout.decode() + proc.stderr.decode()
+
+
+def prop(host: LabHost, fs: str, name: str) -> str:
+    return host.zfs("get", "-H", "-o", "value", name, fs).strip()
+
+
+class Setup:
+    """One filesystem replicated src -> dst, with zfsrepl on both hosts."""
+
+    def __init__(self, lab: Lab, area: Area, repl: ZfsreplCli, **settings: Any) -> None:
+        self.lab, self.area, self.repl = lab, area, repl
+        self.src_fs = f"{area.src}/fs1"
+        self.dst_fs = f"{area.dst}/fs1"
+        self.definition = service_definition(lab, [(self.src_fs, self.dst_fs)], name=NAME,
+                                              retries=1, retry_delay=0.0, keep=3, **settings)
+        repl.write_service(self.definition)
+        self.back = ZfsreplCli(lab, f"{area.name}-dst", host=lab.dst)
+        self.back.create()
+        self.back.write_service({**self.definition, "role": "destination"})
+
+    def close(self) -> None:
+        self.back.destroy()
+
+    def src_tree(self) -> dict[str, str]:
+        return tree_checksums(self.lab.src.mountpoint(self.src_fs))
+
+    def newest(self, host: LabHost, fs: str) -> str:
+        return snapshots(host, fs)[-1]
+
+    def assert_same_at_newest(self, expected: dict[str, str]) -> str:
+        """Both sides' newest snapshot is the same one and holds `expected`."""
+        snap = self.newest(self.lab.src, self.src_fs)
+        assert self.newest(self.lab.dst, self.dst_fs) == snap
+        assert snapshot_checksums(self.lab.src, f"{self.src_fs}@{snap}") == expected
+        assert snapshot_checksums(self.lab.dst, f"{self.dst_fs}@{snap}") == expected
+        return snap
+
+
+def start(lab: Lab, area: Area, repl: ZfsreplCli, **settings: Any) -> Setup:
+    s = Setup(lab, area, repl, **settings)
+    lab.src.zfs("create", s.src_fs)
+    write_tree(lab.src.mountpoint(s.src_fs), seed=1)
+    repl.run("runonce", NAME)
+    write_tree(lab.src.mountpoint(s.src_fs), seed=2)
+    repl.run("runonce", NAME)  # the last cycle before the failover
+    s.assert_same_at_newest(s.src_tree())
+    return s
+
+
+def fail_over(s: Setup, *extra: str) -> Path:
+    out = text(s.back.run("failover", NAME, *extra))
+    assert f"{s.dst_fs}: mounted at" in out, out
+    assert prop(s.lab.dst, s.dst_fs, "zfsrepl:role") == "source"
+    assert prop(s.lab.dst, s.dst_fs, "readonly") == "off"
+    return s.lab.dst.mountpoint(s.dst_fs)
+
+
+def remounted(host: LabHost, fs: str) -> Path:
+    """The mountpoint of `fs` after a fresh mount: a zfs-fuse mount can show stale
+    entries after a receive into it (the snapshots are checked regardless)."""
+    if prop(host, fs, "mounted") == "yes":
+        retry_busy(lambda: host.zfs("unmount", fs))
+    host.zfs("mount", fs)
+    return host.mountpoint(fs)
+
+
+def test_failover_for_tests_then_overwrite_the_destination(lab: Lab, area: Area,
+                                                           repl: ZfsreplCli) -> None:
+    s = start(lab, area, repl)
+    try:
+        before = s.src_tree()
+        mnt = fail_over(s)
+        assert tree_checksums(mnt) == before  # the replica's data, mounted
+        write_tree(mnt, seed=50)
+        changed = tree_checksums(mnt)
+        assert changed != before
+        dst_snaps = snapshots(lab.dst, s.dst_fs)
+
+        # The interlock: the source's next cycle refuses and says what to do.
+        write_tree(lab.src.mountpoint(s.src_fs), seed=3)
+        proc = repl.run("runonce", NAME, check=False)
+        assert proc.returncode != 0
+        out = text(proc)
+        assert "took over by `zfsrepl failover`" in out, out
+        assert f"zfsrepl failover --end {NAME}" in out and f"zfsrepl runonce {NAME}" in out
+        assert "Traceback" not in out
+        assert snapshots(lab.dst, s.dst_fs) == dst_snaps
+        assert tree_checksums(mnt) == changed
+
+        # Ending 1: end the failover on the destination, replicate forward: overwritten.
+        proc = s.back.run("failover", NAME, "--end", check=False)
+        assert proc.returncode == 2 and "--yes" in text(proc)  # no terminal: not confirmed
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "source"
+        s.back.run("failover", NAME, "--end", "--yes")
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "destination"
+        repl.run("runonce", NAME)
+        s.assert_same_at_newest(s.src_tree())
+    finally:
+        s.close()
+
+
+def test_failover_for_tests_then_replicate_back(lab: Lab, area: Area,
+                                                repl: ZfsreplCli) -> None:
+    s = start(lab, area, repl)
+    try:
+        parent_mnt = lab.dst.mountpoint(area.dst)
+        mnt = fail_over(s, "--mountpoint", f"{s.dst_fs}={parent_mnt}/live")
+        assert mnt == parent_mnt / "live"
+        write_tree(mnt, seed=60)
+        changed = tree_checksums(mnt)
+
+        # Ending 2: runonce on the destination as dst replicates back, after a warning.
+        proc = s.back.run("runonce", NAME, check=False)
+        assert proc.returncode == 2, text(proc)
+        assert "You possibly destroy data on the source system" in text(proc)
+        out = text(s.back.run("runonce", NAME, "--yes"))
+        assert "incremental" in out, out
+        snap = s.assert_same_at_newest(changed)
+        assert tree_checksums(remounted(lab.src, s.src_fs)) == changed
+        assert snap.startswith(f"zfsrepl-{lab.src.user}-{lab.dst.user}-{lab.dst.address}-")
+
+        # Back to normal: end the failover, the chain goes on forward by GUID.
+        s.back.run("failover", NAME, "--end", "--yes")
+        write_tree(lab.src.mountpoint(s.src_fs), seed=4)
+        out = text(repl.run("runonce", NAME))
+        assert "starting incremental" in out, out
+        s.assert_same_at_newest(s.src_tree())
+    finally:
+        s.close()
+
+
+def test_interlock_stops_a_returning_source_and_doctor_names_it(lab: Lab, area: Area,
+                                                                repl: ZfsreplCli) -> None:
+    s = start(lab, area, repl)
+    try:
+        mnt = fail_over(s)
+        write_tree(mnt, seed=70)
+        changed = tree_checksums(mnt)
+        proc = repl.run("doctor", NAME, check=False)
+        assert proc.returncode == 1
+        assert "RECEIVING SIDE TOOK OVER (FAILOVER)" in text(proc), text(proc)
+        for _ in range(2):
+            assert repl.run("runonce", NAME, check=False).returncode != 0
+        assert tree_checksums(mnt) == changed
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "source"
+    finally:
+        s.close()
+
+
+def test_fallback_to_a_recreated_source(lab: Lab, area: Area, repl: ZfsreplCli) -> None:
+    """6.2.2: the source filesystem is lost; the destination replicates it back whole,
+    then again incrementally; finally the service replicates forward again from the
+    definition copied back from the destination."""
+    s = start(lab, area, repl)
+    try:
+        mnt = fail_over(s)
+        write_tree(mnt, seed=80)
+        destroy(lab.src, s.src_fs, "-r")  # the disaster: the source is rebuilt empty
+        assert not exists(lab.src, s.src_fs)
+
+        s.back.run("runonce", NAME, "--yes")  # full stream into the re-created source
+        s.assert_same_at_newest(tree_checksums(mnt))
+        write_tree(mnt, seed=81)
+        s.back.run("runonce", NAME, "--yes")  # as often as needed: incremental
+        final = tree_checksums(mnt)
+        s.assert_same_at_newest(final)
+        assert tree_checksums(remounted(lab.src, s.src_fs)) == final
+
+        # The service is set up again on the source from the copy on the destination.
+        s.back.run("failover", NAME, "--end", "--yes")
+        copy = lab.dst.run(["cat", str(s.back.config_dir / "services" / f"{NAME}.toml")]).stdout
+        repl.put(repl.config_dir / "services" / f"{NAME}.toml",
+                 copy.replace(b'role = "destination"\n', b""))
+        write_tree(lab.src.mountpoint(s.src_fs), seed=5)
+        out = text(repl.run("runonce", NAME))
+        assert "starting incremental" in out, out
+        s.assert_same_at_newest(s.src_tree())
+    finally:
+        s.close()
