@@ -44,11 +44,12 @@ def prop(host: LabHost, fs: str, name: str) -> str:
 class Setup:
     """One filesystem replicated src -> dst, with zfsrepl on both hosts."""
 
-    def __init__(self, lab: Lab, area: Area, repl: ZfsreplCli, **settings: Any) -> None:
-        self.lab, self.area, self.repl = lab, area, repl
+    def __init__(self, lab: Lab, area: Area, repl: ZfsreplCli, name: str = NAME,
+                 **settings: Any) -> None:
+        self.lab, self.area, self.repl, self.name = lab, area, repl, name
         self.src_fs = f"{area.src}/fs1"
         self.dst_fs = f"{area.dst}/fs1"
-        self.definition = service_definition(lab, [(self.src_fs, self.dst_fs)], name=NAME,
+        self.definition = service_definition(lab, [(self.src_fs, self.dst_fs)], name=name,
                                               retries=1, retry_delay=0.0, keep=3, **settings)
         repl.write_service(self.definition)
         self.back = ZfsreplCli(lab, f"{area.name}-dst", host=lab.dst)
@@ -77,15 +78,19 @@ def start(lab: Lab, area: Area, repl: ZfsreplCli, **settings: Any) -> Setup:
     s = Setup(lab, area, repl, **settings)
     lab.src.zfs("create", s.src_fs)
     write_tree(lab.src.mountpoint(s.src_fs), seed=1)
-    repl.run("runonce", NAME)
-    write_tree(lab.src.mountpoint(s.src_fs), seed=2)
-    repl.run("runonce", NAME)  # the last cycle before the failover
+    return s
+
+
+def replicate_twice(s: Setup) -> Setup:
+    s.repl.run("runonce", s.name)
+    write_tree(s.lab.src.mountpoint(s.src_fs), seed=2)
+    s.repl.run("runonce", s.name)  # the last cycle before the failover
     s.assert_same_at_newest(s.src_tree())
     return s
 
 
 def fail_over(s: Setup, *extra: str) -> Path:
-    out = text(s.back.run("failover", NAME, *extra))
+    out = text(s.back.run("failover", s.name, *extra))
     assert f"{s.dst_fs}: mounted at" in out, out
     assert prop(s.lab.dst, s.dst_fs, "zfsrepl:role") == "source"
     assert prop(s.lab.dst, s.dst_fs, "readonly") == "off"
@@ -103,7 +108,7 @@ def remounted(host: LabHost, fs: str) -> Path:
 
 def test_failover_for_tests_then_overwrite_the_destination(lab: Lab, area: Area,
                                                            repl: ZfsreplCli) -> None:
-    s = start(lab, area, repl)
+    s = replicate_twice(start(lab, area, repl))
     try:
         before = s.src_tree()
         mnt = fail_over(s)
@@ -138,7 +143,7 @@ def test_failover_for_tests_then_overwrite_the_destination(lab: Lab, area: Area,
 
 def test_failover_for_tests_then_replicate_back(lab: Lab, area: Area,
                                                 repl: ZfsreplCli) -> None:
-    s = start(lab, area, repl)
+    s = replicate_twice(start(lab, area, repl))
     try:
         parent_mnt = lab.dst.mountpoint(area.dst)
         mnt = fail_over(s, "--mountpoint", f"{s.dst_fs}={parent_mnt}/live")
@@ -168,7 +173,7 @@ def test_failover_for_tests_then_replicate_back(lab: Lab, area: Area,
 
 def test_interlock_stops_a_returning_source_and_doctor_names_it(lab: Lab, area: Area,
                                                                 repl: ZfsreplCli) -> None:
-    s = start(lab, area, repl)
+    s = replicate_twice(start(lab, area, repl))
     try:
         mnt = fail_over(s)
         write_tree(mnt, seed=70)
@@ -188,7 +193,7 @@ def test_fallback_to_a_recreated_source(lab: Lab, area: Area, repl: ZfsreplCli) 
     """6.2.2: the source filesystem is lost; the destination replicates it back whole,
     then again incrementally; finally the service replicates forward again from the
     definition copied back from the destination."""
-    s = start(lab, area, repl)
+    s = replicate_twice(start(lab, area, repl))
     try:
         mnt = fail_over(s)
         write_tree(mnt, seed=80)
@@ -213,4 +218,77 @@ def test_fallback_to_a_recreated_source(lab: Lab, area: Area, repl: ZfsreplCli) 
         assert "starting incremental" in out, out
         s.assert_same_at_newest(s.src_tree())
     finally:
+        s.close()
+
+
+_EDIT_KEYS = r"""
+import sys
+from zfsrepl.setup import authorized_keys as ak
+action, marker = sys.argv[1], sys.argv[2]
+if action == "add":
+    ak.update(ak.default_path(), lambda c: ak.with_line(c, sys.argv[3], marker))
+else:
+    ak.update(ak.default_path(), lambda c: ak.without_marker(c, marker))
+"""
+
+
+def edit_keys(lab: Lab, *args: str) -> None:
+    """Edit dst's authorized_keys with zfsrepl's own helper (under its lock)."""
+    py = str(lab.bin_dir.parent / "py")
+    lab.dst.run(["env", f"PYTHONPATH={py}", "python3", "-c", _EDIT_KEYS, *args])
+
+
+def other_lines(lab: Lab) -> list[bytes]:
+    """authorized_keys less every zfsrepl service line (other tests add theirs)."""
+    content = lab.dst.run(["sh", "-c", 'cat "$HOME/.ssh/authorized_keys"']).stdout
+    return [ln for ln in content.splitlines()
+            if not (ln.split() and ln.split()[-1].startswith(b"zfsrepl:"))]
+
+
+def test_lockoutkey_then_the_source_cannot_replicate(lab: Lab, area: Area,
+                                                     repl: ZfsreplCli) -> None:
+    """6.2.1 with the service's own key, pinned to the agent by a forced command."""
+    from zfsrepl.config import parse_service
+    from zfsrepl.setup.apply import forced_argv
+    from zfsrepl.setup.authorized_keys import key_line, service_marker
+
+    name = f"lock-{area.name}"
+    key = repl.base / "service-key"
+    s = start(lab, area, repl, name=name, destination={"identity": str(key)})
+    marker = service_marker(name, lab.src.user, lab.src.address)
+    try:
+        lab.src.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+        public = lab.src.run(["cat", f"{key}.pub"]).stdout.decode()
+        svc = parse_service(s.definition)
+        line = key_line(public, forced_argv(svc, str(lab.bin_dir / "zfsrepl"),
+                                            str(s.back.base / "agent.log")), marker)
+        before = other_lines(lab)
+        edit_keys(lab, "add", marker, line)
+        replicate_twice(s)  # through the agent
+
+        out = text(s.back.run("lockoutkey", name))
+        assert marker in out, out
+        assert other_lines(lab) == before  # every other line untouched
+        assert marker.encode() not in lab.dst.run(
+            ["sh", "-c", 'cat "$HOME/.ssh/authorized_keys"']).stdout
+
+        dst_snaps = snapshots(lab.dst, s.dst_fs)
+        replica = snapshot_checksums(lab.dst, f"{s.dst_fs}@{dst_snaps[-1]}")
+        write_tree(lab.src.mountpoint(s.src_fs), seed=9)
+        proc = repl.run("runonce", name, check=False)
+        out = text(proc)
+        assert proc.returncode != 0
+        assert "Permission denied" in out and "Traceback" not in out, out
+        assert snapshots(lab.dst, s.dst_fs) == dst_snaps  # nothing changed there
+        assert snapshot_checksums(lab.dst, f"{s.dst_fs}@{dst_snaps[-1]}") == replica
+        proc = repl.run("doctor", name, check=False)
+        assert "KEY LOCKED OUT OR REJECTED" in text(proc), text(proc)
+
+        # A second lockout says there is nothing left to remove.
+        proc = s.back.run("lockoutkey", name, check=False)
+        assert proc.returncode == 1 and "is not there" in text(proc)
+        mnt = fail_over(s)
+        assert tree_checksums(mnt) == replica
+    finally:
+        edit_keys(lab, "remove", marker)
         s.close()
