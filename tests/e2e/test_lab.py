@@ -24,8 +24,8 @@ from lab import (
     LabHost,
     ZfsreplCli,
     claim_area,
-    destroy,
     exists,
+    retry_busy,
     service_definition,
     snapshot_checksums,
     toml_dumps,
@@ -135,21 +135,20 @@ def test_popen_pid_is_the_command_and_gets_sigterm(lab: Lab) -> None:
     assert (proc.returncode, stdout) == (3, b"got-term\n")
 
 
-def test_namespaced_processes_do_not_pin_datasets(lab: Lab, area: Area) -> None:
+def test_hosts_share_the_machines_mounts(lab: Lab, area: Area) -> None:
+    # a copy of the mount table would pin datasets, and zfs-fuse unmounts in the
+    # client's own mount namespace: a user's unmount must reach the real mount
     sleeper = lab.dst.popen(["sleep", "60"])
-    mounts = Path(f"/proc/{sleeper.pid}/mounts")
     wait_for(lambda: Path(f"/proc/{sleeper.pid}/cmdline").read_bytes().startswith(b"sleep"))
-    fs = f"{area.dst}/pinned"
+    assert os.readlink(f"/proc/{sleeper.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    fs = f"{area.dst}/mounted"
     lab.dst.zfs("create", fs)
-    # the sleeper sees a mount made after it started (the lab's mount dir is shared) ...
-    where = str(lab.dst.mountpoint(fs))
-    wait_for(lambda: where in mounts.read_text())
-    # ... and no zfs-fuse mount from outside that dir
-    mnt_dir = str(lab.dst.mountpoint(lab.dst.pool).parent)
-    fuse_mounts = [m.split()[1] for m in mounts.read_text().splitlines() if " fuse.zfs " in m]
-    assert all(m.startswith(mnt_dir + "/") for m in fuse_mounts), fuse_mounts
-    # its copy of the mount does not keep the filesystem busy
-    destroy(lab.dst, fs)
+    where = f" {lab.dst.mountpoint(fs)} "
+    assert where in Path("/proc/self/mounts").read_text()
+    retry_busy(lambda: lab.dst.run(["zfs", "unmount", fs]))
+    assert where not in Path("/proc/self/mounts").read_text()
+    lab.dst.run(["zfs", "mount", fs])
+    retry_busy(lambda: lab.dst.run(["zfs", "destroy", fs]))
     assert not exists(lab.dst, fs)
     assert sleeper.poll() is None
 

@@ -136,8 +136,9 @@ class FuseLab(Lab):
 class _LabLock:
     """The flock on ``LABDIR.lock`` that the scripts take too (common.sh: lab_lock).
 
-    Test sessions hold it shared while they use the lab; set-up and teardown hold it
-    exclusively. Teardown deletes the file, so after locking we check that the file we
+    A test session holds it for its whole length: tests stop sshds and enable
+    passwords, which would break the tests of another session using the lab at the
+    same time. Teardown deletes the file, so after locking we check that the file we
     hold is still the one at the path.
     """
 
@@ -145,33 +146,25 @@ class _LabLock:
         self.path = path
         self.fd: Optional[int] = None
 
-    def acquire(self, mode: int, *, wait: bool, timeout: float = 600.0) -> bool:
+    def acquire(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
             try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                if not wait:
-                    return False
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"lab lock {self.path} busy for {timeout:.0f} s") from None
-                time.sleep(0.2)
+                    raise TimeoutError(
+                        f"another test session has held the lab ({self.path}) for {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.5)
                 continue
             with contextlib.suppress(FileNotFoundError):
                 if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                     self.fd = fd
-                    return True
+                    return
             os.close(fd)
-
-    def convert(self, mode: int, *, wait: bool) -> bool:
-        assert self.fd is not None
-        try:
-            fcntl.flock(self.fd, mode | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return False
-        return True
 
     def release(self) -> None:
         if self.fd is not None:
@@ -180,41 +173,31 @@ class _LabLock:
 
 
 @contextlib.contextmanager
-def fuse_lab_session(*, keep: bool = False, directory: Optional[Path] = None) -> Iterator[FuseLab]:
-    """Use the lab for the length of a test session, setting it up if needed.
+def fuse_lab_session(
+    *, keep: bool = False, directory: Optional[Path] = None, wait: float = 3600.0
+) -> Iterator[FuseLab]:
+    """Have the lab to ourselves for a test session, setting it up if needed.
 
-    Sessions may overlap (two people testing on one machine): the first to find no
-    lab sets it up, and the last one out tears it down if a session set it up and
-    ``keep`` is false. A lab set up by hand (setup.sh, scripts/test) is left standing.
+    A second session on the machine waits (up to ``wait`` seconds) until the first
+    is done. A lab set up by a test session is torn down at the end of the first
+    session without ``keep``; one set up by hand (setup.sh, scripts/test) is only
+    repaired if needed, and left standing.
     """
     directory = directory or lab_dir()
     lock = _LabLock(Path(f"{directory}.lock"))
-    while True:
-        if lock.acquire(fcntl.LOCK_EX, wait=False):
-            fresh = not (directory / "lab.env").exists()
-            try:
-                run_script("setup.sh", directory=directory, locked=True)
-            except BaseException:
-                lock.release()
-                raise
-            if fresh:
-                (directory / SESSION_OWNED).touch()
-            lock.convert(fcntl.LOCK_SH, wait=True)
-            break
-        # someone holds it: a session using the lab, or a set-up or teardown running
-        lock.acquire(fcntl.LOCK_SH, wait=True)
-        if (directory / "lab.env").exists():
-            break
-        lock.release()  # it was a teardown: start over
-    lab = FuseLab(directory)
+    lock.acquire(wait)
     try:
+        fresh = not (directory / "lab.env").exists()
+        run_script("setup.sh", directory=directory, locked=True)  # creates or repairs
+        if fresh:
+            (directory / SESSION_OWNED).touch()
+        lab = FuseLab(directory)
         lab.sync_code()
-        yield lab
-    finally:
         try:
-            lab.stop_children()
-            last = lock.convert(fcntl.LOCK_EX, wait=False)
-            if last and not keep and (directory / SESSION_OWNED).exists():
-                run_script("teardown.sh", directory=directory, locked=True)
+            yield lab
         finally:
-            lock.release()
+            lab.stop_children()
+            if not keep and (directory / SESSION_OWNED).exists():
+                run_script("teardown.sh", directory=directory, locked=True)
+    finally:
+        lock.release()

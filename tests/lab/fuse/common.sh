@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # the names are used by the scripts that source this
 # Shared names and helpers for the zfs-fuse lab scripts (sourced, not run).
 #
 # Everything the lab creates on the machine is named here, so that setup.sh,
@@ -43,14 +44,14 @@ side_ns() { if [ "$1" = src ]; then echo "$NS_SRC"; else echo "$NS_DST"; fi; }
 side_ip() { if [ "$1" = src ]; then echo "$SRC_IP"; else echo "$DST_IP"; fi; }
 
 # lab_lock: hold an exclusive lock on $LOCK (fd 9) for the rest of the script, so that
-# set-up and teardown never overlap, and teardown waits while test sessions (which hold
-# it shared) use the lab. A caller that already holds it exports ZFSREPL_LAB_LOCKED=1.
+# set-up and teardown never overlap each other or a test session (which holds it for
+# its whole length). A caller that already holds it exports ZFSREPL_LAB_LOCKED=1.
 # Daemons started while holding it must get `9>&-`, or they would keep it forever.
-lab_lock() {  # [wait-seconds]
+lab_lock() {
     [ -n "${ZFSREPL_LAB_LOCKED:-}" ] && return 0
     while :; do
         exec 9>>"$LOCK"
-        flock -w "${1:-600}" 9 || die "timed out waiting for $LOCK (a test session is using the lab)"
+        flock -w 3600 9 || die "timed out waiting for $LOCK (a test session is using the lab)"
         # teardown deletes the file while holding it: make sure we hold the current one
         [ "$(stat -c %i "$LOCK" 2>/dev/null)" = "$(stat -L -c %i /proc/self/fd/9)" ] && return 0
         exec 9>&-
@@ -71,12 +72,13 @@ descendants() {
     done
 }
 
-# stop_pids PID...: SIGTERM, wait up to 5 s, then SIGKILL what is left
+# stop_pids SECONDS PID...: SIGTERM, wait up to SECONDS, then SIGKILL what is left
 stop_pids() {
+    local wait=$1 p left
+    shift
     [ $# -gt 0 ] || return 0
     kill -TERM "$@" 2>/dev/null
-    local p left
-    for _ in $(seq 1 50); do
+    for _ in $(seq 1 $((wait * 10))); do
         left=
         for p in "$@"; do [ -d "/proc/$p" ] && left=1; done
         [ -z "$left" ] && return 0

@@ -12,24 +12,28 @@
 #   * packages: apt-get update + install of whatever in $PACKAGES is missing
 #   * the zfs-fuse daemon, started only if none runs (its PID is recorded)
 #   * pools zfsrepl_src / zfsrepl_dst on sparse files in LABDIR/img, mounted under
-#     LABDIR/mnt, which is a shared bind mount (see "mount pinning" below)
+#     LABDIR/mnt, which is a shared bind mount (see "mount namespaces" below)
 #   * users src and dst (group zfsrepl-lab), ed25519 keys authorized for both users,
 #     and a sudo rule for exactly /usr/sbin/zfs and /usr/sbin/zpool
 #   * namespaces zr-src (198.51.100.11) and zr-dst (198.51.100.12) joined by a veth
 #     pair, an sshd in each, known_hosts for both users
 #   * LABDIR/bin: zfs/zpool wrappers (sudo for non-root), zfsrepl (runs the copy in
-#     LABDIR/py with /usr/bin/python3), unpin, on-src/on-dst
+#     LABDIR/py with /usr/bin/python3), on-src/on-dst
 #   * LABDIR/lab.env, read by the Python side (tests/lab/fuse)
 #
-# Mount pinning: every process started by `ip netns exec` gets a copy of the mount
-# table, and a copied FUSE mount keeps its dataset busy ("dataset is busy", "pool is
-# busy") while that process lives. So LABDIR/mnt is made a shared mount before any pool
-# mounts there (the copies then follow mounts and unmounts under it), and namespaced
-# processes start under LABDIR/bin/unpin, which drops every other zfs-fuse mount from
-# their private copy.
+# Mount namespaces: the hosts' processes (sshd, its sessions, on-src/on-dst) enter only
+# the network namespace (nsenter --net) and share the machine's mount table. `ip netns
+# exec` would give each a copy of it, and with zfs-fuse a copy breaks things: a copied
+# FUSE mount keeps its dataset busy ("dataset is busy", "pool is busy") while the process
+# lives, and `zfs unmount` (so also destroy, rename, rollback or receive -F of a mounted
+# filesystem) unmounts in the *client's* namespace, which in a copy leaves the real mount
+# in place and the dataset busy. LABDIR/mnt is still made a shared mount before any pool
+# mounts there, so that a copy made by hand (an `ip netns exec` shell) follows the lab's
+# mounts and unmounts instead of pinning them.
 set -euo pipefail
 HERE=$(dirname "$(readlink -f "$0")")
 REPO=$(cd "$HERE/../../.." && pwd)
+# shellcheck source=common.sh
 . "$HERE/common.sh"
 
 # Copy src/zfsrepl to LABDIR/py-<stamp> and point LABDIR/py at it. The users cannot be
@@ -99,6 +103,8 @@ if pgrep -x zfs-fuse >/dev/null; then
 else
     log "starting zfs-fuse"
     rm -f "$LABDIR/run/zfs-fuse.pid"
+    # its socket and lock dirs, for teardown to remove with the daemon
+    for d in /var/run/zfs /var/lock/zfs; do [ -e "$d" ] || echo "$d"; done > "$STATE/zfs-fuse.dirs"
     # it daemonizes; a second instance would exit 1 silently (lock /var/lock/zfs/zfs_lock)
     zfs-fuse --pidfile "$LABDIR/run/zfs-fuse.pid" </dev/null >/dev/null 2>&1 9>&- \
         || die "zfs-fuse exited with $? (see syslog)"
@@ -201,36 +207,10 @@ write_exe "$BIN/zfsrepl" <<EOF
 # the lab's copy of the package under test (setup.sh --sync-code), on the users' runtime
 PYTHONPATH=$LABDIR/py PYTHONSAFEPATH=1 exec /usr/bin/python3 -m zfsrepl "\$@"
 EOF
-# unpin CMD...: run CMD in a private slave copy of the mount table from which every
-# zfs-fuse mount outside LABDIR/mnt is lazily unmounted, so CMD pins no other pool. It
-# unshares before unmounting anything, and refuses to run in the daemon's namespace.
-write_exe "$BIN/unpin" <<EOF
-#!/bin/sh
-if [ "\${ZFSREPL_UNPIN_INNER:-}" != 1 ]; then
-    ZFSREPL_UNPIN_INNER=1 exec unshare --mount --propagation slave "\$0" "\$@"
-fi
-unset ZFSREPL_UNPIN_INNER
-me=\$(readlink /proc/self/ns/mnt)
-dpid=\$(pgrep -xo zfs-fuse)
-dm=\$(readlink "/proc/\$dpid/ns/mnt" 2>/dev/null)
-if [ -z "\$me" ] || [ -z "\$dpid" ] || [ -z "\$dm" ] || [ "\$me" = "\$dm" ]; then
-    echo "unpin: not in a private mount namespace (self=\$me daemon=\$dm); refusing" >&2
-    exit 1
-fi
-awk '\$3 == "fuse.zfs" { print \$2 }' /proc/self/mounts | while IFS= read -r m; do
-    m=\$(printf '%b' "\$m")     # /proc/mounts writes a space as \\040
-    case "\$m" in "$LABDIR/mnt"/*) ;; *) umount -l "\$m" 2>/dev/null ;; esac
-done
-exec "\$@"
-EOF
 # on-src / on-dst [--root] CMD...: run CMD on that "host", in its network namespace, as
 # its user (or root), with a clean environment and LABDIR/bin first on PATH. Every step
 # execs (setpriv, unlike runuser, does not stay around as a parent), so the PID a caller
 # sees is CMD's own and signals reach it directly.
-# The user's CMD runs unpinned in a copy of the mount table (as sshd sessions do). Root's
-# CMD stays in the machine's mount namespace (nsenter --net): `zfs unmount`, and so
-# destroy/rename of a mounted filesystem, unmounts in the *client's* namespace, which
-# in a copy leaves the real mount in place and the dataset "busy".
 for side in src dst; do
     ns=$(side_ns $side)
     home=$(getent passwd $side | cut -d: -f6)
@@ -242,7 +222,7 @@ if [ "\${1:-}" = --root ]; then
     exec nsenter --net=/run/netns/$ns env -i HOME=/root LANG=C.UTF-8 PATH=$ROOT_PATH "\$@"
 fi
 cd $home || exit 1
-exec ip netns exec $ns "$BIN/unpin" setpriv --reuid=$side --regid=$(id -g $side) --init-groups \\
+exec nsenter --net=/run/netns/$ns setpriv --reuid=$side --regid=$(id -g $side) --init-groups \\
     --reset-env env LANG=C.UTF-8 PATH=$USER_PATH "\$@"
 EOF
 done
@@ -254,7 +234,7 @@ for ns in "$NS_SRC" "$NS_DST"; do
         touch "$STATE/netns.$ns"
     fi
     ip -n "$ns" link set lo up
-    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 >/dev/null 2>&1 || true
+    nsenter --net="/run/netns/$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 >/dev/null 2>&1 || true
 done
 if ! ip -n "$NS_SRC" link show "$VETH_SRC" >/dev/null 2>&1 ||
     ! ip -n "$NS_DST" link show "$VETH_DST" >/dev/null 2>&1; then
@@ -360,6 +340,7 @@ mv "$LABDIR/lab.env.tmp" "$LABDIR/lab.env"
 
 # ------------------------------------------------------------------ smoke check
 for pair in "src $DST_IP dst $DST_POOL" "dst $SRC_IP src $SRC_POOL"; do
+    # shellcheck disable=SC2086  # split into its four words
     set -- $pair
     "$BIN/on-$1" ssh -o BatchMode=yes -o ConnectTimeout=5 "$3@$2" zfs list -H -o name "$4" \
         9>&- >/dev/null 2>"$LABDIR/log/smoke.log" ||

@@ -11,6 +11,7 @@
 # lab dir. Packages stay installed. Waits while a test session uses the lab.
 set -uo pipefail
 HERE=$(dirname "$(readlink -f "$0")")
+# shellcheck source=common.sh
 . "$HERE/common.sh"
 
 lab_lock
@@ -29,7 +30,7 @@ for f in "$STATE"/netns.*; do
         if [ -n "$pids" ]; then
             for p in $pids; do log "stopping leftover $p in $ns: $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)"; done
             # shellcheck disable=SC2086  # one PID per word
-            stop_pids $pids
+            stop_pids 5 $pids
         fi
         ip netns del "$ns" || rc=1
     fi
@@ -73,7 +74,12 @@ if [ -s "$STATE/zfs-fuse.started" ]; then
     if [ -n "$others" ]; then
         log "zfs-fuse (pid $pid) still has pools ($others); leaving it running"
     else
-        pid_is "$pid" zfs-fuse && stop_pids "$pid"
+        # it syncs and closes the pool files on SIGTERM: give it time
+        pid_is "$pid" zfs-fuse && stop_pids 60 "$pid"
+        if [ -f "$STATE/zfs-fuse.dirs" ]; then
+            xargs -r rm -rf < "$STATE/zfs-fuse.dirs"
+            rm -f "$STATE/zfs-fuse.dirs"
+        fi
         rm -f "$STATE/zfs-fuse.started"
     fi
 fi
