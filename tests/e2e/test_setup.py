@@ -110,7 +110,7 @@ def installed_state(case: SetupCase) -> dict[str, str]:
         lab.src: [str(cfg / "services" / f"{case.name}.toml"), str(case.key),
                   f"{case.key}.pub", home_file(lab.src, f"zfsrepl-root.{case.name}.source.sh"),
                   f"/etc/sudoers.d/zfsrepl-{lab.src.user}"],
-        lab.dst: [str(cfg / "services" / f"{case.name}.remote"),
+        lab.dst: [str(case.destination_config_dir / "services" / f"{case.name}.toml"),
                   home_file(lab.dst, f"zfsrepl-root.{case.name}.destination.sh"),
                   f"/etc/sudoers.d/zfsrepl-{lab.dst.user}"],
     }
@@ -170,8 +170,8 @@ def test_wizard_sets_up_a_service_that_replicates_through_the_agent(case: SetupC
     cfg = case.repl.config_dir
     installed = lab.src.root(["cat", str(cfg / "services" / f"{case.name}.toml")]).stdout
     assert installed == lab.src.root(["cat", str(case.response)]).stdout
-    remote = tomllib.loads(lab.dst.root(["cat", str(cfg / "services" / f"{case.name}.remote")])
-                           .stdout.decode())
+    copy = case.destination_config_dir / "services" / f"{case.name}.toml"
+    remote = tomllib.loads(lab.dst.root(["cat", str(copy)]).stdout.decode())
     assert remote.pop("role") == "destination"
     assert remote == tomllib.loads(installed.decode())
 

@@ -62,6 +62,12 @@ class SetupCase:
         return f"zfsrepl:{self.name}:{self.lab.src.user}@{self.lab.src.address}"
 
     @property
+    def destination_config_dir(self) -> Path:
+        # the hosts share one filesystem here: the destination's copy of the definition
+        # (services/NAME.toml there too) needs a folder of its own
+        return self.repl.base / "dst-config"
+
+    @property
     def key(self) -> Path:
         return self.repl.config_dir / "keys" / self.lab.src.user / self.name
 
@@ -72,7 +78,8 @@ class SetupCase:
                 (f"{self.area.src}/fs 2", f"{self.area.dst}/fs 2")]
 
     def argv(self, *args: str) -> list[str]:
-        return self.repl.argv("--log-dir", str(self.log_dir), *args)
+        return self.repl.argv("--log-dir", str(self.log_dir), *args,
+                              "--destination-config-dir", str(self.destination_config_dir))
 
     def spawn(self, *args: str) -> pexpect.spawn:
         cmd = self.lab.src.command(self.argv(*args))

@@ -84,7 +84,11 @@ def test_definitions_for_each_side() -> None:
     assert config.parse_service(_toml(src.definition_text)) == svc
     assert config.parse_service(_toml(dst.definition_text)).role == "destination"
     assert src.definition_path == "/etc/zfsrepl/services/testrepl.toml"
-    assert dst.definition_path == "/etc/zfsrepl/services/testrepl.remote"
+    assert dst.definition_path == "/etc/zfsrepl/services/testrepl.toml"
+    elsewhere = apply.Places(PLACES.config_dir, PLACES.log_dir,
+                             destination_config_dir=Path("/srv/dst-etc"))
+    assert apply.root_step(svc, "destination", elsewhere).definition_path == \
+        "/srv/dst-etc/services/testrepl.toml"
     assert dst.datasets == ("zfsrepl_dst/x", "zfsrepl_dst/y")
     assert dst.agent_log == "/var/log/zfsrepl/agent.testrepl.log"
     assert (src.rights, src.zfs_path) == ("sudo", "/usr/sbin/zfs")

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.add_argument("--ssh-option", action="append", default=[], metavar="OPTION",
                    help="ssh -o option for setup's own login to the destination "
                         "(e.g. PubkeyAuthentication=no); repeatable")
+    p.add_argument("--destination-config-dir", metavar="DIR",
+                   help="the configuration folder on the destination host, for the "
+                        "definition's copy (default: the same path as --config-dir)")
     p.add_argument("--poll", type=float, default=POLL_SECONDS, help=argparse.SUPPRESS)
     p.set_defaults(handler=run)
 
@@ -46,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     r.set_defaults(handler=run_remote)
 
 
-def _places(ctx: Context) -> Places:
+def _places(args: argparse.Namespace, ctx: Context) -> Places:
     shown = ""
     for option, value, default in (
             ("--config-dir", ctx.config_dir, config.DEFAULT_CONFIG_DIR),
@@ -55,7 +58,9 @@ def _places(ctx: Context) -> Places:
         if value != Path(default):
             shown += f" {option} {shlex.quote(str(value.absolute()))}"
     return Places(config_dir=ctx.config_dir.absolute(), log_dir=ctx.log_dir.absolute(),
-                  state_dir=ctx.state_dir.absolute(), options=shown)
+                  state_dir=ctx.state_dir.absolute(), options=shown,
+                  destination_config_dir=Path(args.destination_config_dir).absolute()
+                  if args.destination_config_dir else None)
 
 
 def _login(endpoint: Endpoint, options: list[str]) -> Destination:
@@ -64,7 +69,7 @@ def _login(endpoint: Endpoint, options: list[str]) -> Destination:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     console = TerminalConsole()
-    places = _places(ctx)
+    places = _places(args, ctx)
     for opt in args.ssh_option:
         if "=" not in opt:
             raise UsageError(f"--ssh-option {opt!r}: expected NAME=VALUE")

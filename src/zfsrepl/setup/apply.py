@@ -34,6 +34,10 @@ class Places:
     config_dir: Path
     log_dir: Path
     state_dir: Path | None = None
+    # The destination host's configuration folder, where the definition's copy goes as
+    # services/NAME.toml (role = "destination"): runonce and failover there find it by
+    # name. None: the same path as config_dir (separate hosts, each its own /etc).
+    destination_config_dir: Path | None = None
     options: str = ""  # folder options to show in commands: " --config-dir X"
 
 
@@ -77,7 +81,7 @@ def root_step(svc: Service, side: str, places: Places) -> RootStep:
         text = config.dump_service(remote_copy(svc))
         # The destination filesystems appear with the first receive: grant on parents.
         datasets = tuple(sorted({p.destination.rsplit("/", 1)[0] for p in svc.filesystems}))
-        perms, file = rootscript.DESTINATION_PERMISSIONS, f"{svc.name}.remote"
+        perms, file = rootscript.DESTINATION_PERMISSIONS, f"{svc.name}.toml"
         log = agent_log(places, svc)
     state = service_log = None
     if side == "source":
@@ -85,8 +89,10 @@ def root_step(svc: Service, side: str, places: Places) -> RootStep:
         if places.state_dir is not None:
             state = str(places.state_dir / "services" / svc.name)
         service_log = str(places.log_dir / f"{svc.name}.log")
+    cfg = places.config_dir if side == "source" else \
+        places.destination_config_dir or places.config_dir
     return RootStep(side=side, host=ep.host, user=ep.user, service=svc.name,
-                    config_dir=str(places.config_dir), definition_file=file,
+                    config_dir=str(cfg), definition_file=file,
                     definition_text=text, rights=rights, zfs_path=zfs_path,
                     datasets=datasets, permissions=perms, agent_log=log,
                     state_folder=state, service_log=service_log)

@@ -1,9 +1,9 @@
 """The root steps of a setup: a script per host, and the check that it has been run.
 
-The script creates the key folder, installs the definition (the source's own copy,
-or the destination's `<service>.remote` for failback), the files the service's user
-writes (on the source its state folder and log file, on the destination the agent's
-log file), and grants the service's user exactly the ZFS rights it needs:
+The script creates the key folder, installs the definition (on the destination its
+copy marked role = "destination", for failback), the files the service's user writes
+(on the source its state folder and log file, on the destination the agent's log
+file), and grants the service's user exactly the ZFS rights it needs:
 `zfs allow` where the platform has it, otherwise a sudo rule limited to the zfs
 binary. `problems()` checks each of those effects as the user on that host, so
 setup waits until the script has been run, and skips the step when it already was.
