@@ -304,6 +304,7 @@ class Daemon:
         self.svc: Service | None = None
         self.log_file: Path | None = None
         self._server: MetricsServer | None = None
+        self._in_cycle = False
 
     # -- start and stop -------------------------------------------------------------
 
@@ -348,8 +349,8 @@ class Daemon:
                         os.getpid(), svc.interval)
             return self._loop()
         except Stopped as stop:
-            logger.info("service %s stopped by %s; an interrupted cycle is completed by the "
-                        "next one", self.name, stop)
+            cut = "; the cycle it cut short is completed by the next one" if self._in_cycle else ""
+            logger.info("service %s stopped by %s%s", self.name, stop, cut)
             return 0
         finally:
             self.signals.restore()
@@ -396,6 +397,7 @@ class Daemon:
             cycle_lock.acquire(
                 wait=True, sleep=self.signals.sleep, what=f"service {self.name}",
                 on_wait=lambda h: logger.info("waiting: %s", _busy_message(self.name, h)))
+            self._in_cycle = True  # stays set when a stop cuts the cycle short
             try:
                 self.st = recorded_cycle(svc, self.store, self.runner, self.signals.sleep,
                                          self.signals.deferred, monotonic=self.monotonic)
@@ -406,9 +408,11 @@ class Daemon:
             except ZfsreplError as exc:
                 failure = exc  # replicate() has written the ALARM line
             else:
+                self._in_cycle = False
                 with self.signals.deferred():
                     self._publish()
                 return True
+            self._in_cycle = False
         self._enter_maintenance(str(failure))
         return False
 

@@ -373,6 +373,8 @@ def test_sigterm_cuts_a_transfer_in_flight_and_exits_zero(dirs: Dirs, tmp_path: 
     code = Daemon(dirs.config, dirs.state, dirs.log, NAME, runner=endless_transfer).run()
     t.join()
     assert code == 0
+    assert "stopped by SIGTERM; the cycle it cut short is completed by the next one" in \
+        dirs.log_text()
     assert all(gone(int(p)) for p in pids.read_text().split())
     st_ = dirs.stored()
     assert st_.cycle_failures_total == 0 and not st_.in_maintenance  # a stop is no failure
@@ -408,6 +410,7 @@ def test_sigterm_while_waiting_for_the_next_cycle(dirs: Dirs) -> None:
     assert Daemon(dirs.config, dirs.state, dirs.log, NAME, runner=cycle).run() == 0
     t.join()
     assert cycles == [1]
+    assert "stopped by SIGTERM\n" in dirs.log_text()  # no cycle was cut short
 
 
 def test_sighup_wakes_the_wait_for_the_next_cycle() -> None:
