@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from zfsrepl.errors import ZfsreplError
+from zfsrepl.errors import UsageError, ZfsreplError
 
 # How long a lock seen taken may be a mere `probe` (see FileLock.acquire).
 PROBE_GRACE = 1.0
@@ -62,7 +62,7 @@ def probe(path: Path) -> Holder | None:
     moment retries (see `FileLock.acquire`)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # no such lock yet, or not ours to read: nobody we can name
         return None
     try:
         try:
@@ -89,7 +89,12 @@ class FileLock:
 
     def try_acquire(self) -> bool:
         assert self._fd is None, "lock already held"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot open the lock {self.path}: {exc.strerror}; the state "
+                             "folder must be writable (--state-dir DIR or ZFSREPL_STATE_DIR "
+                             "chooses another)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -256,7 +256,13 @@ class StateStore:
     def _locked(self) -> Iterator[None]:
         # run, runonce and clear may update the file at once: one at a time, briefly.
         self.paths.create()
-        with open(self.paths.state_lock, "a") as lock:
+        try:
+            lock = open(self.paths.state_lock, "a")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise UsageError(f"cannot open {self.paths.state_lock}: {exc.strerror}; the state "
+                             "folder must be writable (--state-dir DIR or ZFSREPL_STATE_DIR "
+                             "chooses another)") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from zfsrepl.errors import UsageError
 from zfsrepl.lock import Busy, FileLock, Holder, probe
 
 
@@ -53,3 +54,11 @@ def test_a_waiting_locker_is_told_once_and_gets_the_lock(tmp_path: Path) -> None
 
 def test_a_holder_not_yet_written_is_another_process() -> None:
     assert Holder(None).describe() == "another process"
+
+
+def test_a_lock_that_cannot_be_opened_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "cycle.lock"  # a file where a folder should be
+    assert probe(path) is None
+    with pytest.raises(UsageError, match=r"cannot open the lock .*--state-dir"):
+        FileLock(path, "run").try_acquire()
