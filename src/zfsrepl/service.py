@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, ContextManager
 
-from zfsrepl import config, hooks, logfile, state
+from zfsrepl import config, hooks, lock, logfile, state
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, replicate
 from zfsrepl.errors import UsageError, ZfsreplError
@@ -36,6 +36,7 @@ from zfsrepl.metrics import MetricsServer, ServiceSample, render, write_textfile
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot, by_age
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
+from zfsrepl.status import derive_state
 from zfsrepl.transfer import TransferResult
 from zfsrepl.zfs import Zfs
 
@@ -265,7 +266,9 @@ def run_once(svc: Service, state_dir: Path, log_dir: Path, *, wait: bool,
             recorded_cycle(svc, store, runner, time.sleep)
     finally:
         if metrics_file is not None:
-            publish(metrics_file, svc, store.load(), "offline")
+            st = store.load()
+            running = lock.probe(paths.daemon_lock) is not None
+            publish(metrics_file, svc, st, derive_state(st.in_maintenance, running, None))
         logfile.detach(handler)
 
 
