@@ -7,10 +7,18 @@ snapshot names stay the service's (`zfsrepl-<srcuser>-<dstuser>-<dsthost>-N`) in
 both directions, and the chain continues by GUID, so forward replication picks
 up again from whatever failback left, with no renaming and no flag to forget.
 
-The interlock lives in ZFS, beside the data it protects: `failover` sets the user
-property zfsrepl:role=source on the destination filesystems, and every cycle
-refuses to receive into a filesystem so marked (cycle.py), until the operator
-either replicates the changes back (failback) or ends the failover here.
+A failover for tests (6.1) only makes the destination filesystems usable: the
+source keeps its say, and the next forward cycle overwrites what was changed here
+unless `runonce` on this host replicated it back first.
+
+The interlock is for a disaster (6.2.1), where a source that comes back must not
+silently overwrite a destination that has taken over. It lives in ZFS, beside the
+data it protects, so it survives a rebuilt source's `setup -r` reinstalling the
+key: `lockoutkey` (or `failover --takeover`, where the key cannot be locked out)
+sets the user property zfsrepl:role=source on the destination filesystems, a
+failover keeps a mark it finds, and every cycle refuses to receive into a
+filesystem so marked (cycle.py) until the operator ends it with `failover --end`.
+Replicating the changes back (failback) works with the mark set.
 """
 
 from __future__ import annotations
@@ -108,21 +116,33 @@ def parse_mountpoints(values: list[str], svc: Service) -> dict[str, str]:
     return out
 
 
-def failover(svc: Service, zfs: Zfs, mountpoints: Mapping[str, str]) -> list[str]:
-    """Make the destination filesystems usable here; returns one line per filesystem.
+@dataclass(frozen=True)
+class FailoverResult:
+    lines: list[str]  # one per filesystem
+    interlocked: bool  # the filesystems carry the interlock mark
 
-    The interlock mark goes first, so nothing can be written there while a cycle from
-    the source could still overwrite it."""
+
+def failover(svc: Service, zfs: Zfs, mountpoints: Mapping[str, str], *,
+             takeover: bool = False) -> FailoverResult:
+    """Make the destination filesystems usable here.
+
+    No interlock for a test failover: the source's next cycle overwrites the changes
+    made here. The mark is kept where `lockoutkey` (a disaster) set it on any of the
+    filesystems, and set where `takeover` asks for it; then it goes on first, so
+    nothing can be written there while a cycle from the source could still overwrite
+    it."""
     dsts = [p.destination for p in svc.filesystems]
-    lists, _ = zfs.listing(dsts)
+    lists, roles = zfs.listing(dsts)
     missing = [fs for fs in dsts if lists[fs] is None]
     if missing:
         raise ZfsreplError(f"{', '.join(missing)} does not exist on {zfs.label}: nothing to "
                            "fail over to (was the service ever replicated?)")
+    interlocked = takeover or any(roles.get(fs) == diagnosis.ROLE_TAKEN_OVER for fs in dsts)
     lines = []
     for pair in svc.filesystems:
         fs = pair.destination
-        zfs.set_property(fs, ROLE_PROPERTY, diagnosis.ROLE_TAKEN_OVER)
+        if interlocked and roles.get(fs) != diagnosis.ROLE_TAKEN_OVER:
+            zfs.set_property(fs, ROLE_PROPERTY, diagnosis.ROLE_TAKEN_OVER)
         zfs.set_property(fs, "readonly", "off")
         target = mountpoints.get(fs) or pair.mountpoint
         if target:
@@ -131,14 +151,34 @@ def failover(svc: Service, zfs: Zfs, mountpoints: Mapping[str, str]) -> list[str
         if props.get("mounted") != "yes":
             zfs.mount(fs)
             props = zfs.get_properties(fs, ["mounted", "mountpoint"])
-        lines.append(f"{fs}: mounted at {props.get('mountpoint')}, writable")
-        logger.info("failover of %s: %s mounted at %s", svc.name, fs, props.get("mountpoint"))
-    return lines
+        lines.append(f"{fs}: mounted at {props.get('mountpoint')}, writable"
+                     + (", interlocked" if interlocked else ""))
+        logger.info("failover of %s: %s mounted at %s%s", svc.name, fs,
+                    props.get("mountpoint"), " (interlocked)" if interlocked else "")
+    return FailoverResult(lines, interlocked)
+
+
+def set_interlock(svc: Service, zfs: Zfs) -> tuple[list[str], list[str]]:
+    """Mark the destination filesystems here as taken over (a disaster): one line per
+    filesystem marked, and the filesystems that do not exist here."""
+    dsts = [p.destination for p in svc.filesystems]
+    lists, roles = zfs.listing(dsts)
+    lines, missing = [], []
+    for fs in dsts:
+        if lists[fs] is None:
+            missing.append(fs)
+        elif roles.get(fs) == diagnosis.ROLE_TAKEN_OVER:
+            lines.append(f"{fs}: interlock already set")
+        else:
+            zfs.set_property(fs, ROLE_PROPERTY, diagnosis.ROLE_TAKEN_OVER)
+            lines.append(f"{fs}: interlock set")
+            logger.info("interlock of %s set on %s", svc.name, fs)
+    return lines, missing
 
 
 def end_failover(svc: Service, zfs: Zfs) -> list[str]:
-    """This side becomes the replica again: the next forward cycle overwrites what was
-    written here since the newest common snapshot."""
+    """This side becomes the replica again (the interlock, if set, is cleared): the next
+    forward cycle overwrites what was written here since the newest common snapshot."""
     lines = []
     for pair in svc.filesystems:
         fs = pair.destination

@@ -89,10 +89,19 @@ def replicate_twice(s: Setup) -> Setup:
     return s
 
 
-def fail_over(s: Setup, *extra: str) -> Path:
+def fail_over(s: Setup, *extra: str, interlocked: bool = False) -> Path:
+    """`failover` on the destination. For tests it sets no interlock; a disaster's
+    (lockoutkey before, or --takeover) keeps or sets it."""
     out = text(s.back.run("failover", s.name, *extra))
     assert f"{s.dst_fs}: mounted at" in out, out
-    assert prop(s.lab.dst, s.dst_fs, "zfsrepl:role") == "source"
+    role = prop(s.lab.dst, s.dst_fs, "zfsrepl:role")
+    if interlocked:
+        assert role == "source", out
+        assert f"zfsrepl failover --end {s.name}" in out, out
+    else:
+        assert role != "source", out
+        assert "overwrites" in out and f"enable the service on {s.lab.src.address}" in out, out
+    assert f"`zfsrepl runonce {s.name}` on this host" in out, out
     assert prop(s.lab.dst, s.dst_fs, "readonly") == "off"
     return s.lab.dst.mountpoint(s.dst_fs)
 
@@ -116,27 +125,17 @@ def test_failover_for_tests_then_overwrite_the_destination(lab: Lab, area: Area,
         write_tree(mnt, seed=50)
         changed = tree_checksums(mnt)
         assert changed != before
-        dst_snaps = snapshots(lab.dst, s.dst_fs)
 
-        # The interlock: the source's next cycle refuses and says what to do.
+        # Ending 1: the source replicates again (the service enabled, here its cycle
+        # run once): no extra step on the destination, its changes are overwritten.
         write_tree(lab.src.mountpoint(s.src_fs), seed=3)
-        proc = repl.run("runonce", NAME, check=False)
-        assert proc.returncode != 0
-        out = text(proc)
-        assert "took over by `zfsrepl failover`" in out, out
-        assert f"zfsrepl failover --end {NAME}" in out and f"zfsrepl runonce {NAME}" in out
-        assert "Traceback" not in out
-        assert snapshots(lab.dst, s.dst_fs) == dst_snaps
-        assert tree_checksums(mnt) == changed
-
-        # Ending 1: end the failover on the destination, replicate forward: overwritten.
-        proc = s.back.run("failover", NAME, "--end", check=False)
-        assert proc.returncode == 2 and "--yes" in text(proc)  # no terminal: not confirmed
-        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "source"
-        s.back.run("failover", NAME, "--end", "--yes")
-        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "destination"
-        repl.run("runonce", NAME)
-        s.assert_same_at_newest(s.src_tree())
+        out = text(repl.run("runonce", NAME))
+        assert "starting incremental" in out and "Traceback" not in out, out
+        forward = s.src_tree()
+        assert forward not in (before, changed)
+        s.assert_same_at_newest(forward)
+        assert tree_checksums(remounted(lab.dst, s.dst_fs)) == forward
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") != "source"
     finally:
         s.close()
 
@@ -161,30 +160,11 @@ def test_failover_for_tests_then_replicate_back(lab: Lab, area: Area,
         assert tree_checksums(remounted(lab.src, s.src_fs)) == changed
         assert snap.startswith(f"zfsrepl-{lab.src.user}-{lab.dst.user}-{lab.dst.address}-")
 
-        # Back to normal: end the failover, the chain goes on forward by GUID.
-        s.back.run("failover", NAME, "--end", "--yes")
+        # Back to normal: the source replicates again, the chain goes on forward by GUID.
         write_tree(lab.src.mountpoint(s.src_fs), seed=4)
         out = text(repl.run("runonce", NAME))
         assert "starting incremental" in out, out
         s.assert_same_at_newest(s.src_tree())
-    finally:
-        s.close()
-
-
-def test_interlock_stops_a_returning_source_and_doctor_names_it(lab: Lab, area: Area,
-                                                                repl: ZfsreplCli) -> None:
-    s = replicate_twice(start(lab, area, repl))
-    try:
-        mnt = fail_over(s)
-        write_tree(mnt, seed=70)
-        changed = tree_checksums(mnt)
-        proc = repl.run("doctor", NAME, check=False)
-        assert proc.returncode == 1
-        assert "RECEIVING SIDE TOOK OVER (FAILOVER)" in text(proc), text(proc)
-        for _ in range(2):
-            assert repl.run("runonce", NAME, check=False).returncode != 0
-        assert tree_checksums(mnt) == changed
-        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "source"
     finally:
         s.close()
 
@@ -195,11 +175,13 @@ def test_fallback_to_a_recreated_source(lab: Lab, area: Area, repl: ZfsreplCli) 
     definition copied back from the destination."""
     s = replicate_twice(start(lab, area, repl))
     try:
-        mnt = fail_over(s)
+        # The source is gone for good: take over without a key to lock out.
+        mnt = fail_over(s, "--takeover", interlocked=True)
         write_tree(mnt, seed=80)
         destroy(lab.src, s.src_fs, "-r")  # the disaster: the source is rebuilt empty
         assert not exists(lab.src, s.src_fs)
 
+        # The interlock protects the destination; replicating back is not stopped by it.
         s.back.run("runonce", NAME, "--yes")  # full stream into the re-created source
         s.assert_same_at_newest(tree_checksums(mnt))
         write_tree(mnt, seed=81)
@@ -210,6 +192,7 @@ def test_fallback_to_a_recreated_source(lab: Lab, area: Area, repl: ZfsreplCli) 
 
         # The service is set up again on the source from the copy on the destination.
         s.back.run("failover", NAME, "--end", "--yes")
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "destination"
         copy = lab.dst.run(["cat", str(s.back.config_dir / "services" / f"{NAME}.toml")]).stdout
         repl.put(repl.config_dir / "services" / f"{NAME}.toml",
                  copy.replace(b'role = "destination"\n', b""))
@@ -245,29 +228,42 @@ def other_lines(lab: Lab) -> list[bytes]:
             if not (ln.split() and ln.split()[-1].startswith(b"zfsrepl:"))]
 
 
-def test_lockoutkey_then_the_source_cannot_replicate(lab: Lab, area: Area,
-                                                     repl: ZfsreplCli) -> None:
-    """6.2.1 with the service's own key, pinned to the agent by a forced command."""
+def install_service_key(s: Setup, key: Path) -> str:
+    """A key of the service's own at `key` on the source, its line (pinned to the agent
+    by a forced command, marked as setup marks it) in dst's authorized_keys; the marker."""
     from zfsrepl.config import parse_service
     from zfsrepl.setup.apply import forced_argv
     from zfsrepl.setup.authorized_keys import key_line, service_marker
+
+    lab = s.lab
+    marker = service_marker(s.name, lab.src.user, lab.src.address)
+    lab.src.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
+    public = lab.src.run(["cat", f"{key}.pub"]).stdout.decode()
+    svc = parse_service(s.definition)
+    line = key_line(public, forced_argv(svc, str(lab.bin_dir / "zfsrepl"),
+                                        str(s.back.base / "agent.log")), marker)
+    edit_keys(lab, "add", marker, line)
+    return marker
+
+
+def test_lockoutkey_then_the_source_cannot_replicate(lab: Lab, area: Area,
+                                                     repl: ZfsreplCli) -> None:
+    """6.2.1 with the service's own key, pinned to the agent by a forced command."""
+    from zfsrepl.setup.authorized_keys import service_marker
 
     name = f"lock-{area.name}"
     key = repl.base / "service-key"
     s = start(lab, area, repl, name=name, destination={"identity": str(key)})
     marker = service_marker(name, lab.src.user, lab.src.address)
     try:
-        lab.src.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
-        public = lab.src.run(["cat", f"{key}.pub"]).stdout.decode()
-        svc = parse_service(s.definition)
-        line = key_line(public, forced_argv(svc, str(lab.bin_dir / "zfsrepl"),
-                                            str(s.back.base / "agent.log")), marker)
         before = other_lines(lab)
-        edit_keys(lab, "add", marker, line)
+        assert install_service_key(s, key) == marker
         replicate_twice(s)  # through the agent
 
         out = text(s.back.run("lockoutkey", name))
         assert marker in out, out
+        assert f"{s.dst_fs}: interlock set" in out, out
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "source"
         assert other_lines(lab) == before  # every other line untouched
         assert marker.encode() not in lab.dst.run(
             ["sh", "-c", 'cat "$HOME/.ssh/authorized_keys"']).stdout
@@ -287,8 +283,59 @@ def test_lockoutkey_then_the_source_cannot_replicate(lab: Lab, area: Area,
         # A second lockout says there is nothing left to remove.
         proc = s.back.run("lockoutkey", name, check=False)
         assert proc.returncode == 1 and "is not there" in text(proc)
-        mnt = fail_over(s)
+        assert f"{s.dst_fs}: interlock already set" in text(proc), text(proc)
+        mnt = fail_over(s, interlocked=True)  # the disaster's interlock is kept
         assert tree_checksums(mnt) == replica
+    finally:
+        edit_keys(lab, "remove", marker)
+        s.close()
+
+
+def test_interlock_stops_a_returning_source_and_doctor_names_it(lab: Lab, area: Area,
+                                                                repl: ZfsreplCli) -> None:
+    """6.2.1 then a source that comes back still able to log in (here with src's own
+    default key, as a rebuilt source's `setup -r` would reinstall one): the interlock
+    that lockoutkey left in ZFS refuses its cycles until the failover is ended."""
+    from zfsrepl.setup.authorized_keys import service_marker
+
+    name = f"interlock-{area.name}"
+    s = replicate_twice(start(lab, area, repl, name=name))
+    marker = service_marker(name, lab.src.user, lab.src.address)
+    try:
+        assert install_service_key(s, repl.base / "service-key") == marker
+        out = text(s.back.run("lockoutkey", name))
+        assert marker in out and f"{s.dst_fs}: interlock set" in out, out
+        mnt = fail_over(s, interlocked=True)
+        write_tree(mnt, seed=70)
+        changed = tree_checksums(mnt)
+        dst_snaps = snapshots(lab.dst, s.dst_fs)
+        replica = snapshot_checksums(lab.dst, f"{s.dst_fs}@{dst_snaps[-1]}")
+
+        # The returning source's next cycles refuse and say what to do.
+        write_tree(lab.src.mountpoint(s.src_fs), seed=3)
+        for _ in range(2):
+            proc = repl.run("runonce", name, check=False)
+            assert proc.returncode != 0
+            out = text(proc)
+            assert "took over by `zfsrepl failover`" in out, out
+            assert f"zfsrepl failover --end {name}" in out and f"zfsrepl runonce {name}" in out
+            assert "Traceback" not in out
+        assert snapshots(lab.dst, s.dst_fs) == dst_snaps  # nothing changed there
+        assert snapshot_checksums(lab.dst, f"{s.dst_fs}@{dst_snaps[-1]}") == replica
+        assert tree_checksums(mnt) == changed
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "source"
+        proc = repl.run("doctor", name, check=False)
+        assert proc.returncode == 1
+        assert "RECEIVING SIDE TOOK OVER (FAILOVER)" in text(proc), text(proc)
+
+        # The operator decides: end the failover, replicate forward: overwritten.
+        proc = s.back.run("failover", name, "--end", check=False)
+        assert proc.returncode == 2 and "--yes" in text(proc)  # no terminal: not confirmed
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "source"
+        s.back.run("failover", name, "--end", "--yes")
+        assert prop(lab.dst, s.dst_fs, "zfsrepl:role") == "destination"
+        repl.run("runonce", name)
+        s.assert_same_at_newest(s.src_tree())
     finally:
         edit_keys(lab, "remove", marker)
         s.close()

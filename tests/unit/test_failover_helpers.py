@@ -1,4 +1,5 @@
-"""Failover helpers without ZFS: the reversed service, --mountpoint, lockout."""
+"""Failover helpers without ZFS: the reversed service, --mountpoint, lockout, and which
+of failover and lockoutkey sets the interlock (a ZFS of the destination in memory)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from zfsrepl import failover
+from zfsrepl import diagnosis, failover
 from zfsrepl.config import parse_service
 from zfsrepl.errors import ConfigError, UsageError, ZfsreplError
 from zfsrepl.setup import authorized_keys
+from zfsrepl.snapshots import Snapshot
+from zfsrepl.zfs import ROLE_PROPERTY, Zfs
 
 
 def definition(**extra: object) -> dict[str, object]:
@@ -68,3 +71,102 @@ def test_lockout_removes_only_the_service_line(tmp_path: Path) -> None:
         failover.lockout(svc, path)
     with pytest.raises(ZfsreplError, match="does not exist"):
         failover.lockout(svc, tmp_path / "missing")
+
+
+class FakeZfs(Zfs):
+    """The destination's filesystems in memory: their properties, what was set."""
+
+    def __init__(self, filesystems: dict[str, dict[str, str]]) -> None:
+        self.fs = filesystems
+        self.sets: list[tuple[str, str, str]] = []
+
+    @property
+    def label(self) -> str:
+        return "dst@dsthost"
+
+    def listing(self, filesystems: list[str]) -> tuple[dict[str, list[Snapshot] | None],
+                                                       dict[str, str]]:
+        lists: dict[str, list[Snapshot] | None] = {
+            fs: ([] if fs in self.fs else None) for fs in filesystems}
+        roles = {fs: self.fs[fs][ROLE_PROPERTY] for fs in filesystems
+                 if ROLE_PROPERTY in self.fs.get(fs, {})}
+        return lists, roles
+
+    def set_property(self, filesystem: str, prop: str, value: str) -> None:
+        self.sets.append((filesystem, prop, value))
+        self.fs[filesystem][prop] = value
+
+    def get_properties(self, filesystem: str, props: list[str]) -> dict[str, str]:
+        return {p: self.fs[filesystem].get(p, "-") for p in props}
+
+    def mount(self, filesystem: str) -> None:
+        self.fs[filesystem]["mounted"] = "yes"
+
+    def unmount(self, filesystem: str) -> None:
+        self.fs[filesystem]["mounted"] = "no"
+
+    def roles(self) -> dict[str, str | None]:
+        return {fs: props.get(ROLE_PROPERTY) for fs, props in self.fs.items()}
+
+
+def replicas(**role: str) -> FakeZfs:
+    return FakeZfs({fs: {"mounted": "no", "mountpoint": f"/m/{fs}", "readonly": "on",
+                         **({ROLE_PROPERTY: role[fs[-1]]} if fs[-1] in role else {})}
+                    for fs in ("p/dst/a", "p/dst/b")})
+
+
+def test_failover_for_tests_sets_no_interlock() -> None:
+    svc = parse_service(definition())
+    zfs = replicas()
+    result = failover.failover(svc, zfs, {"p/dst/b": "/y"})
+    assert not result.interlocked
+    assert zfs.roles() == {"p/dst/a": None, "p/dst/b": None}
+    assert all(prop != ROLE_PROPERTY for _, prop, _ in zfs.sets)
+    assert result.lines == ["p/dst/a: mounted at /srv/a, writable",
+                            "p/dst/b: mounted at /y, writable"]
+    assert all(props["readonly"] == "off" and props["mounted"] == "yes"
+               for props in zfs.fs.values())
+    # A failover that was ended before leaves the replica mark alone.
+    zfs = replicas(a=diagnosis.ROLE_REPLICA)
+    assert not failover.failover(svc, zfs, {}).interlocked
+    assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_REPLICA, "p/dst/b": None}
+
+
+def test_failover_keeps_the_interlock_of_a_disaster_and_takeover_sets_it() -> None:
+    svc = parse_service(definition())
+    taken = {"p/dst/a": diagnosis.ROLE_TAKEN_OVER, "p/dst/b": diagnosis.ROLE_TAKEN_OVER}
+    zfs = replicas(b=diagnosis.ROLE_TAKEN_OVER)  # lockoutkey marked (some of) them
+    result = failover.failover(svc, zfs, {})
+    assert result.interlocked and zfs.roles() == taken
+    assert result.lines[0] == "p/dst/a: mounted at /srv/a, writable, interlocked"
+    assert ("p/dst/b", ROLE_PROPERTY, diagnosis.ROLE_TAKEN_OVER) not in zfs.sets  # kept
+
+    zfs = replicas()
+    assert failover.failover(svc, zfs, {}, takeover=True).interlocked
+    assert zfs.roles() == taken
+    # The mark goes on before the filesystem is made writable.
+    assert zfs.sets.index(("p/dst/a", ROLE_PROPERTY, diagnosis.ROLE_TAKEN_OVER)) < \
+        zfs.sets.index(("p/dst/a", "readonly", "off"))
+
+    zfs = FakeZfs({"p/dst/a": {}})
+    with pytest.raises(ZfsreplError, match="p/dst/b does not exist on dst@dsthost"):
+        failover.failover(svc, zfs, {}, takeover=True)
+    assert zfs.sets == []  # nothing changed
+
+
+def test_set_interlock_and_end_failover() -> None:
+    svc = parse_service(definition())
+    zfs = replicas(a=diagnosis.ROLE_TAKEN_OVER)
+    lines, missing = failover.set_interlock(svc, zfs)
+    assert lines == ["p/dst/a: interlock already set", "p/dst/b: interlock set"]
+    assert missing == []
+    assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_TAKEN_OVER,
+                           "p/dst/b": diagnosis.ROLE_TAKEN_OVER}
+    assert failover.end_failover(svc, zfs) == ["p/dst/a: a replica of p/src/a again",
+                                               "p/dst/b: a replica of p/src/b again"]
+    assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_REPLICA,
+                           "p/dst/b": diagnosis.ROLE_REPLICA}
+
+    zfs = FakeZfs({"p/dst/a": {}})
+    assert failover.set_interlock(svc, zfs) == (["p/dst/a: interlock set"], ["p/dst/b"])
+    assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_TAKEN_OVER}
