@@ -170,3 +170,38 @@ def test_set_interlock_and_end_failover() -> None:
     zfs = FakeZfs({"p/dst/a": {}})
     assert failover.set_interlock(svc, zfs) == (["p/dst/a: interlock set"], ["p/dst/b"])
     assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_TAKEN_OVER}
+
+
+def test_lockoutkey_removes_the_key_first_then_names_a_missing_filesystem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from zfsrepl.cli import failover as cli
+    from zfsrepl.cli.common import Context
+
+    svc = parse_service(definition())
+    marker = authorized_keys.service_marker("svc", "src", "srchost")
+    path = tmp_path / "authorized_keys"
+    path.write_bytes(f"ssh-ed25519 AAAAkey {marker}\n".encode())
+    zfs = FakeZfs({"p/dst/a": {}})
+    monkeypatch.setattr(cli.config, "load_service", lambda _dir, _name: svc)
+    monkeypatch.setattr(cli, "_local_zfs", lambda _svc: zfs)
+    args = argparse.Namespace(name="svc", authorized_keys=path)
+    ctx = Context(tmp_path, tmp_path, tmp_path)
+    with pytest.raises(ZfsreplError, match="p/dst/b does not exist on dst@dsthost: no "
+                                           "interlock set there"):
+        cli.run_lockoutkey(args, ctx)
+    out = capsys.readouterr().out
+    assert f"removed the key of service svc ({marker})" in out
+    assert "p/dst/a: interlock set" in out
+    assert path.read_bytes() == b""
+    assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_TAKEN_OVER}
+
+    # Locked out already: the interlock is set all the same, the key's absence reported.
+    zfs.fs["p/dst/b"] = {}
+    with pytest.raises(ZfsreplError, match="is not there"):
+        cli.run_lockoutkey(args, ctx)
+    assert "p/dst/b: interlock set" in capsys.readouterr().out
+    assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_TAKEN_OVER,
+                           "p/dst/b": diagnosis.ROLE_TAKEN_OVER}
