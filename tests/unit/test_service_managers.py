@@ -227,3 +227,27 @@ def test_commands_print_manifest_and_script(tmp_path: Path,
     assert "full path" in capsys.readouterr().err
     assert main(["rc-script"]) == 0
     assert "run_rc_command" in capsys.readouterr().out
+
+
+def test_rc_script_starts_each_listed_service_through_daemon(tmp_path: Path) -> None:
+    # rc.subr stands in for FreeBSD's: it shows what run_rc_command would act on.
+    subr = tmp_path / "rc.subr"
+    subr.write_text('load_rc_config() { :; }\nrun_rc_command() { echo "rc $1 $command_args"; }\n')
+    script = tmp_path / "zfsrepl"
+    script.write_text(managers.rc_script(["/usr/local/bin/zfsrepl"])
+                      .replace(". /etc/rc.subr", f". {subr}"))
+    script.chmod(0o755)
+
+    def rc(*args: str, services: str = "web db") -> str:
+        env = {"PATH": "/usr/bin:/bin", "zfsrepl_services": services}
+        return subprocess.run([str(script), *args], env=env, capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+
+    both = rc("start")
+    assert both.splitlines()[0] == "===> zfsrepl service web"
+    assert "rc start -f -P /var/run/zfsrepl/web.pid" in both
+    assert "/usr/local/bin/zfsrepl  run web" in both and "run db" in both
+    one = rc("stop", "db")
+    assert one.startswith("rc stop ") and "run db" in one and "web" not in one
+    assert rc("rcvar").startswith("rc rcvar")
+    assert "no services" in rc("start", services="")
