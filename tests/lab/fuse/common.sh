@@ -38,6 +38,7 @@ case "$LABDIR" in
     /?*) ;;
     *) die "lab dir must be an absolute path: '$LABDIR'" ;;
 esac
+[ -d "$(dirname "$LABDIR")" ] || die "the lab dir's parent does not exist: $(dirname "$LABDIR")"
 
 # side_ns src|dst, side_ip src|dst: the namespace and address of a "host"
 side_ns() { if [ "$1" = src ]; then echo "$NS_SRC"; else echo "$NS_DST"; fi; }

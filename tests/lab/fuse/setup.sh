@@ -38,8 +38,8 @@ REPO=$(cd "$HERE/../../.." && pwd)
 
 # Copy src/zfsrepl to LABDIR/py-<stamp> and point LABDIR/py at it. The users cannot be
 # assumed to read the work tree (CI may clone it under a private folder). The switch is
-# an atomic symlink rename, so a zfsrepl process of another test session running at that
-# moment keeps a complete tree; older copies but the previous one are removed.
+# an atomic symlink rename, so a zfsrepl process running at that moment keeps a complete
+# tree; older copies but the previous one are removed.
 sync_code() {
     local pkg="$REPO/src/zfsrepl" new old
     [ -d "$pkg" ] || die "no package at $pkg"
@@ -69,9 +69,8 @@ if [ "${1:-}" = --sync-code ]; then
 fi
 [ $# -eq 0 ] || die "usage: setup.sh [--sync-code]"
 
-install -d -m 0755 "$LABDIR"
 lab_lock
-install -d -m 0755 "$LABDIR"/{img,mnt,run,ssh,log,bin,work}
+install -d -m 0755 "$LABDIR" "$LABDIR"/{img,mnt,run,ssh,log,bin,work}
 install -d -m 0700 "$STATE"
 
 # ------------------------------------------------------------------ packages
@@ -103,14 +102,15 @@ if pgrep -x zfs-fuse >/dev/null; then
 else
     log "starting zfs-fuse"
     rm -f "$LABDIR/run/zfs-fuse.pid"
-    # its socket and lock dirs, for teardown to remove with the daemon
-    for d in /var/run/zfs /var/lock/zfs; do [ -e "$d" ] || echo "$d"; done > "$STATE/zfs-fuse.dirs"
+    # the daemon's socket and lock dirs, for teardown to remove with it
+    new_dirs=$(for d in /var/run/zfs /var/lock/zfs; do [ -e "$d" ] || echo "$d"; done)
     # it daemonizes; a second instance would exit 1 silently (lock /var/lock/zfs/zfs_lock)
     zfs-fuse --pidfile "$LABDIR/run/zfs-fuse.pid" </dev/null >/dev/null 2>&1 9>&- \
         || die "zfs-fuse exited with $? (see syslog)"
     for _ in $(seq 1 50); do [ -s "$LABDIR/run/zfs-fuse.pid" ] && break; sleep 0.1; done
     [ -s "$LABDIR/run/zfs-fuse.pid" ] || die "zfs-fuse wrote no PID file"
     cp "$LABDIR/run/zfs-fuse.pid" "$STATE/zfs-fuse.started"
+    echo "$new_dirs" > "$STATE/zfs-fuse.dirs"
 fi
 for _ in $(seq 1 50); do zpool list >/dev/null 2>&1 && break; sleep 0.1; done
 zpool list >/dev/null 2>&1 || die "the zfs-fuse daemon does not answer"
@@ -182,10 +182,8 @@ Defaults:src,dst !requiretty
 src,dst ALL=(root) NOPASSWD: /usr/sbin/zfs, /usr/sbin/zpool
 EOF
 visudo -cqf "$tmp" || die "sudoers syntax check failed"
-if ! cmp -s "$tmp" "$SUDOERS"; then
-    install -m 0440 "$tmp" "$SUDOERS"
-    touch "$STATE/sudoers"
-fi
+cmp -s "$tmp" "$SUDOERS" || install -m 0440 "$tmp" "$SUDOERS"
+touch "$STATE/sudoers"
 rm -f "$tmp"
 
 # ------------------------------------------------------------------ wrappers
