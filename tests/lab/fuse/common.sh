@@ -27,7 +27,7 @@ SUDOERS=/etc/sudoers.d/zfsrepl-lab
 USER_PATH="$BIN:/usr/local/bin:/usr/bin:/bin"
 ROOT_PATH="$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # /usr/bin/python3 is the users' runtime for zfsrepl (Debian's 3.11, standard library only)
-PACKAGES="zfs-fuse openssh-server openssh-client sudo libxml2-utils iproute2 procps util-linux python3"
+PACKAGES="zfs-fuse openssh-server openssh-client sudo libxml2-utils iproute2 procps util-linux python3 systemd"
 
 log() { echo "zfsrepl-lab: $*"; }
 die() { echo "zfsrepl-lab: ERROR: $*" >&2; exit 1; }
