@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from zfsrepl.errors import ZfsreplError
-from zfsrepl.state import ServiceState, write_atomically
+from zfsrepl.fileio import write_atomically
+from zfsrepl.state import ServiceState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("online", "offline", "disabled", "maintenance")

@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from zfsrepl.errors import UsageError
+from zfsrepl.fileio import write_atomically
 from zfsrepl.log import logger
 
 FORMAT_VERSION = 1
@@ -212,22 +211,6 @@ def from_json(data: Any) -> ServiceState:
 
 
 # ---------------------------------------------------------------------------- the file
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
-    """Replace `path` by `text` so a reader sees the old or the new file, never a part."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class StateStore:

@@ -10,13 +10,12 @@ byte for byte.
 from __future__ import annotations
 
 import fcntl
-import os
 import shlex
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zfsrepl.errors import UsageError
+from zfsrepl.fileio import write_atomically
 
 MARKER_PREFIX = "zfsrepl:"
 
@@ -109,15 +108,5 @@ def update(path: Path, change: Callable[[bytes], bytes | None]) -> bool:
         new = change(old)
         if new is None:
             return False
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".authorized_keys.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(new)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, new, mode)
         return True

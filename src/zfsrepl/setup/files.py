@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from zfsrepl.fileio import write_atomically
 
 
 def write_if_changed(path: Path, content: str, mode: int) -> bool:
@@ -20,15 +21,5 @@ def write_if_changed(path: Path, content: str, mode: int) -> bool:
             return False
         os.chmod(path, mode)
         return True
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data, mode)
     return True
