@@ -186,11 +186,11 @@ def main() -> int:
     lo, hi = min(counts), max(counts)
     for change in (False, True):
         if (lo, change) in results and (hi, change) in results and lo != hi:
-            zr = {n: bl.median(results[(n, change)][0]["zfsrepl"]) for n in (lo, hi)}
-            raw = {n: bl.median(results[(n, change)][0]["raw"]) for n in (lo, hi)}
+            zr_by = {n: bl.median(results[(n, change)][0]["zfsrepl"]) for n in (lo, hi)}
+            raw_by = {n: bl.median(results[(n, change)][0]["raw"]) for n in (lo, hi)}
             lines.append(f"- {'small change' if change else 'no change'}: {hi} filesystems "
-                         f"cost **{zr[hi] / zr[lo]:.1f} x** {lo} with zfsrepl (target < 3), "
-                         f"{raw[hi] / raw[lo]:.1f} x with the raw script")
+                         f"cost **{zr_by[hi] / zr_by[lo]:.1f} x** {lo} with zfsrepl (target < 3), "
+                         f"{raw_by[hi] / raw_by[lo]:.1f} x with the raw script")
     lines += ["", "Calls per cycle, by command:", ""]
     for (n, change), (_, calls) in results.items():
         for v in ("zfsrepl", "raw"):
