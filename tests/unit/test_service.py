@@ -335,13 +335,16 @@ def test_a_bad_definition_on_sighup_keeps_the_running_one(dirs: Dirs) -> None:
 # ---------------------------------------------------------------------------- real signals
 
 
-def signal_when(condition: Callable[[], bool], signum: int) -> threading.Thread:
-    """Send `signum` to this process once `condition` holds (bounded wait)."""
+def signal_when(condition: Callable[[], bool], signum: int,
+                delay: float = 0.0) -> threading.Thread:
+    """Send `signum` to this process once `condition` holds (bounded wait), `delay`
+    seconds later."""
     def go() -> None:
         for _ in range(500):
             if condition():
                 break
             time.sleep(0.01)
+        time.sleep(delay)
         os.kill(os.getpid(), signum)
 
     t = threading.Thread(target=go, daemon=True)
@@ -406,7 +409,8 @@ def test_sigterm_while_waiting_for_the_next_cycle(dirs: Dirs) -> None:
         cycles.append(1)
         return {}
 
-    t = signal_when(lambda: bool(cycles), signal.SIGTERM)
+    # the delay: the runner has returned and the loop waits (interval 10 s)
+    t = signal_when(lambda: bool(cycles), signal.SIGTERM, delay=0.5)
     assert Daemon(dirs.config, dirs.state, dirs.log, NAME, runner=cycle).run() == 0
     t.join()
     assert cycles == [1]
