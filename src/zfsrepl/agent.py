@@ -11,14 +11,20 @@ non-zero exit, before anything runs.
 What the service may touch comes from the forced command's own arguments: sshd
 shows them with the key, they need no file the destination user could widen,
 and no TOML parser (this module runs on a bare Python 3.9 with the standard
-library only; it must not import the rest of zfsrepl beyond `naming`).
+library only; it must not import the rest of zfsrepl beyond `naming` and
+`capabilities`).
 
 Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
 
+    (nothing)                                             zfs's usage: the capability probe
     get -Hp -r -d 1 -o name,property,value PROPS FS...   PROPS from LISTING_PROPERTIES
+                                                          and LISTING_OPTIONAL
     list -H -o name NAME...                               NAME: an own FS or its parent
-    receive -u FS                                         full stream into a new FS
-    receive -u -F FS                                      incremental, FS must exist
+    receive -u [-s] [-o readonly=on] FS                   full stream (or a resumed one)
+    receive -u -F [-s] FS                                 incremental, FS must exist
+    receive -A FS                                         discard a cut resumable receive
+    hold TAG FS@SNAP / release TAG FS@SNAP                TAG: zfsrepl-SERVICE, own SNAP
+    holds -H FS@SNAP...                                   the holds of an own FS's snapshots
     destroy FS@SNAP                                       SNAP made by this service
     rollback FS@SNAP                                      SNAP made by this service
     hello                                                 version and ZFS capabilities
@@ -37,11 +43,13 @@ import time
 from dataclasses import dataclass
 from typing import NoReturn, Sequence, Union
 
-from zfsrepl import __version__
+from zfsrepl import __version__, capabilities
 from zfsrepl.naming import SnapshotNaming
 
-# The properties the cycle lists (zfs.py `_LIST_PROPS`; a unit test keeps them equal).
+# The properties the cycle lists (zfs.py `_LIST_PROPS`; a unit test keeps them equal),
+# and those it adds where the host has the feature (zfs.py `OPTIONAL_LIST_PROPS`).
 LISTING_PROPERTIES = ("guid", "createtxg", "creation", "userrefs", "zfsrepl:role")
+LISTING_OPTIONAL = ("receive_resume_token", "encryption")
 # Far above any real request (a listing of many filesystems), far below what could
 # hurt: refused before it is even split.
 MAX_COMMAND_BYTES = 64 * 1024
@@ -59,6 +67,11 @@ class Policy:
     filesystems: frozenset[str]
     naming: SnapshotNaming
     zfs_argv: tuple[str, ...]  # how the agent runs zfs, e.g. ("sudo", "-n", "/usr/sbin/zfs")
+
+    @property
+    def hold_tag(self) -> str:
+        """The service's own hold tag (cycle.py `hold_tag`)."""
+        return f"zfsrepl-{self.service}"
 
     @property
     def parents(self) -> frozenset[str]:
@@ -125,7 +138,7 @@ def decide(command: str, policy: Policy) -> Decision:
         return Refused(f"{words[0]!r} is not allowed: this key runs only zfs commands and "
                        "'hello'")
     if not args:
-        return Refused("zfs without a subcommand")
+        return RunZfs(())  # zfs's usage text: what this ZFS offers; changes nothing
     sub = args[0]
     handler = _SUBCOMMANDS.get(sub)
     if handler is None:
@@ -167,8 +180,9 @@ def _get(args: list[str], policy: Policy) -> Decision:
         return Refused("zfs get is allowed only as: get -Hp -r -d 1 -o name,property,value "
                        f"{','.join(LISTING_PROPERTIES)} FS...")
     props = args[len(head)].split(",")
-    if len(set(props)) != len(props) or not set(props) <= set(LISTING_PROPERTIES):
-        return Refused(f"zfs get may read only {','.join(LISTING_PROPERTIES)}, "
+    allowed = (*LISTING_PROPERTIES, *LISTING_OPTIONAL)
+    if len(set(props)) != len(props) or not set(props) <= set(allowed):
+        return Refused(f"zfs get may read only {','.join(allowed)}, "
                        f"not {args[len(head)]!r}")
     for fs in args[len(head) + 1:]:
         refused = _own_fs(fs, policy)
@@ -190,20 +204,49 @@ def _list(args: list[str], policy: Policy) -> Decision:
 
 
 def _receive(args: list[str], policy: Policy) -> Decision:
-    if len(args) == 3 and args[1] == "-u":
-        flags_ok, incremental = True, False
-    elif len(args) == 4 and args[1:3] == ["-u", "-F"]:
-        flags_ok, incremental = True, True
-    else:
-        flags_ok, incremental = False, False
-    if not flags_ok:
-        return Refused("zfs receive is allowed only as: receive -u [-F] FS")
+    usage = ("zfs receive is allowed only as: receive -u [-F] [-s] [-o readonly=on] FS, "
+             "or receive -A FS")
+    if len(args) == 3 and args[1] == "-A":
+        return _own_fs(args[2], policy) or RunZfs(tuple(args))
+    if len(args) < 3 or args[1] != "-u":
+        return Refused(usage)
+    flags = args[2:-1]
+    incremental = flags[:1] == ["-F"]
+    if incremental:
+        flags = flags[1:]
+    if flags[:1] == ["-s"]:
+        flags = flags[1:]
+    # readonly=on only with a full stream: an incremental keeps what failover set
+    if not incremental and flags == ["-o", "readonly=on"]:
+        flags = []
+    if flags:
+        return Refused(usage)
     refused = _own_fs(args[-1], policy)
     if refused:
         return refused
     # zfs-fuse receives an incremental stream aimed at a missing name into any dataset
     # holding the base snapshot: -F (the incremental form) only into an existing one.
     return RunZfs(tuple(args), must_exist=args[-1] if incremental else None)
+
+
+def _hold_or_release(args: list[str], policy: Policy) -> Decision:
+    # No -r: that would reach other services' filesystems below.
+    if len(args) != 3 or args[1] != policy.hold_tag:
+        return Refused(f"zfs {args[0]} is allowed only as: {args[0]} {policy.hold_tag} FS@SNAP")
+    return _own_snapshot(args[2], policy, args[0]) or RunZfs(tuple(args))
+
+
+def _holds(args: list[str], policy: Policy) -> Decision:
+    if len(args) < 3 or args[1] != "-H":
+        return Refused("zfs holds is allowed only as: holds -H FS@SNAP...")
+    for name in args[2:]:
+        fs, sep, snap = name.partition("@")
+        if not sep or not snap:
+            return Refused(f"zfs holds takes snapshots (FS@SNAP), not {name!r}")
+        refused = _own_fs(fs, policy)
+        if refused:
+            return refused
+    return RunZfs(tuple(args))
 
 
 def _destroy(args: list[str], policy: Policy) -> Decision:
@@ -221,7 +264,8 @@ def _rollback(args: list[str], policy: Policy) -> Decision:
 
 _SUBCOMMANDS = {
     "get": _get, "list": _list, "receive": _receive, "destroy": _destroy,
-    "rollback": _rollback,
+    "rollback": _rollback, "hold": _hold_or_release, "release": _hold_or_release,
+    "holds": _holds,
 }
 
 
@@ -230,32 +274,11 @@ _SUBCOMMANDS = {
 
 def capabilities_from_usage(usage: str, allow_output: str) -> dict[str, bool]:
     """What this ZFS offers, read from its usage text and from `zfs allow`."""
-    lines = usage.splitlines()
-
-    def usage_of(cmd: str) -> str:
-        return " ".join(ln for ln in lines if ln.strip().startswith(cmd + " "))
-
-    send, recv, lst = usage_of("send"), usage_of("receive"), usage_of("list")
     allow_broken = ("pyzfs" in allow_output or "unrecognized command" in allow_output
                     or "failed to initialize" in allow_output)
-    return {
-        "allow": bool(usage_of("allow")) and not allow_broken,
-        "bookmarks": bool(usage_of("bookmark")),
-        # zfs-fuse lists `holds` but, like `allow`, it needs the missing pyzfs helper
-        "holds": bool(usage_of("holds")) and "pyzfs" not in allow_output,
-        "list_p": "p" in _flags(lst),
-        "resume": "s" in _flags(recv) and "t" in _flags(send),
-        "raw_send": "w" in _flags(send),
-        "compressed_send": "c" in _flags(send),
-    }
-
-
-def _flags(usage: str) -> set[str]:
-    """Single-letter options in usage lines like 'send [-DnPpRv] [-i snap] ... -t <token>'."""
-    found: set[str] = set()
-    for group in re.findall(r"(?:^|[\s\[|])-([A-Za-z]+)", usage):
-        found.update(group)
-    return found
+    has_allow = any(ln.strip().startswith("allow ") for ln in usage.splitlines())
+    return {"allow": has_allow and not allow_broken,
+            **capabilities.from_usage(usage).to_json()}
 
 
 def probe(zfs_argv: Sequence[str]) -> dict[str, bool]:

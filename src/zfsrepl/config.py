@@ -79,6 +79,8 @@ class Service:
     # `zfsrepl run` serves its metrics over HTTP on this port when set.
     metrics_port: int | None = None
     metrics_address: str = "127.0.0.1"
+    # Bytes per second a stream may use (None: no limit), from e.g. "20M".
+    bandwidth_limit: int | None = None
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -160,6 +162,7 @@ _TOP_KEYS = {
     "name", "interval", "retries", "keep", "keep_source", "keep_destination",
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
+    "bandwidth_limit",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
@@ -241,6 +244,37 @@ class _Reader:
         return value
 
 
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?$", re.IGNORECASE)
+_RATE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MIN_BANDWIDTH = 1 << 10
+BANDWIDTH_EXPECTED = ('bytes per second: an integer, or a number with K, M, G or T '
+                      '(powers of 1024) like "20M" or "512K"; at least 1K')
+
+
+def parse_bandwidth(value: object) -> int | None:
+    """Bytes per second from "20M", "512K", "1.5G", "20MB/s" or an integer; None if
+    `value` is not one (or is below 1 KiB/s)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        rate = value
+    elif isinstance(value, str):
+        m = _RATE_RE.fullmatch(value.strip())
+        if not m:
+            return None
+        rate = int(float(m.group(1)) * _RATE_UNITS[m.group(2).upper()])
+    else:
+        return None
+    return rate if rate >= MIN_BANDWIDTH else None
+
+
+def format_bandwidth(rate: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if rate % _RATE_UNITS[unit] == 0:
+            return f"{rate // _RATE_UNITS[unit]}{unit}"
+    return str(rate)
+
+
 def _dataset_problem(name: str) -> str | None:
     """Why `name` is not a valid ZFS filesystem name, or None if it is."""
     if "@" in name or "#" in name:
@@ -314,6 +348,13 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
                                expected='an address to listen on, e.g. "127.0.0.1" or "::"') \
         or "127.0.0.1"
 
+    bandwidth_limit = None
+    if "bandwidth_limit" in data:
+        bandwidth_limit = parse_bandwidth(data["bandwidth_limit"])
+        if bandwidth_limit is None:
+            r.fail("bandwidth_limit", f"{data['bandwidth_limit']!r} is not valid",
+                   BANDWIDTH_EXPECTED)
+
     for side in ("source", "destination"):
         if side not in data:
             r.fail(side, "missing", f"a [{side}] table with host and user")
@@ -364,7 +405,8 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         keep_destination=keep_destination, pre_snapshot=r.hook("pre_snapshot"),
         post_snapshot=r.hook("post_snapshot"), on_alarm=r.hook("on_alarm"),
         hook_timeout=hook_timeout, retry_delay=retry_delay, role=role,
-        metrics_port=metrics_port, metrics_address=metrics_address, path=path,
+        metrics_port=metrics_port, metrics_address=metrics_address,
+        bandwidth_limit=bandwidth_limit, path=path,
     )
 
 
@@ -427,6 +469,8 @@ def dump_service(svc: Service) -> str:
         lines.append(f"metrics_port = {svc.metrics_port}")
     if svc.metrics_address != "127.0.0.1":
         lines.append(f"metrics_address = {_toml_str(svc.metrics_address)}")
+    if svc.bandwidth_limit is not None:
+        lines.append(f"bandwidth_limit = {_toml_str(format_bandwidth(svc.bandwidth_limit))}")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:

@@ -3,6 +3,10 @@
 Everything that can be known to fail is checked before anything changes: both
 sides are listed (one call each), missing filesystems and parents and chain
 conflicts are found, and only then are hooks run and snapshots taken.
+
+What each host's ZFS offers is probed once per connection (capabilities.py) and
+the best of it used: resumable receives, bookmarks and holds of the incremental
+base, raw sends of encrypted filesystems, compressed streams, a read-only replica.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ContextManager
 
 from zfsrepl import diagnosis, hooks, plan, retention
@@ -19,8 +23,17 @@ from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplEr
 from zfsrepl.host import Host
 from zfsrepl.log import alarm, logger
 from zfsrepl.snapshots import Snapshot
-from zfsrepl.transfer import TransferResult, pipe
-from zfsrepl.zfs import Zfs
+from zfsrepl.transfer import Progress, TransferResult, pipe
+from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, Zfs, unresumable
+
+# How often one attempt continues after a resumed stream (each resume may reveal
+# another cut stream only if something else cut it meanwhile).
+_MAX_FOLLOW_UPS = 3
+
+
+def hold_tag(service: str) -> str:
+    """This service's hold tag on the incremental base."""
+    return f"zfsrepl-{service}"
 
 
 @dataclass
@@ -31,6 +44,11 @@ class FilesystemPlan:
     plan: plan.Plan
     destroy_source: tuple[str, ...] = ()
     destroy_destination: tuple[str, ...] = ()
+    bookmarks: tuple[Snapshot, ...] = ()  # the source's bookmarks of this filesystem
+    encrypted: bool = False  # the source filesystem is encrypted: send raw
+    # own snapshots that carry this service's hold, on each side
+    held_source: frozenset[str] = field(default_factory=frozenset)
+    held_destination: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass
@@ -91,6 +109,10 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
         common = c.name if c else None
     dst_after = fp.destination
     protected = [common] if common else []
+    if isinstance(fp.plan, plan.Resume):
+        # What the resumed stream brings shows in the next listing: prune then.
+        fp.destroy_source = fp.destroy_destination = ()
+        return
     if sent_ok and fp.plan.sends:
         received = plan.received_names(fp.plan, fp.source)
         by_name = {s.name: s for s in fp.source}
@@ -106,10 +128,11 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
         # next cycle finds its common snapshot whatever arrived.
         pending = plan.received_names(fp.plan, fp.source)
         protected += pending
-    fp.destroy_source = retention.decide(fp.source, naming, svc.keep_source, protected).destroy
+    fp.destroy_source = retention.decide(fp.source, naming, svc.keep_source, protected,
+                                         fp.held_source).destroy
     if dst_after is not None and common is not None:
         fp.destroy_destination = retention.decide(dst_after, naming, svc.keep_destination,
-                                                  protected).destroy
+                                                  protected, fp.held_destination).destroy
     else:
         fp.destroy_destination = ()
 
@@ -137,6 +160,7 @@ class Cycle:
         self.events = events or CycleEvents()
         self.src = Zfs(source, service.source.zfs_argv)
         self.dst = Zfs(destination, service.destination.zfs_argv)
+        self.tag = hold_tag(service.name)
 
     # -- survey ---------------------------------------------------------------------
 
@@ -146,7 +170,11 @@ class Cycle:
         hooks.check_executable("pre_snapshot", svc.pre_snapshot)
         hooks.check_executable("post_snapshot", svc.post_snapshot)
         pairs = list(svc.filesystems)
-        dst_lists, dst_roles = self.dst.listing([p.destination for p in pairs])
+        src_caps = self.src.capabilities()
+        dst_states = self.dst.states([p.destination for p in pairs],
+                                     (RESUME_TOKEN,) if self._resumable() else ())
+        dst_lists = {fs: (st.snapshots if st else None) for fs, st in dst_states.items()}
+        dst_roles = {fs: st.role for fs, st in dst_states.items() if st and st.role}
         # The interlock: a destination that took over by failover is never overwritten.
         taken = [p.destination for p in pairs
                  if dst_roles.get(p.destination) == diagnosis.ROLE_TAKEN_OVER]
@@ -154,7 +182,9 @@ class Cycle:
             raise ReplicationError(diagnosis.interlock_problem(
                 taken, svc.name, diagnosis.Side("destination", svc.destination.host,
                                                 svc.destination.user)))
-        src_lists = self.src.snapshots([p.source for p in pairs])
+        src_states = self.src.states([p.source for p in pairs],
+                                     (ENCRYPTION,) if src_caps.raw_send else ())
+        src_lists = {fs: (st.snapshots if st else None) for fs, st in src_states.items()}
 
         missing_src = [p.source for p in pairs if src_lists[p.source] is None]
         if missing_src:
@@ -177,16 +207,44 @@ class Cycle:
                 *(s for s in dst_lists.values() if s))
             snapshot = svc.naming.format(seq)
 
+        held_src = self._own_holds(self.src, [s for s in src_lists.values() if s])
+        held_dst = self._own_holds(self.dst, [s for s in dst_lists.values() if s])
         fps: list[FilesystemPlan] = []
         for pair in pairs:
+            src_state, dst_state = src_states[pair.source], dst_states[pair.destination]
             src = src_lists[pair.source] or []
             if snapshot:
                 src = _with_new_snapshot(src, pair.source, snapshot)
             dst = dst_lists[pair.destination]
-            fp = FilesystemPlan(pair, src, dst, plan.plan_filesystem(src, dst, svc.naming))
+            marks = tuple(src_state.bookmarks) if src_state else ()
+            token = dst_state.resume_token if dst_state else None
+            fp = FilesystemPlan(
+                pair, src, dst,
+                plan.plan_filesystem(src, dst, svc.naming, bookmarks=marks,
+                                     resume_token=token),
+                bookmarks=marks, encrypted=bool(src_state and src_state.encrypted),
+                held_source=frozenset(held_src.get(pair.source, ())),
+                held_destination=frozenset(held_dst.get(pair.destination, ())))
             _prune(fp, svc, sent_ok=True)
             fps.append(fp)
         return CyclePlan(svc, snapshot, fps)
+
+    def _resumable(self) -> bool:
+        return self.dst.capabilities().resume and self.src.capabilities().resume
+
+    def _own_holds(self, zfs: Zfs, lists: list[list[Snapshot]]) -> dict[str, set[str]]:
+        """filesystem -> own snapshots that carry this service's hold (one call, only
+        where the host lists holds and some own snapshot is held at all)."""
+        if not zfs.capabilities().holds:
+            return {}
+        held = [s for snaps in lists for s in snaps
+                if s.userrefs > 0 and self.service.naming.is_ours(s.name)]
+        out: dict[str, set[str]] = {}
+        tags = zfs.holds(held) if held else {}
+        for snap in held:
+            if self.tag in tags.get(snap.full_name, set()):
+                out.setdefault(snap.filesystem, set()).add(snap.name)
+        return out
 
     # -- doing ----------------------------------------------------------------------
 
@@ -218,31 +276,96 @@ class Cycle:
         if failure:
             raise failure
 
-    def send(self, fp: FilesystemPlan) -> None:
+    def _stream(self, fp: FilesystemPlan, s: plan.Send) -> TransferResult:
+        """One stream from the source to the destination, with the best options both
+        sides offer."""
         src_fs, dst_fs = fp.pair.source, fp.pair.destination
+        src_caps, dst_caps = self.src.capabilities(), self.dst.capabilities()
+        raw = fp.encrypted and src_caps.raw_send and dst_caps.raw_send
+        if fp.encrypted and not raw:
+            logger.warning("%s is encrypted but %s cannot receive raw streams: sending it "
+                           "decrypted", src_fs, self.dst.label)
+        compressed = not raw and src_caps.compressed and dst_caps.compressed
+        resuming = s.token is not None
+        what = f"{s.describe()} of {src_fs} to {self.dst.label}:{dst_fs}"
+        logger.info("starting %s%s", what, " (raw)" if raw else "")
+        total = (self.src.estimate(src_fs, s, raw=raw, compressed=compressed)
+                 if src_caps.estimate else None)
+        result = pipe(self.src.send_argv(src_fs, s, raw=raw, compressed=compressed),
+                      self.dst.receive_argv(dst_fs, incremental=s.base is not None,
+                                            resumable=self._resumable(),
+                                            readonly=dst_caps.recv_props and not resuming),
+                      what, progress=Progress(f"{src_fs}@{s.target or '(resumed)'}", total),
+                      limit=self.service.bandwidth_limit)
+        size = "" if result.bytes is None else f", {result.bytes} bytes"
+        logger.info("finished %s in %.1fs%s", what, result.seconds, size)
+        self.events.sent(fp.pair, result)
+        return result
+
+    def send(self, fp: FilesystemPlan) -> bool:
+        """Send what `fp` plans; True when the filesystem needs another look (a cut
+        stream was resumed, or a token that cannot be resumed was discarded)."""
+        if isinstance(fp.plan, plan.Resume):
+            return self._resume(fp, fp.plan.sends[0])
         for s in fp.plan.sends:
-            what = f"{s.describe()} of {src_fs} to {self.dst.label}:{dst_fs}"
-            logger.info("starting %s", what)
-            result = pipe(self.src.send_argv(src_fs, s),
-                          self.dst.receive_argv(dst_fs, incremental=s.base is not None), what)
-            size = "" if result.bytes is None else f", {result.bytes} bytes"
-            logger.info("finished %s in %.1fs%s", what, result.seconds, size)
-            self.events.sent(fp.pair, result)
+            self._stream(fp, s)
+        if fp.plan.sends:
+            self._base_moved(fp, plan.received_names(fp.plan, fp.source)[-1])
+        return False
+
+    def _resume(self, fp: FilesystemPlan, s: plan.Send) -> bool:
+        try:
+            self._stream(fp, s)
+        except CommandError as exc:
+            if not unresumable(exc.stderr):
+                raise  # cut again: the next attempt resumes from the new token
+            self.dst.abort_resumable(fp.pair.destination)
+            logger.warning("the cut transfer to %s:%s cannot be resumed (%s): discarded it "
+                           "(receive -A); the transfer starts over", self.dst.label,
+                           fp.pair.destination, exc)
+        return True
+
+    def _base_moved(self, fp: FilesystemPlan, base: str) -> None:
+        """The newest replicated snapshot is `base`: hold it on both sides, release the
+        old base, bookmark it on the source. Failing here fails no transfer."""
+        src_fs, dst_fs = fp.pair.source, fp.pair.destination
+        try:
+            for zfs, fs, held in ((self.src, src_fs, fp.held_source),
+                                  (self.dst, dst_fs, fp.held_destination)):
+                if zfs.capabilities().holds:
+                    zfs.hold(self.tag, fs, base)
+                    for old in sorted(held - {base}):
+                        zfs.release(self.tag, fs, old)
+            if self.src.capabilities().bookmarks:
+                self.src.bookmark(src_fs, base)
+                for old in retention.stale_bookmarks(list(fp.bookmarks), self.service.naming,
+                                                     base):
+                    self.src.destroy_bookmark(src_fs, old)
+        except ZfsreplError as exc:
+            logger.warning("holding or bookmarking @%s of %s: %s", base, src_fs, exc)
+            return
+        # the old bases' holds are gone: retention may destroy them
+        fp.held_source = fp.held_source & {base}
+        fp.held_destination = fp.held_destination & {base}
 
     def prune(self, fp: FilesystemPlan) -> None:
-        for name in fp.destroy_source:
-            self.src.destroy_snapshot(fp.pair.source, name)
-            logger.info("destroyed %s@%s on %s", fp.pair.source, name, self.src.label)
-        for name in fp.destroy_destination:
-            self.dst.destroy_snapshot(fp.pair.destination, name)
-            logger.info("destroyed %s@%s on %s", fp.pair.destination, name, self.dst.label)
+        for zfs, fs, names, held in (
+                (self.src, fp.pair.source, fp.destroy_source, fp.held_source),
+                (self.dst, fp.pair.destination, fp.destroy_destination, fp.held_destination)):
+            for name in names:
+                if name in held:
+                    zfs.release(self.tag, fs, name)  # only this service's own hold
+                zfs.destroy_snapshot(fs, name)
+                logger.info("destroyed %s@%s on %s", fs, name, zfs.label)
 
-    def send_and_prune(self, cp: CyclePlan) -> None:
-        """Send and prune every filesystem, even when another one fails."""
+    def send_and_prune(self, cp: CyclePlan) -> bool:
+        """Send and prune every filesystem, even when another one fails; True when a
+        filesystem needs another look (see `send`)."""
         failures: list[str] = []
+        again = False
         for fp in cp.filesystems:
             try:
-                self.send(fp)
+                again = self.send(fp) or again
             except ZfsreplError as exc:
                 failures.append(str(exc))
                 _prune(fp, self.service, sent_ok=False)
@@ -253,6 +376,7 @@ class Cycle:
                 logger.warning("retention on %s: %s", fp.pair.source, exc)
         if failures:
             raise CommandError("; ".join(failures))
+        return again
 
 
 def replicate(service: Service, source: Host, destination: Host,
@@ -273,7 +397,14 @@ def replicate(service: Service, source: Host, destination: Host,
                 with cycle.events.snapshot_phase():
                     cycle.take_snapshots(cp)
                 snapshot_taken = True
-            cycle.send_and_prune(cp)
+            again = cycle.send_and_prune(cp)
+            for _ in range(_MAX_FOLLOW_UPS):
+                if not again:
+                    break
+                # a resumed stream (or a discarded token): send the rest from what is there
+                cp = cycle.survey(take_snapshot=False)
+                cp.raise_on_conflict()
+                again = cycle.send_and_prune(cp)
             logger.info("cycle of %s finished", service.name)
             return cp
         except UsageError:

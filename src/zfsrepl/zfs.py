@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass, field
 
+from zfsrepl import capabilities
+from zfsrepl.capabilities import Capabilities
 from zfsrepl.errors import CommandError
 from zfsrepl.host import Host, first_line
+from zfsrepl.log import logger
 from zfsrepl.plan import Send
 from zfsrepl.snapshots import Snapshot
 
@@ -18,8 +22,28 @@ from zfsrepl.snapshots import Snapshot
 # ZFS prints "-" for it where it is not set.
 ROLE_PROPERTY = "zfsrepl:role"
 _LIST_PROPS = ("guid", "createtxg", "creation", "userrefs", ROLE_PROPERTY)
+# Read on the filesystems' lines where the host has the feature: the token of a cut
+# resumable receive (destination), and whether a filesystem is encrypted (source).
+RESUME_TOKEN = "receive_resume_token"
+ENCRYPTION = "encryption"
+OPTIONAL_LIST_PROPS = (RESUME_TOKEN, ENCRYPTION)
 _MISSING_RE = re.compile(r"^cannot open '(.+)': dataset does not exist$")
 _BUSY_RETRIES = 20
+
+
+@dataclass
+class FsState:
+    """One filesystem as one listing call saw it."""
+
+    snapshots: list[Snapshot] = field(default_factory=list)
+    bookmarks: list[Snapshot] = field(default_factory=list)  # name: after the '#'
+    role: str | None = None
+    resume_token: str | None = None  # a cut resumable receive left this
+    encryption: str | None = None  # None or "off": not encrypted (or not known)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption not in (None, "off")
 
 
 class Zfs:
@@ -29,6 +53,16 @@ class Zfs:
         self.host = host
         self.zfs_argv = list(zfs_argv)
         self._props: tuple[str, ...] = _LIST_PROPS
+        self._caps: Capabilities | None = None
+
+    def capabilities(self) -> Capabilities:
+        """What this host's ZFS offers, probed once (one call: its usage text)."""
+        if self._caps is None:
+            result = self.host.run(self.argv(), check=False)
+            self._caps = capabilities.from_usage(result.stdout + "\n" + result.stderr)
+            logger.debug("%s: zfs offers %s", self.label,
+                         ", ".join(self._caps.names()) or "only the basic commands")
+        return self._caps
 
     @property
     def label(self) -> str:
@@ -50,51 +84,71 @@ class Zfs:
                                                        dict[str, str]]:
         """`snapshots()`, and the zfsrepl:role of the filesystems where it is set, from
         the same call."""
+        states = self.states(filesystems)
+        roles = {fs: st.role for fs, st in states.items() if st is not None and st.role}
+        return {fs: (st.snapshots if st else None) for fs, st in states.items()}, roles
+
+    def states(self, filesystems: list[str], extra: tuple[str, ...] = ()
+               ) -> dict[str, FsState | None]:
+        """Snapshots, bookmarks, role and the `extra` properties (OPTIONAL_LIST_PROPS)
+        of each filesystem (None: it does not exist), in one call."""
         if not filesystems:
-            return {}, {}
+            return {}
+        props = (*self._props, *(p for p in extra if p in OPTIONAL_LIST_PROPS))
         result = self.host.run(
             self.argv("get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
-                      ",".join(self._props), *filesystems), check=False)
+                      ",".join(props), *filesystems), check=False)
         if result.returncode != 0 and "invalid property 'userrefs'" in result.stderr:
             # ZFS before pool version 18 has no holds: list without them.
             self._props = tuple(p for p in self._props if p != "userrefs")
-            return self.listing(filesystems)
+            return self.states(filesystems, extra)
         self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
 
         wanted = set(filesystems)
-        present: set[str] = set()
-        props: dict[str, dict[str, str]] = {}
-        roles: dict[str, str] = {}
+        out: dict[str, FsState | None] = {fs: None for fs in filesystems}
+        snap_props: dict[str, dict[str, str]] = {}
+        mark_props: dict[str, dict[str, str]] = {}
         for line in result.stdout.splitlines():
             parts = line.rsplit("\t", 2)
             if len(parts) != 3:
                 continue
             name, prop, value = parts
             if "@" in name:
-                fs = name.split("@", 1)[0]
-                if fs in wanted:
-                    props.setdefault(name, {})[prop] = value
+                if name.split("@", 1)[0] in wanted:
+                    snap_props.setdefault(name, {})[prop] = value
+            elif "#" in name:
+                if name.split("#", 1)[0] in wanted:
+                    mark_props.setdefault(name, {})[prop] = value
             elif name in wanted:
-                present.add(name)
-                if prop == ROLE_PROPERTY and value not in ("-", ""):
-                    roles[name] = value
-        out: dict[str, list[Snapshot] | None] = {fs: ([] if fs in present else None)
-                                                   for fs in filesystems}
-        for full, values in props.items():
-            fs, snap = full.split("@", 1)
-            found = out[fs]
-            if found is None:
-                continue
-            found.append(Snapshot(
-                filesystem=fs, name=snap, guid=_int(values.get("guid")),
-                createtxg=_int(values.get("createtxg")) or 0,
-                creation=_int(values.get("creation")) or 0,
-                userrefs=_int(values.get("userrefs")) or 0,
-            ))
-        for snaps in out.values():
-            if snaps is not None:
-                snaps.sort(key=lambda s: (s.createtxg, s.creation))
-        return out, roles
+                st = out[name]
+                if st is None:
+                    st = out[name] = FsState()
+                if value in ("-", ""):
+                    continue
+                if prop == ROLE_PROPERTY:
+                    st.role = value
+                elif prop == RESUME_TOKEN:
+                    st.resume_token = value
+                elif prop == ENCRYPTION:
+                    st.encryption = value
+        for records, sep in ((snap_props, "@"), (mark_props, "#")):
+            for full, values in records.items():
+                fs, name = full.split(sep, 1)
+                found = out[fs]
+                if found is None:
+                    continue
+                target = found.snapshots if sep == "@" else found.bookmarks
+                target.append(Snapshot(
+                    filesystem=fs, name=name, guid=_int(values.get("guid")),
+                    createtxg=_int(values.get("createtxg")) or 0,
+                    creation=_int(values.get("creation")) or 0,
+                    userrefs=_int(values.get("userrefs")) or 0,
+                ))
+        for st in out.values():
+            if st is not None:
+                st.snapshots.sort(key=lambda s: (s.createtxg, s.creation))
+                st.bookmarks.sort(key=lambda s: (s.createtxg, s.creation))
+        return out
 
     def existing(self, names: list[str]) -> set[str]:
         """Which of `names` exist, in one call."""
@@ -154,23 +208,108 @@ class Zfs:
     def unmount(self, filesystem: str) -> None:
         self.run("unmount", filesystem)
 
+    # -- holds and bookmarks (only where capabilities() says the host has them) -------
+
+    def hold(self, tag: str, filesystem: str, name: str) -> None:
+        """Hold one snapshot with `tag`; a hold with that tag already there is fine."""
+        result = self.host.run(self.argv("hold", tag, f"{filesystem}@{name}"), check=False)
+        if result.returncode != 0 and "tag already exists" not in result.stderr:
+            raise CommandError(f"{self.label}: {first_line(result.stderr)}", argv=result.argv,
+                               stderr=result.stderr, returncode=result.returncode)
+
+    def release(self, tag: str, filesystem: str, name: str) -> None:
+        """Release the hold `tag` of one snapshot; no such hold is fine."""
+        result = self.host.run(self.argv("release", tag, f"{filesystem}@{name}"), check=False)
+        if result.returncode != 0 and "no such tag" not in result.stderr:
+            raise CommandError(f"{self.label}: {first_line(result.stderr)}", argv=result.argv,
+                               stderr=result.stderr, returncode=result.returncode)
+
+    def holds(self, snapshots: list[Snapshot]) -> dict[str, set[str]]:
+        """The hold tags of each snapshot (by full name FS@SNAP), in one call."""
+        if not snapshots:
+            return {}
+        out = self.run("holds", "-H", *(s.full_name for s in snapshots))
+        found: dict[str, set[str]] = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and "@" in parts[0]:
+                found.setdefault(parts[0], set()).add(parts[1])
+        return found
+
+    def bookmark(self, filesystem: str, name: str) -> None:
+        """Bookmark FS@NAME as FS#NAME (an existing bookmark of that name is fine)."""
+        result = self.host.run(self.argv("bookmark", f"{filesystem}@{name}",
+                                         f"{filesystem}#{name}"), check=False)
+        if result.returncode != 0 and "exists" not in result.stderr:
+            raise CommandError(f"{self.label}: {first_line(result.stderr)}", argv=result.argv,
+                               stderr=result.stderr, returncode=result.returncode)
+
+    def destroy_bookmark(self, filesystem: str, name: str) -> None:
+        self.run("destroy", f"{filesystem}#{name}")
+
+    def abort_resumable(self, filesystem: str) -> None:
+        """Discard the partial state of a cut resumable receive (receive -A)."""
+        self.run("receive", "-A", filesystem)
+
     # -- streams ------------------------------------------------------------------
 
-    def send_argv(self, filesystem: str, send: Send) -> list[str]:
+    def send_args(self, filesystem: str, send: Send, *, raw: bool = False,
+                  compressed: bool = False) -> list[str]:
+        """The zfs arguments of one send (without the zfs command)."""
+        if send.token is not None:
+            return ["send", "-t", send.token]
         args = ["send"]
+        if raw:
+            args.append("-w")  # encrypted blocks as they are: the receiver needs no key
+        elif compressed:
+            args += ["-c", "-L", "-e"]
         if send.base is not None:
-            args += ["-I" if send.intermediates else "-i", f"{filesystem}@{send.base}"]
+            if send.bookmark:
+                args += ["-i", f"{filesystem}#{send.base}"]
+            else:
+                args += ["-I" if send.intermediates else "-i", f"{filesystem}@{send.base}"]
         args.append(f"{filesystem}@{send.target}")
-        return self.host.command(self.argv(*args))
+        return args
 
-    def receive_argv(self, filesystem: str, *, incremental: bool) -> list[str]:
+    def send_argv(self, filesystem: str, send: Send, *, raw: bool = False,
+                  compressed: bool = False) -> list[str]:
+        return self.host.command(self.argv(*self.send_args(filesystem, send, raw=raw,
+                                                           compressed=compressed)))
+
+    def estimate(self, filesystem: str, send: Send, *, raw: bool = False,
+                 compressed: bool = False) -> int | None:
+        """The stream size `send -nvP` predicts (None where it cannot tell)."""
+        args = self.send_args(filesystem, send, raw=raw, compressed=compressed)
+        result = self.host.run(self.argv("send", "-nvP", *args[1:]), check=False)
+        if result.returncode != 0:
+            return None
+        found = re.findall(r"^size\s+(\d+)\s*$", result.stdout + "\n" + result.stderr, re.M)
+        return int(found[-1]) if found else None
+
+    def receive_argv(self, filesystem: str, *, incremental: bool, resumable: bool = False,
+                     readonly: bool = False) -> list[str]:
         # -u: a replica is never mounted by a receive. -F (incremental only): roll the
         # replica back to its newest snapshot first, discarding changes made there.
+        # -s: a cut stream leaves a resume token. -o readonly=on (a full receive): the
+        # replica is read-only until a failover makes it writable.
         args = ["receive", "-u"]
         if incremental:
             args.append("-F")
+        if resumable:
+            args.append("-s")
+        if readonly and not incremental:
+            args += ["-o", "readonly=on"]
         args.append(filesystem)
         return self.host.command(self.argv(*args))
+
+
+_UNRESUMABLE = ("cannot resume send", "resume token", "cannot receive resume stream")
+
+
+def unresumable(stderr: str) -> bool:
+    """Whether a failed `send -t TOKEN | receive -s` says the token itself is no good
+    (its snapshot gone or changed, a corrupt token), not that the stream was cut."""
+    return any(text in stderr for text in _UNRESUMABLE)
 
 
 def _int(value: str | None) -> int | None:

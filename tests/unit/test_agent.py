@@ -12,11 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zfsrepl import agent, zfs
+from zfsrepl import agent, cycle, zfs
 from zfsrepl.agent import Hello, Policy, Refused, RunZfs, decide
 from zfsrepl.host import Result
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.plan import Send
+from zfsrepl.snapshots import Snapshot
 
 FS1 = "zfsrepl_dst/svc/fs 1"  # a space, as dataset names may hold
 FS2 = "zfsrepl_dst/svc/fs2"
@@ -59,22 +60,38 @@ def cycle_commands(zfs_argv: list[str]) -> list[list[str]]:
     z.snapshots([FS1, FS2])
     z.existing(["zfsrepl_dst/svc"])
     z.destroy_snapshot(FS1, NAMING.format(3))
+    # what the features of current ZFS add (capabilities.py)
+    z.capabilities()
+    z.states([FS1, FS2], (zfs.RESUME_TOKEN,))
+    z.hold("zfsrepl-svc", FS1, NAMING.format(4))
+    z.release("zfsrepl-svc", FS1, NAMING.format(3))
+    z.holds([Snapshot(FS1, NAMING.format(3), 1, 3, userrefs=1),
+             Snapshot(FS2, NAMING.format(3), 2, 3, userrefs=1)])
+    z.abort_resumable(FS2)
     full = z.receive_argv(FS1, incremental=False)
     incr = z.receive_argv(FS2, incremental=True)
+    full_s = z.receive_argv(FS1, incremental=False, resumable=True, readonly=True)
+    incr_s = z.receive_argv(FS2, incremental=True, resumable=True, readonly=True)
     # the fallback listing of ZFS without holds
     no_holds = z.argv("get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
                       "guid,createtxg,creation", FS1)
-    return [*host.argvs, full, incr, no_holds, [*zfs_argv, "rollback", f"{FS2}@{NAMING.format(7)}"]]
+    return [*host.argvs, full, incr, full_s, incr_s, no_holds,
+            [*zfs_argv, "rollback", f"{FS2}@{NAMING.format(7)}"]]
 
 
 def test_listing_properties_are_zfs_pys() -> None:
     assert agent.LISTING_PROPERTIES == zfs._LIST_PROPS
+    assert agent.LISTING_OPTIONAL == zfs.OPTIONAL_LIST_PROPS
+
+
+def test_hold_tag_is_the_cycles() -> None:
+    assert POLICY.hold_tag == cycle.hold_tag(POLICY.service)
 
 
 @pytest.mark.parametrize("prefix", [list(SUDO_ZFS), ["zfs"], ["/usr/sbin/zfs"]])
 def test_every_command_of_a_cycle_is_allowed_and_runs_the_agents_zfs(prefix: list[str]) -> None:
     commands = cycle_commands(prefix)
-    assert len(commands) == 7
+    assert len(commands) == 15
     for argv in commands:
         decision = decide(wire(argv), POLICY)
         assert isinstance(decision, RunZfs), (argv, decision)
@@ -93,6 +110,29 @@ def test_incremental_receive_needs_an_existing_target() -> None:
     incr = decide(wire(["zfs", "receive", "-u", "-F", FS1]), POLICY)
     assert isinstance(full, RunZfs) and full.must_exist is None
     assert isinstance(incr, RunZfs) and incr.must_exist == FS1
+    incr_s = decide(wire(["zfs", "receive", "-u", "-F", "-s", FS1]), POLICY)
+    assert isinstance(incr_s, RunZfs) and incr_s.must_exist == FS1
+
+
+def test_the_capability_probe_is_zfs_alone() -> None:
+    decision = decide(wire(list(SUDO_ZFS)), POLICY)
+    assert decision == RunZfs(())
+    assert decide("zfs", POLICY) == RunZfs(())
+
+
+@pytest.mark.parametrize("argv", [
+    ["zfs", "receive", "-u", "-s", FS1],
+    ["zfs", "receive", "-u", "-o", "readonly=on", FS1],
+    ["zfs", "receive", "-u", "-s", "-o", "readonly=on", FS1],
+    ["zfs", "receive", "-A", FS2],
+    ["zfs", "hold", "zfsrepl-svc", f"{FS1}@{NAMING.format(3)}"],
+    ["zfs", "release", "zfsrepl-svc", f"{FS2}@{NAMING.format(3)}"],
+    ["zfs", "holds", "-H", f"{FS1}@{NAMING.format(3)}", f"{FS2}@anything"],
+    ["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+     "guid,createtxg,creation,userrefs,zfsrepl:role,receive_resume_token", FS1],
+])
+def test_forms_of_current_zfs_are_allowed(argv: list[str]) -> None:
+    assert isinstance(decide(wire(argv), POLICY), RunZfs), argv
 
 
 def test_hello() -> None:
@@ -129,7 +169,25 @@ REFUSED = {
     "rename": ["zfs", "rename", FS1, "zfsrepl_dst/x"],
     "allow": ["zfs", "allow", "-u", "dst", "destroy", FS1],
     "snapshot": ["zfs", "snapshot", f"{FS1}@{NAMING.format(99)}"],
-    "no subcommand": ["zfs"],
+    "receive -o other": ["zfs", "receive", "-u", "-o", "readonly=off", FS1],
+    "receive -o incremental": ["zfs", "receive", "-u", "-F", "-o", "readonly=on", FS1],
+    "receive -s twice": ["zfs", "receive", "-u", "-s", "-s", FS1],
+    "receive -x": ["zfs", "receive", "-u", "-x", "mountpoint", FS1],
+    "receive -A other": ["zfs", "receive", "-A", "zfsrepl_dst/other"],
+    "receive -A snapshot": ["zfs", "receive", "-A", f"{FS1}@{NAMING.format(3)}"],
+    "hold other tag": ["zfs", "hold", "keep-me", f"{FS1}@{NAMING.format(3)}"],
+    "hold other service tag": ["zfs", "hold", "zfsrepl-svc2", f"{FS1}@{NAMING.format(3)}"],
+    "hold -r": ["zfs", "hold", "-r", "zfsrepl-svc", f"{FS1}@{NAMING.format(3)}"],
+    "release foreign snapshot": ["zfs", "release", "zfsrepl-svc", f"{FS1}@manual"],
+    "release other tag": ["zfs", "release", "admin", f"{FS1}@{NAMING.format(3)}"],
+    "release other fs": ["zfs", "release", "zfsrepl-svc",
+                         f"zfsrepl_dst/other@{NAMING.format(3)}"],
+    "holds other fs": ["zfs", "holds", "-H", f"zfsrepl_dst/other@{NAMING.format(3)}"],
+    "holds -r": ["zfs", "holds", "-r", f"{FS1}@{NAMING.format(3)}"],
+    "holds filesystem": ["zfs", "holds", "-H", FS1],
+    "get keystatus": ["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
+                      "guid,keystatus", FS1],
+    "bookmark": ["zfs", "bookmark", f"{FS1}@{NAMING.format(3)}", f"{FS1}#x"],
     "other program": ["rm", "-rf", "/"],
     "shell": ["sh", "-c", "zfs list"],
     "sudo other": ["sudo", "-n", "/bin/sh"],
@@ -198,6 +256,7 @@ NAMES = st.sampled_from([FS1, FS2, "zfsrepl_dst/svc", "zfsrepl_dst", "zfsrepl_ds
                          f"{FS2}@x", "-r", "-F", "-u", "-d", "1", "-Hp", "-o", "-H", "name",
                          "name,property,value", "guid,createtxg", "all", "get", "list",
                          "receive", "destroy", "rollback", "send", "zfs", "sudo", "-n",
+                         "hold", "release", "holds", "zfsrepl-svc", "-A", "-s",
                          "/usr/sbin/zfs", ";", "&&", "$(id)", "`id`", "|", "'", '"', "\n"])
 
 
@@ -208,8 +267,10 @@ def test_whatever_is_asked_only_own_datasets_are_touched(words: list[str]) -> No
     decision = decide(command, POLICY)
     if not isinstance(decision, RunZfs):
         return
+    if not decision.args:
+        return  # zfs alone: its usage text
     sub, *rest = decision.args
-    assert sub in ("get", "list", "receive", "destroy", "rollback")
+    assert sub in ("get", "list", "receive", "destroy", "rollback", "hold", "release", "holds")
     names = [a for a in rest if not a.startswith("-") and "/" in a]
     assert names, decision
     for name in names:
@@ -218,8 +279,10 @@ def test_whatever_is_asked_only_own_datasets_are_touched(words: list[str]) -> No
             assert fs in POLICY.filesystems | POLICY.parents
         else:
             assert fs in POLICY.filesystems
-        if sub in ("destroy", "rollback"):
+        if sub in ("destroy", "rollback", "hold", "release"):
             assert NAMING.is_ours(snap)
+        if sub in ("hold", "release"):
+            assert rest[0] == POLICY.hold_tag
 
 
 @settings(max_examples=500, deadline=None)
@@ -297,9 +360,8 @@ FUSE_USAGE = """usage: zfs command args ...
 
 
 def test_capabilities() -> None:
-    assert agent.capabilities_from_usage(OPENZFS_USAGE, "usage:\n\tallow <filesystem>") == {
-        "allow": True, "bookmarks": True, "holds": True, "list_p": True, "resume": True,
-        "raw_send": True, "compressed_send": True}
+    caps = agent.capabilities_from_usage(OPENZFS_USAGE, "usage:\n\tallow <filesystem>")
+    assert caps["allow"] and caps["bookmarks"] and caps["list_p"] and caps["raw_send"]
     fuse = agent.capabilities_from_usage(FUSE_USAGE,
                                          "internal error: /usr/lib/zfs/pyzfs.py not found")
     assert not any(fuse.values())

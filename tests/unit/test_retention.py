@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zfsrepl.retention import decide
+from zfsrepl.retention import decide, stale_bookmarks
 from zfsrepl.snapshots import Snapshot
 
 from .helpers import NAMING, other, own, seq
@@ -133,3 +133,25 @@ def test_retention_properties(snaps: list[Snapshot], keep: int, data: st.DataObj
             assert by_name[name].userrefs > 0
         else:
             assert reason == f"one of the newest {keep}"
+
+
+# ---------------------------------------------------------------------------- own holds
+
+
+def test_only_this_services_hold_is_released_for_pruning() -> None:
+    # @1 held by this service only (the old base), @2 by this service and an admin,
+    # @3 by an admin only; @4 and @5 are the newest
+    snaps = [own(1, 1, 10, userrefs=1), own(2, 2, 20, userrefs=2), own(3, 3, 30, userrefs=1),
+             own(4, 4, 40, userrefs=1), own(5, 5, 50)]
+    d = decide(snaps, NAMING, 2, protected=[seq(4)], own_holds=[seq(1), seq(2), seq(4)])
+    assert d.destroy == (seq(1),)
+    assert dict(d.keep)[seq(2)] == REASON_HELD
+    assert dict(d.keep)[seq(3)] == REASON_HELD
+    # without knowing the holds, every held snapshot stays
+    assert decide(snaps, NAMING, 2, protected=[seq(4)]).destroy == ()
+
+
+def test_stale_bookmarks_are_only_own_and_not_the_current() -> None:
+    marks = [own(1, 1, 10), own(2, 2, 20), other("admin-mark", 9, 15)]
+    assert stale_bookmarks(marks, NAMING, seq(2)) == (seq(1),)
+    assert stale_bookmarks(marks, NAMING, seq(3)) == (seq(1), seq(2))

@@ -22,12 +22,15 @@ from typing import Any
 
 from zfsrepl.errors import UsageError
 
-# What a cycle does on each side, and nothing more: the source snapshots, sends and
-# prunes (destroy needs mount); the destination creates by receiving, prunes and
-# rolls back. hold/release and userprop: holds and role properties of a service.
-SOURCE_PERMISSIONS = ("send", "snapshot", "destroy", "mount", "hold", "release", "userprop")
-DESTINATION_PERMISSIONS = ("create", "mount", "receive", "destroy", "rollback", "hold",
-                           "release", "userprop")
+# What a cycle does on each side, and nothing more: the source snapshots, sends,
+# bookmarks the newest replicated snapshot and prunes (destroy needs mount); the
+# destination creates by receiving (readonly: `receive -o readonly=on`), prunes,
+# discards cut resumable receives (destroy) and rolls back. hold/release: the
+# service's hold on the incremental base; userprop: the role properties.
+SOURCE_PERMISSIONS = ("send", "snapshot", "bookmark", "destroy", "mount", "hold", "release",
+                      "userprop")
+DESTINATION_PERMISSIONS = ("create", "mount", "receive", "readonly", "destroy", "rollback",
+                           "hold", "release", "userprop")
 HEREDOC_END = "ZFSREPL_DEFINITION_END"
 SUDOERS_DIR = "/etc/sudoers.d"
 

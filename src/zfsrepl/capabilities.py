@@ -1,0 +1,99 @@
+"""What one host's ZFS offers, read from its own usage text (never from a version).
+
+`zfs` without arguments prints the usage of every subcommand and changes nothing:
+one call tells which options this ZFS has. A feature counts as present only
+when every form zfsrepl runs for it appears there:
+
+    resume       receive -s, receive -A, send -t (and so receive_resume_token)
+    bookmarks    zfs bookmark (and send -i FS#BOOKMARK)
+    holds        hold, release and a scriptable listing (holds -H): zfs-fuse lists
+                 `holds` but without -H (and it needs a helper it lacks)
+    raw_send     send -w
+    estimate     send -nvP (a size estimate before sending)
+    compressed   send -c -L -e (the receiver of such streams must have them too)
+    list_p       list -p
+    recv_props   receive -o PROP=VALUE
+    multi_snapshot   several snapshots in one `zfs snapshot`
+    destroy_list     destroy FS@a,b
+
+This module is pure and imports only the standard library: the agent (which runs
+on a bare Python 3.9) uses it too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    resume: bool = False
+    bookmarks: bool = False
+    holds: bool = False
+    raw_send: bool = False
+    estimate: bool = False
+    compressed: bool = False
+    list_p: bool = False
+    recv_props: bool = False
+    multi_snapshot: bool = False
+    destroy_list: bool = False
+
+    def names(self) -> list[str]:
+        """The features present, for a log line."""
+        return [k for k, v in asdict(self).items() if v]
+
+    def to_json(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+NONE = Capabilities()
+
+
+def _usage_of(lines: list[str], cmd: str) -> str:
+    """The usage lines of one subcommand (continuation lines included)."""
+    out: list[str] = []
+    inside = False
+    for line in lines:
+        stripped = line.strip()
+        if not stripped:
+            inside = False
+            continue
+        word = stripped.split()[0]
+        if word == cmd:
+            inside = True
+            out.append(stripped)
+        elif inside and line[:1] in (" ", "\t") and line.lstrip("\t").startswith(" "):
+            out.append(stripped)  # "\t    <filesystem>" continues the line before
+        else:
+            inside = False
+    return " ".join(out)
+
+
+def flags(usage: str) -> set[str]:
+    """Single-letter options in usage like 'send [-DnPpRv] [-i snap] ... -t <token>'."""
+    found: set[str] = set()
+    for group in re.findall(r"(?:^|[\s\[|])-([A-Za-z]+)", usage):
+        found.update(group)
+    return found
+
+
+def from_usage(usage: str) -> Capabilities:
+    """Capabilities from the text `zfs` (no arguments) prints."""
+    lines = usage.splitlines()
+    send, recv = _usage_of(lines, "send"), _usage_of(lines, "receive")
+    holds = _usage_of(lines, "holds")
+    send_flags, recv_flags = flags(send), flags(recv)
+    return Capabilities(
+        resume=("s" in recv_flags and "A" in recv_flags and "t" in send_flags),
+        bookmarks=bool(_usage_of(lines, "bookmark")) and "bookmark" in send,
+        holds=(bool(_usage_of(lines, "hold")) and bool(_usage_of(lines, "release"))
+               and "H" in flags(holds)),
+        raw_send="w" in send_flags,
+        estimate={"n", "v", "P"} <= send_flags,
+        compressed={"c", "L", "e"} <= send_flags,
+        list_p="p" in flags(_usage_of(lines, "list")),
+        recv_props="o" in recv_flags,
+        multi_snapshot=bool(re.search(r"@<?[\w|]*>?\s+\.\.\.", _usage_of(lines, "snapshot"))),
+        destroy_list="[,...]" in _usage_of(lines, "destroy"),
+    )
