@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ContextManager
 
 from zfsrepl import diagnosis, hooks, plan, retention
+from zfsrepl.capabilities import Capabilities
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
 from zfsrepl.host import Host
@@ -229,6 +230,11 @@ class Cycle:
             fps.append(fp)
         return CyclePlan(svc, snapshot, fps)
 
+    def _readonly_replica(self, dst_caps: Capabilities) -> bool:
+        """A new replica is made read-only, where receive can set properties; not when
+        replicating back (failback): the receiving side is then the original source."""
+        return dst_caps.recv_props and self.service.role != "destination"
+
     def _resumable(self) -> bool:
         return self.dst.capabilities().resume and self.src.capabilities().resume
 
@@ -294,7 +300,8 @@ class Cycle:
         result = pipe(self.src.send_argv(src_fs, s, raw=raw, compressed=compressed),
                       self.dst.receive_argv(dst_fs, incremental=s.base is not None,
                                             resumable=self._resumable(),
-                                            readonly=dst_caps.recv_props and not resuming),
+                                            readonly=self._readonly_replica(dst_caps)
+                                            and not resuming),
                       what, progress=Progress(f"{src_fs}@{s.target or '(resumed)'}", total),
                       limit=self.service.bandwidth_limit)
         size = "" if result.bytes is None else f", {result.bytes} bytes"

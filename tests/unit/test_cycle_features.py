@@ -3,6 +3,7 @@ the options of each stream; and that none of it happens where the host lacks it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -192,3 +193,12 @@ def test_a_resumed_stream_cut_again_fails_the_attempt(monkeypatch: pytest.Monkey
     with pytest.raises(CommandError):
         c.send(resume_plan())
     assert ("abort", DST_FS) not in dst.calls
+
+
+def test_replicating_back_leaves_the_original_source_writable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    c, _, _ = make_cycle(monkeypatch, ALL, ALL)
+    assert c._readonly_replica(ALL)
+    assert not c._readonly_replica(NONE)
+    c.service = dataclasses.replace(SVC, role="destination")
+    assert not c._readonly_replica(ALL)
