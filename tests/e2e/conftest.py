@@ -8,7 +8,14 @@
         repl.run("run", "testrepl")
 
 Every test in this directory is marked ``e2e`` (deselect with ``-m "not e2e"``).
-Environment: ``ZFSREPL_LAB_DIR`` (default /var/tmp/zfsrepl-lab),
+
+Backends: ``ZFSREPL_LAB_BACKEND=fuse`` (default) or ``openzfs``. A test runs on the
+backends its ``backends`` marker names, on ``fuse`` only without one; the others are
+deselected. Mark a module ``pytestmark = pytest.mark.backends("fuse", "openzfs")`` once
+its tests pass on both; a test that needs current OpenZFS says ``backends("openzfs")``.
+
+Environment: ``ZFSREPL_LAB_DIR`` (fuse lab, default /var/tmp/zfsrepl-lab),
+``ZFSREPL_LAB_OPENZFS_DIR`` (default /var/tmp/zfsrepl-lab-openzfs),
 ``ZFSREPL_LAB_KEEP=1`` keeps a lab this session set up, ``ZFSREPL_LAB_BACKEND``.
 """
 
@@ -27,13 +34,35 @@ E2E_DIR = Path(__file__).resolve().parent
 if str(E2E_DIR.parent) not in sys.path:
     sys.path.insert(0, str(E2E_DIR.parent))
 
-from lab import Area, Lab, ZfsreplCli, claim_area, lab_session  # noqa: E402
+from lab import BACKENDS, Area, Lab, ZfsreplCli, claim_area, lab_session  # noqa: E402
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def backend() -> str:
+    return os.environ.get("ZFSREPL_LAB_BACKEND") or "fuse"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): lab backends the test runs on (default: fuse only)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    selected, deselected = [], []
     for item in items:
-        if E2E_DIR in item.path.resolve().parents:
-            item.add_marker(pytest.mark.e2e)
+        if E2E_DIR not in item.path.resolve().parents:
+            selected.append(item)
+            continue
+        item.add_marker(pytest.mark.e2e)
+        marker = item.get_closest_marker("backends")
+        names = marker.args if marker else ("fuse",)
+        unknown = set(names) - set(BACKENDS)
+        if unknown:
+            raise pytest.UsageError(f"{item.nodeid}: unknown lab backends {sorted(unknown)}")
+        (selected if backend() in names else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ lab's or the tool's.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ import pytest
 
 from lab import (
     CHECK_CLONE_PREFIX,
+    DELEGATED_PERMISSIONS,
     Area,
     Lab,
     LabHost,
@@ -32,6 +34,8 @@ from lab import (
     tree_checksums,
     write_tree,
 )
+
+pytestmark = pytest.mark.backends("fuse", "openzfs")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +75,8 @@ def test_each_user_can_ssh_to_each_host_and_run_zfs(lab: Lab, direction: str, as
 def test_hosts_are_separate_network_namespaces(lab: Lab) -> None:
     netns = {out(h.run(["readlink", "/proc/self/ns/net"])) for h in lab.hosts}
     assert len(netns) == 2
-    assert os.readlink("/proc/self/ns/net") not in netns
+    if "local-processes" in lab.features:
+        assert os.readlink("/proc/self/ns/net") not in netns
     for host, other in ((lab.src, lab.dst), (lab.dst, lab.src)):
         addresses = out(host.run(["ip", "-4", "-o", "addr", "show"]))
         assert host.address in addresses
@@ -92,24 +97,54 @@ def test_user_environment(lab: Lab) -> None:
         user, home, zfs, zfsrepl = out(host.run(["sh", "-c", script])).splitlines()
         assert user == host.user
         assert home == f"/home/{host.user}"
-        assert (zfs, zfsrepl) == (str(lab.bin_dir / "zfs"), str(lab.bin_dir / "zfsrepl"))
+        assert zfsrepl == str(lab.bin_dir / "zfsrepl")
+        if "sudo" in lab.features:  # zfs-fuse: a wrapper that uses the sudo rule
+            assert zfs == str(lab.bin_dir / "zfs")
+        else:  # OpenZFS: zfs itself, with `zfs allow` rights (Debian links /bin/zfs)
+            assert out(host.run(["readlink", "-f", zfs])) == "/usr/sbin/zfs"
         assert out(host.root(["id", "-u"])) == "0"
 
 
 def test_users_reach_zfs_only_through_the_sudo_rule(lab: Lab) -> None:
+    if "sudo" not in lab.features:
+        pytest.skip("this lab gives zfs rights by delegation")
     assert out(lab.src.run(["zfs", "list", "-H", "-o", "name", lab.src.pool])) == lab.src.pool
     assert lab.src.run(["/usr/sbin/zfs", "list"], check=False).returncode != 0
     assert lab.src.run(["sudo", "-n", "/usr/bin/id"], check=False).returncode != 0
 
 
+def test_users_have_exactly_the_delegated_rights(lab: Lab) -> None:
+    if "zfs-allow" not in lab.features:
+        pytest.skip("this lab gives zfs rights by a sudo rule")
+    wanted = sorted(set().union(*DELEGATED_PERMISSIONS.values()))
+    for host in lab.hosts:
+        allowed = host.zfs("allow", host.pool)
+        for user in ("src", "dst"):
+            line = next(x for x in allowed.splitlines() if x.strip().startswith(f"user {user} "))
+            assert sorted(line.split()[2].split(",")) == wanted, allowed
+        # zfs itself, no sudo; and nothing beyond the grant (compression is not in it)
+        assert out(host.run(["zfs", "list", "-H", "-o", "name", host.pool])) == host.pool
+        assert host.run(["sudo", "-n", "/usr/bin/id"], check=False).returncode != 0
+        denied = host.run(["zfs", "set", "compression=off", host.pool], check=False)
+        assert denied.returncode != 0 and b"permission denied" in denied.stderr
+
+
 def test_sync_code_gives_the_users_the_work_tree_package(lab: Lab) -> None:
-    if lab.backend != "fuse":
-        pytest.skip("checks the fuse lab's copy of the package")
     lab.sync_code()
     package = ROOT / "src" / "zfsrepl"
     copy = lab.bin_dir.parent / "py" / "zfsrepl"
-    for source in package.rglob("*.py"):
-        assert (copy / source.relative_to(package)).read_bytes() == source.read_bytes()
+    # sha256 of every .py below the package, read on the host (the copy may be in a VM)
+    listing = (
+        "import hashlib, pathlib, sys; r = pathlib.Path(sys.argv[1]); "
+        "[print(p.relative_to(r), hashlib.sha256(p.read_bytes()).hexdigest()) "
+        "for p in sorted(r.rglob('*.py'))]"
+    )
+    there = out(lab.src.run(["/usr/bin/python3", "-c", listing, str(copy)])).splitlines()
+    here = [
+        f"{p.relative_to(package)} {hashlib.sha256(p.read_bytes()).hexdigest()}"
+        for p in sorted(package.rglob("*.py"))
+    ]
+    assert there == here
     locate = "import importlib.util as u; print(u.find_spec('zfsrepl').origin)"
     env = {"PYTHONPATH": str(copy.parent)}
     origin = out(lab.src.run(["/usr/bin/python3", "-c", locate], env=env))
@@ -121,21 +156,49 @@ def test_sync_code_gives_the_users_the_work_tree_package(lab: Lab) -> None:
 
 
 def test_popen_pid_is_the_command_and_gets_sigterm(lab: Lab) -> None:
-    script = 'trap "echo got-term; exit 3" TERM; echo ready; while :; do sleep 0.1; done'
+    script = 'trap "echo got-term; exit 3" TERM; echo ready $(id -un); while :; do sleep 0.1; done'
     proc = lab.src.popen(["sh", "-c", script])
     assert proc.stdout is not None
-    assert proc.stdout.readline() == b"ready\n"
-    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
-    assert cmdline[:2] == [b"sh", b"-c"]
-    status = Path(f"/proc/{proc.pid}/status").read_text()
-    uid = int(out(lab.src.run(["id", "-u"])))
-    assert f"\nUid:\t{uid}\t" in status
+    assert proc.stdout.readline() == f"ready {lab.src.user}\n".encode()
+    if "local-processes" in lab.features:
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[:2] == [b"sh", b"-c"]
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        uid = int(out(lab.src.run(["id", "-u"])))
+        assert f"\nUid:\t{uid}\t" in status
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=10)
     assert (proc.returncode, stdout) == (3, b"got-term\n")
 
 
+def test_popen_of_a_command_without_trap_dies_of_sigterm(lab: Lab) -> None:
+    proc = lab.src.popen(["sh", "-c", "echo ready; exec sleep 60"])
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.terminate()
+    proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_mounts_on_the_hosts_are_local_paths(lab: Lab, area: Area) -> None:
+    fs = f"{area.dst}/seen"
+    lab.dst.zfs("create", fs)
+    mnt = lab.dst.mountpoint(fs)
+    (mnt / "written-here").write_bytes(b"from the test process")
+    assert lab.dst.root(["cat", str(mnt / "written-here")]).stdout == b"from the test process"
+    lab.dst.root(["sh", "-c", 'echo "from the host" > "$1"/written-there', "sh", str(mnt)])
+    assert (mnt / "written-there").read_text() == "from the host\n"
+    retry_busy(lambda: lab.dst.zfs("unmount", fs))
+    assert not (mnt / "written-here").exists()
+    lab.dst.zfs("mount", fs)
+    assert sorted(p.name for p in lab.dst.mountpoint(fs).iterdir()) == [
+        "written-here", "written-there"
+    ]  # fmt: skip
+
+
 def test_hosts_share_the_machines_mounts(lab: Lab, area: Area) -> None:
+    if "local-processes" not in lab.features:
+        pytest.skip("the hosts' processes are not on this machine")
     # a copy of the mount table would pin datasets, and zfs-fuse unmounts in the
     # client's own mount namespace: a user's unmount must reach the real mount
     sleeper = lab.dst.popen(["sleep", "60"])
@@ -187,7 +250,7 @@ def test_password_login_only_while_enabled(lab: Lab) -> None:
             "id -un",
         ]
     )  # fmt: skip
-    shadow_before = subprocess.run(["getent", "shadow", lab.dst.user], capture_output=True).stdout
+    shadow_before = lab.dst.root(["getent", "shadow", lab.dst.user]).stdout
     with lab.dst.password_login(password):
         child = pexpect.spawn(argv[0], argv[1:], timeout=20)
         child.expect("password: ")
@@ -196,7 +259,7 @@ def test_password_login_only_while_enabled(lab: Lab) -> None:
         child.close()
         assert child.exitstatus == 0, child.before
         assert child.before.decode().strip().endswith(lab.dst.user)
-    shadow_after = subprocess.run(["getent", "shadow", lab.dst.user], capture_output=True).stdout
+    shadow_after = lab.dst.root(["getent", "shadow", lab.dst.user]).stdout
     assert shadow_after == shadow_before
     no_password = lab.src.run(
         ["ssh", "-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no",

@@ -5,8 +5,9 @@ tests/ is a source root (see pyproject.toml), so this package is imported as ``l
     from lab import Lab, snapshot_checksums, tree_checksums, write_tree
 
 Tests get a :class:`Lab` from the ``lab`` fixture (tests/e2e/conftest.py). The backend
-is chosen by ``$ZFSREPL_LAB_BACKEND``; ``fuse`` (zfs-fuse in network namespaces, see
-tests/lab/fuse/setup.sh) is the only one so far.
+is chosen by ``$ZFSREPL_LAB_BACKEND``: ``fuse`` (the default; zfs-fuse in network
+namespaces, see tests/lab/fuse/setup.sh) or ``openzfs`` (a qemu VM with OpenZFS 2.3,
+see tests/lab/openzfs/setup.sh).
 """
 
 from __future__ import annotations
@@ -19,10 +20,21 @@ from .area import Area, claim_area, release_area
 from .base import Lab, LabCommandError, LabHost
 from .content import tree_checksums, write_tree
 from .service import ZfsreplCli, service_definition, toml_dumps
-from .zfs import CHECK_CLONE_PREFIX, destroy, exists, retry_busy, snapshot_checksums
+from .zfs import (
+    CHECK_CLONE_PREFIX,
+    DELEGATED_PERMISSIONS,
+    destroy,
+    exists,
+    retry_busy,
+    snapshot_checksums,
+)
+
+BACKENDS = ("fuse", "openzfs")
 
 __all__ = [
+    "BACKENDS",
     "CHECK_CLONE_PREFIX",
+    "DELEGATED_PERMISSIONS",
     "Area",
     "Lab",
     "LabCommandError",
@@ -50,9 +62,15 @@ def lab_session(*, keep: bool = False) -> Iterator[Lab]:
     unless ``keep``.
     """
     backend = os.environ.get("ZFSREPL_LAB_BACKEND") or "fuse"
-    if backend != "fuse":
-        raise ValueError(f"unknown lab backend {backend!r} (known: fuse)")
-    from .fuse import fuse_lab_session
+    if backend == "fuse":
+        from .fuse import fuse_lab_session
 
-    with fuse_lab_session(keep=keep) as lab:
-        yield lab
+        with fuse_lab_session(keep=keep) as lab:
+            yield lab
+    elif backend == "openzfs":
+        from .openzfs import openzfs_lab_session
+
+        with openzfs_lab_session(keep=keep) as vm_lab:
+            yield vm_lab
+    else:
+        raise ValueError(f"unknown lab backend {backend!r} (known: {', '.join(BACKENDS)})")

@@ -2,8 +2,9 @@
 
 A lab is two "hosts", ``src`` and ``dst``, each with a pool, a Unix user and an sshd.
 Scenario tests only talk to :class:`Lab` and :class:`LabHost`, so the same tests run
-on every backend (zfs-fuse in network namespaces today; a VM with current OpenZFS can
-plug in by implementing the abstract methods).
+on every backend: ``fuse`` (zfs-fuse in network namespaces of this machine) and
+``openzfs`` (the same hosts as network namespaces in a VM with OpenZFS 2.3). What
+really differs between them is in :attr:`Lab.features`.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ class LabHost(abc.ABC):
         """The local argv that runs ``argv`` on this host as its user (or root).
 
         The environment there is clean (HOME, USER, LANG, PATH with the lab's bin dir
-        first, so ``zfs`` and ``zfsrepl`` resolve) plus ``env``. Whatever wraps ``argv``
-        must exec it, so that a Popen's pid is the command itself.
+        first, so ``zfs`` and ``zfsrepl`` resolve) plus ``env``. A Popen of it stands for
+        the command: SIGTERM, SIGINT and SIGHUP sent to its pid reach the command, and
+        its exit status is the command's. Where hosts are local processes
+        (``"local-processes"`` in :attr:`Lab.features`) every wrapper execs, so the pid
+        is the command itself; elsewhere it is a local process that forwards them.
         """
 
     @abc.abstractmethod
@@ -126,9 +130,10 @@ class LabHost(abc.ABC):
     ) -> subprocess.Popen[bytes]:
         """Start ``argv`` as this host's user in the background.
 
-        The Popen's pid is the command itself, so ``terminate()`` delivers SIGTERM to
-        it. Read its pipes (``communicate()``) or it may block on a full pipe. Processes
-        still running after the test are stopped by :meth:`stop_children`.
+        The Popen stands for the command (see :meth:`command`): ``terminate()``
+        delivers SIGTERM to it. Read its pipes (``communicate()``) or it may block on a
+        full pipe. Processes still running after the test are stopped by
+        :meth:`stop_children`.
         """
         proc = subprocess.Popen(
             self.command(argv, env=env), stdin=stdin, stdout=stdout, stderr=stderr
@@ -180,7 +185,16 @@ class LabHost(abc.ABC):
 class Lab(abc.ABC):
     """A source and a destination host, plus what is shared between them."""
 
-    backend: str  # "fuse", ...
+    backend: str  # "fuse", "openzfs"
+    # What tests may rely on beyond the common interface:
+    #   "local-processes"  host processes run on this machine: a Popen's pid is the
+    #                      command, and they share this machine's mount table
+    #   "sudo"             users reach zfs through a sudo rule for /usr/sbin/zfs (zfs-fuse)
+    #   "zfs-allow"        users run /usr/sbin/zfs with `zfs allow` rights
+    #                      (lab.zfs.DELEGATED_PERMISSIONS)
+    #   "openzfs"          current OpenZFS: bookmarks, resumable and raw sends, holds
+    #                      listing, `zfs list -p` ...; zfs-fuse has none of these
+    features: frozenset[str] = frozenset()
 
     def __init__(
         self, *, src: LabHost, dst: LabHost, bin_dir: Path, known_hosts: Path, work_dir: Path

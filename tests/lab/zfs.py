@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from .base import LabCommandError, LabHost
@@ -13,6 +14,23 @@ T = TypeVar("T")
 
 # Temporary clones made by snapshot_checksums, at the top of the snapshot's pool.
 CHECK_CLONE_PREFIX = "zr-check-"
+
+
+def _read_permissions(path: Path) -> dict[str, frozenset[str]]:
+    roles: dict[str, frozenset[str]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            role, _, perms = line.partition(":")
+            roles[role.strip()] = frozenset(p.strip() for p in perms.split(",") if p.strip())
+    return roles
+
+
+# The `zfs allow` rights a replication user needs on OpenZFS, by role ("source",
+# "destination"). The one record of them: tests/lab/openzfs/guest/permissions, which the
+# OpenZFS lab grants (both roles to both users on both pools).
+DELEGATED_PERMISSIONS = _read_permissions(
+    Path(__file__).resolve().parent / "openzfs" / "guest" / "permissions"
+)
 
 
 def retry_busy(action: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.1) -> T:

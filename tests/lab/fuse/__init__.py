@@ -117,6 +117,7 @@ class FuseHost(LabHost):
 
 class FuseLab(Lab):
     backend = "fuse"
+    features = frozenset({"local-processes", "sudo"})
 
     def __init__(self, directory: Path) -> None:
         env = read_env_file(directory / "lab.env")
