@@ -301,7 +301,7 @@ def write_section(name: str, lines: list[str]) -> None:
     """Store this benchmark's section and rebuild RESULTS.md."""
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M %Z")
-    body = [*lines, "", f"_Measured {stamp}._", ""]
+    body = [*lines, "", f"_Measured {stamp}, zfsrepl {CODE_LABEL}._", ""]
     (RESULTS_DIR / f"{name}.md").write_text("\n".join(body))
     (RESULTS_DIR / "machine.md").write_text("\n".join(machine()) + "\n")
     rebuild()

@@ -13,6 +13,7 @@ not figures to publish). About 20 minutes in full on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +47,12 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)} (known: {bl.SECTIONS})")
 
+    # every benchmark measures the same commit, even if HEAD moves while they run
+    env = dict(os.environ)
+    if bl.REV != "worktree":
+        env["ZFSREPL_BENCH_REV"] = subprocess.run(
+            ["git", "-C", str(bl.REPO), "rev-parse", bl.REV], capture_output=True, text=True,
+            check=True).stdout.strip()
     fresh = not (lab_dir() / "lab.env").exists()
     failed: list[str] = []
     try:
@@ -54,7 +61,7 @@ def main() -> int:
                     *(QUICK[name] if args.quick else [])]
             print(f"=== {name}: {' '.join(argv[1:])}", flush=True)
             started = time.monotonic()
-            rc = subprocess.run(argv, check=False).returncode
+            rc = subprocess.run(argv, env=env, check=False).returncode
             print(f"=== {name}: exit {rc} after {time.monotonic() - started:.0f} s", flush=True)
             if rc != 0:
                 failed.append(name)

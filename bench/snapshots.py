@@ -47,12 +47,15 @@ LISTING = ["get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
 class CannedHost:
     """A zfsrepl Host whose `zfs get` answers with a listing captured beforehand."""
 
-    def __init__(self, label: str, listing: str) -> None:
+    def __init__(self, label: str, listing: str, usage: str) -> None:
         self.label = label
         self.listing = listing
+        self.usage = usage  # `zfs` alone: its usage text, which zfsrepl probes
 
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
             timeout: float | None = None) -> Result:
+        if argv == ["zfs"]:
+            return Result(argv, 2, "", self.usage)
         if "get" not in argv:
             raise RuntimeError(f"unexpected command while planning: {argv}")
         return Result(argv, 0, self.listing, "")
@@ -132,7 +135,10 @@ class Chain:
         t_dst = best_of(3, lambda: out.__setitem__(
             "dst", self.lab.dst.run(dst_argv).stdout.decode()))
         svc = config.load_service(self.repl.config_dir, "many")
-        src_host, dst_host = CannedHost("src", out["src"]), CannedHost("dst", out["dst"])
+        usage = {h.name: (lambda r: (r.stdout + r.stderr).decode())(h.run(["zfs"], check=False))
+                 for h in (self.lab.src, self.lab.dst)}
+        src_host = CannedHost("src", out["src"], usage["src"])
+        dst_host = CannedHost("dst", out["dst"], usage["dst"])
         cycle = Cycle(svc, src_host, dst_host)
         t_survey = best_of(ROUNDS_INPROCESS, lambda: cycle.survey(take_snapshot=True))
         src_list = Zfs(src_host, ["zfs"]).snapshots([self.fs])[self.fs] or []
