@@ -93,8 +93,11 @@ class CyclePlan:
         return lines
 
 
-def _with_new_snapshot(snaps: list[Snapshot], fs: str, name: str) -> list[Snapshot]:
-    top = max((s.createtxg for s in snaps), default=0)
+def _with_new_snapshot(snaps: list[Snapshot], fs: str, name: str,
+                       marks: tuple[Snapshot, ...] = ()) -> list[Snapshot]:
+    """`snaps` and the snapshot about to be taken: newer than every snapshot and
+    bookmark (`marks`) there is."""
+    top = max((s.createtxg for s in (*snaps, *marks)), default=0)
     return [*snaps, Snapshot(filesystem=fs, name=name, guid=None, createtxg=top + 1,
                              creation=int(time.time()))]
 
@@ -214,10 +217,10 @@ class Cycle:
         for pair in pairs:
             src_state, dst_state = src_states[pair.source], dst_states[pair.destination]
             src = src_lists[pair.source] or []
-            if snapshot:
-                src = _with_new_snapshot(src, pair.source, snapshot)
-            dst = dst_lists[pair.destination]
             marks = tuple(src_state.bookmarks) if src_state else ()
+            if snapshot:
+                src = _with_new_snapshot(src, pair.source, snapshot, marks)
+            dst = dst_lists[pair.destination]
             token = dst_state.resume_token if dst_state else None
             fp = FilesystemPlan(
                 pair, src, dst,

@@ -27,6 +27,8 @@ from lab import (
 )
 
 TAG = "zfsrepl-testrepl"
+# On the fuse lab too, where each test says why it is skipped.
+pytestmark = pytest.mark.backends("fuse", "openzfs")
 
 
 @pytest.fixture(autouse=True)

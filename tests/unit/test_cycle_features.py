@@ -202,3 +202,13 @@ def test_replicating_back_leaves_the_original_source_writable(
     assert not c._readonly_replica(NONE)
     c.service = dataclasses.replace(SVC, role="destination")
     assert not c._readonly_replica(ALL)
+
+
+def test_the_new_snapshot_is_newer_than_every_bookmark() -> None:
+    # every snapshot of the source destroyed; the bookmark of the last one remains
+    marks = (Snapshot(SRC_FS, seq(2), 102, 20),)
+    src = cycle_mod._with_new_snapshot([], SRC_FS, seq(3), marks)
+    assert src[0].createtxg == 21
+    dst = received([own(2, 102, 20)])
+    p = plan.plan_filesystem(src, dst, NAMING, bookmarks=marks)
+    assert p.sends == (plan.Send(target=seq(3), base=seq(2), bookmark=True),)
