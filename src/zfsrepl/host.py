@@ -8,14 +8,17 @@ they were.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO, Callable, Protocol
 
 from zfsrepl.config import Endpoint
 from zfsrepl.errors import CommandError, ConnectionFailed
@@ -71,6 +74,30 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the child get SIGTERM when this process dies, however
+    it dies (SIGKILL included): Linux's PR_SET_PDEATHSIG. None elsewhere (nothing to
+    do there), or where libc cannot be loaded."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def _run(argv: list[str], label: str, *, input: bytes | None, timeout: float | None) -> Result:
@@ -156,8 +183,11 @@ class SshHost:
         self._master_err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the master
         argv = [*self._base(), "-M", "-N", "-S", path, "-o", "ControlPersist=no",
                 self.endpoint.host]
+        # The master dies with this process even when it is killed outright (SIGKILL,
+        # OOM): no connection is left behind, reparented to init.
         self._master = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=self._master_err)
+                                        stdout=subprocess.DEVNULL, stderr=self._master_err,
+                                        preexec_fn=die_with_parent())
         deadline = time.monotonic() + self.connect_timeout + 5
         while not os.path.exists(path):
             if self._master.poll() is not None or time.monotonic() > deadline:

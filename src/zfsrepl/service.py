@@ -98,6 +98,27 @@ class Stopped(BaseException):
         self.signum = signum
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a one-shot command (`runonce`): unwinds like Ctrl-C, so every
+    `with` (the ssh ControlMaster, the lock, a transfer's two halves) is closed."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated` (once: a second SIGTERM does not
+    cut the clean-up of the first). The previous handler is given back after."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class _Wake(Exception):
     """SIGHUP while waiting for the next cycle: look at the definition again now."""
 

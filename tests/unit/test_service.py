@@ -549,3 +549,69 @@ def test_metrics_port_serves_while_the_service_runs(dirs: Dirs) -> None:
     assert 'zfsrepl_service_state{service="svc1",state="online"} 1' in scraped[0]
     assert 'zfsrepl_cycles_total{service="svc1"} 1' in scraped[0]
     assert f"serving metrics on http://127.0.0.1:{port}/metrics" in dirs.log_text()
+
+
+# ---------------------------------------------------------------------------- runonce: SIGTERM
+
+
+class ClosableHost:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __enter__(self) -> ClosableHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+
+
+def test_sigterm_in_runonce_unwinds_through_every_with_and_gives_the_handler_back() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    host = ClosableHost()
+    with pytest.raises(service.Terminated), service.sigterm_unwinds(), host:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM did not unwind")
+    assert host.closed
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_sigterm_does_not_cut_the_clean_up_of_the_first() -> None:
+    cleaned: list[str] = []
+    with pytest.raises(service.Terminated), service.sigterm_unwinds():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored while cleaning up
+            time.sleep(0.05)
+            cleaned.append("closed")
+    assert cleaned == ["closed"]
+
+
+def test_terminated_is_a_keyboard_interrupt_not_an_error() -> None:
+    # No `except Exception` (nor the retry loop) may swallow it.
+    assert issubclass(service.Terminated, KeyboardInterrupt)
+    assert not issubclass(service.Terminated, Exception)
+
+
+def test_runonce_exits_143_on_sigterm_while_waiting_for_the_lock(
+        dirs: Dirs, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from zfsrepl.cli import runonce
+    from zfsrepl.cli.common import Context
+
+    paths = ServicePaths(dirs.state, NAME)
+    paths.create()
+    args = argparse.Namespace(name=NAME, dry_run=False, no_wait=False, metrics_file=None,
+                              yes=False)
+    ctx = Context(config_dir=dirs.config, state_dir=dirs.state, log_dir=dirs.log)
+    with FileLock(paths.cycle_lock, "run") as held:
+        held.acquire(wait=False, what="test")
+        t = signal_when(lambda: True, signal.SIGTERM, delay=0.5)
+        code = runonce.run(args, ctx)
+        t.join()
+    assert code == runonce.EXIT_TERMINATED == 143
+    assert "terminated" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -33,7 +33,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     p.set_defaults(handler=run)
 
 
+EXIT_TERMINATED = 128 + 15
+
+
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    # SIGTERM (a service manager's stop, a timeout) unwinds like Ctrl-C: the ssh
+    # ControlMaster is closed, not left running.
+    try:
+        with service.sigterm_unwinds():
+            return _run(args, ctx)
+    except service.Terminated:
+        print("zfsrepl: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+
+
+def _run(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)
     if failover.is_destination_copy(svc):
         # The destination's copy of the definition: replicate back (failback).
