@@ -32,6 +32,7 @@ QUICK = {
     "snapshots": ["--counts", "100,200", "--rounds", "2"],
     "catchup": ["--pending", "20", "--rounds", "2"],
     "memory": ["--cycles", "10"],
+    "recursive": ["--counts", "1,3", "--rounds", "2"],
 }
 
 
