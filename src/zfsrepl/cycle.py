@@ -12,6 +12,7 @@ base, raw sends of encrypted filesystems, compressed streams, a read-only replic
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +103,25 @@ def _with_new_snapshot(snaps: list[Snapshot], fs: str, name: str,
                              creation=int(time.time()))]
 
 
+def destination_after(fp: FilesystemPlan) -> list[Snapshot] | None:
+    """The destination's snapshots once `fp`'s sends and destroys went through, from
+    what the cycle already knows (its listing and its plan), without listing again.
+    None: the destination filesystem does not exist and receives nothing. What a
+    resumed stream brings is not known here (the next cycle's listing shows it)."""
+    received = plan.received_names(fp.plan, fp.source)
+    if fp.destination is None and not received:
+        return None
+    before = fp.destination or []
+    gone = set(fp.destroy_destination)
+    have = {s.name for s in before}
+    by_name = {s.name: s for s in fp.source}
+    top = max((s.createtxg for s in before), default=0)
+    return [*(s for s in before if s.name not in gone),
+            *(Snapshot(fp.pair.destination, n, by_name[n].guid, top + i + 1,
+                       by_name[n].creation)
+              for i, n in enumerate(received) if n not in have)]
+
+
 def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
     """Fill in what retention destroys on each side once the sends went as planned
     (`sent_ok`), or as things stand when they did not."""
@@ -139,6 +159,14 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
                                                   protected, fp.held_destination).destroy
     else:
         fp.destroy_destination = ()
+
+
+def _stamp_creation(cp: CyclePlan, taken: int) -> None:
+    """The snapshot just taken was created at `taken`, not when the survey planned it
+    (hooks ran between): the lag recorded after the cycle counts from then."""
+    for fp in cp.filesystems:
+        fp.source = [dataclasses.replace(s, creation=taken)
+                     if s.name == cp.snapshot and s.guid is None else s for s in fp.source]
 
 
 class CycleEvents:
@@ -271,9 +299,11 @@ class Cycle:
             if svc.pre_snapshot:
                 hooks.run_hook("pre_snapshot", svc.pre_snapshot,
                                {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
+            taken = int(time.time())
             for pair in svc.filesystems:
                 self.src.snapshot(pair.source, cp.snapshot)
                 logger.info("snapshot %s@%s taken", pair.source, cp.snapshot)
+            _stamp_creation(cp, taken)
         except ZfsreplError as exc:
             failure = exc
         finally:

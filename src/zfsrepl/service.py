@@ -26,7 +26,7 @@ from typing import Callable, ContextManager
 
 from zfsrepl import config, hooks, lock, logfile, state
 from zfsrepl.config import FilesystemPair, Service
-from zfsrepl.cycle import CycleEvents, replicate
+from zfsrepl.cycle import CycleEvents, destination_after, replicate
 from zfsrepl.errors import UsageError, ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
 from zfsrepl.lock import Busy, FileLock, Holder
@@ -38,7 +38,6 @@ from zfsrepl.snapshots import Snapshot, by_age
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
 from zfsrepl.status import derive_state
 from zfsrepl.transfer import TransferResult
-from zfsrepl.zfs import Zfs
 
 Sleep = Callable[[float], None]
 Guard = Callable[[], ContextManager[None]]
@@ -199,18 +198,14 @@ class Signals:
 
 
 def replicate_and_survey(svc: Service, events: CycleEvents, sleep: Sleep) -> dict[str, Newest]:
-    """One cycle over SSH (retries included), then one listing of the destination for
-    the lag; a failed listing only costs the lag of this cycle."""
+    """One cycle over SSH (retries included); the newest snapshot on each destination
+    filesystem afterwards, for the lag, derived from what the cycle listed and sent
+    (no second listing of the destination)."""
     source = LocalHost(f"{svc.source.user}@{svc.source.host}")
     with SshHost(svc.destination) as destination:
-        replicate(svc, source, destination, sleep=sleep, events=events)
-        try:
-            lists = Zfs(destination, svc.destination.zfs_argv).snapshots(
-                [p.destination for p in svc.filesystems])
-        except ZfsreplError as exc:
-            logger.warning("could not list %s after the cycle: %s", destination.label, exc)
-            return {}
-    return newest_by_destination(svc.naming, lists)
+        cp = replicate(svc, source, destination, sleep=sleep, events=events)
+    return newest_by_destination(
+        svc.naming, {fp.pair.destination: destination_after(fp) for fp in cp.filesystems})
 
 
 class Recorder(CycleEvents):

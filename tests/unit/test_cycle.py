@@ -6,7 +6,14 @@ import pytest
 
 from zfsrepl import plan
 from zfsrepl.config import Endpoint, FilesystemPair, Service
-from zfsrepl.cycle import CyclePlan, FilesystemPlan, _prune, _with_new_snapshot
+from zfsrepl.cycle import (
+    CyclePlan,
+    FilesystemPlan,
+    _prune,
+    _stamp_creation,
+    _with_new_snapshot,
+    destination_after,
+)
 from zfsrepl.errors import ReplicationError
 from zfsrepl.snapshots import Snapshot
 
@@ -236,3 +243,60 @@ def test_no_conflicts() -> None:
     cp.filesystems = cp.filesystems[:4]
     assert cp.conflicts() == []
     cp.raise_on_conflict()
+
+
+# ---------------------------------------------------------------------------- destination_after
+
+
+def test_destination_after_an_incremental_holds_what_was_sent_minus_what_was_pruned() -> None:
+    base = [own(n, 10 + n, 10 * n) for n in range(1, 5)]
+    src = _with_new_snapshot(base, SRC_FS, seq(5))
+    dst = [other("dst-local", 999, 900, fs=DST_FS), *received(base[:2])]
+    fp = planned(src, dst, service(keep_source=2, keep_destination=3), sent_ok=True)
+    after = destination_after(fp)
+    assert after is not None
+    assert [s.name for s in after] == ["dst-local", seq(3), seq(4), seq(5)]
+    assert all(s.filesystem == DST_FS for s in after)
+    # the received ones are newer than anything there was, in the source's order
+    assert after[-1].createtxg > max(s.createtxg for s in dst)
+    assert [s.guid for s in after[1:3]] == [13, 14]
+
+
+def test_destination_after_a_full_send_to_a_new_filesystem() -> None:
+    src = _with_new_snapshot([own(1, 11, 10)], SRC_FS, seq(2))
+    fp = planned(src, None, service(), sent_ok=True)
+    after = destination_after(fp)
+    assert after is not None and [s.name for s in after] == [seq(2)]
+    assert after[0].creation == src[-1].creation
+
+
+def test_destination_after_nothing_to_send_is_the_listing_minus_the_pruned() -> None:
+    snaps = [own(1, 11, 10), own(2, 12, 20)]
+    fp = planned(snaps, received(snaps), service(keep_source=2, keep_destination=1),
+                 sent_ok=True)
+    after = destination_after(fp)
+    assert after is not None and [s.name for s in after] == [seq(2)]
+
+
+def test_destination_after_a_missing_filesystem_that_receives_nothing_is_none() -> None:
+    fp = FilesystemPlan(PAIR, [], None, plan.plan_filesystem([], None, NAMING))
+    assert destination_after(fp) is None
+
+
+def test_destination_after_a_resumed_stream_adds_nothing_it_cannot_know() -> None:
+    snaps = [own(1, 11, 10), own(2, 12, 20)]
+    dst = received(snaps[:1])
+    fp = FilesystemPlan(PAIR, snaps, dst, plan.plan_filesystem(snaps, dst, NAMING,
+                                                               resume_token="1-abc"))
+    assert isinstance(fp.plan, plan.Resume)
+    assert destination_after(fp) == dst
+
+
+def test_the_lag_counts_from_when_the_snapshot_was_taken_not_planned() -> None:
+    src = _with_new_snapshot([own(1, 11, 10)], SRC_FS, seq(2))
+    fp = planned(src, None, service(), sent_ok=True)
+    cp = CyclePlan(service(), seq(2), [fp])
+    _stamp_creation(cp, 1234567)
+    assert [s.creation for s in fp.source] == [10, 1234567]
+    after = destination_after(fp)
+    assert after is not None and after[-1].creation == 1234567
