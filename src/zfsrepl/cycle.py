@@ -26,7 +26,7 @@ from zfsrepl.host import Host
 from zfsrepl.log import alarm, logger
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.transfer import Progress, TransferResult, pipe
-from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, Zfs, unresumable
+from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs, unresumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
 # another cut stream only if something else cut it meanwhile).
@@ -187,11 +187,12 @@ class Cycle:
     """The replication of one service between a source and a destination host."""
 
     def __init__(self, service: Service, source: Host, destination: Host,
-                 events: CycleEvents | None = None) -> None:
+                 events: CycleEvents | None = None,
+                 capabilities: CapabilityCache | None = None) -> None:
         self.service = service
         self.events = events or CycleEvents()
-        self.src = Zfs(source, service.source.zfs_argv)
-        self.dst = Zfs(destination, service.destination.zfs_argv)
+        self.src = Zfs(source, service.source.zfs_argv, capabilities)
+        self.dst = Zfs(destination, service.destination.zfs_argv, capabilities)
         self.tag = hold_tag(service.name)
 
     # -- survey ---------------------------------------------------------------------
@@ -421,12 +422,15 @@ class Cycle:
 
 def replicate(service: Service, source: Host, destination: Host,
               sleep: Callable[[float], None] = time.sleep,
-              events: CycleEvents | None = None) -> CyclePlan:
+              events: CycleEvents | None = None,
+              capabilities: CapabilityCache | None = None) -> CyclePlan:
     """Run one cycle with up to `service.retries` attempts; ALARM when they run out.
 
     A snapshot is taken at most once per cycle: later attempts send what exists.
+    `capabilities` keeps the hosts' probes beyond this cycle; a failed attempt clears
+    it (the next attempt probes again: a host's ZFS may have changed).
     """
-    cycle = Cycle(service, source, destination, events)
+    cycle = Cycle(service, source, destination, events, capabilities)
     snapshot_taken = False
     attempts = service.retries
     for attempt in range(1, attempts + 1):
@@ -450,6 +454,10 @@ def replicate(service: Service, source: Host, destination: Host,
         except UsageError:
             raise
         except ZfsreplError as exc:
+            if capabilities is not None:
+                capabilities.clear()
+                cycle.src.forget_capabilities()
+                cycle.dst.forget_capabilities()
             cycle.events.attempt_failed(attempt, attempts, exc)
             if attempt == attempts:
                 alarm("could not replicate %s after %d attempt(s): %s", service.name,

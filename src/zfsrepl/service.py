@@ -38,6 +38,7 @@ from zfsrepl.snapshots import Snapshot, by_age
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
 from zfsrepl.status import derive_state
 from zfsrepl.transfer import TransferResult
+from zfsrepl.zfs import CapabilityCache
 
 Sleep = Callable[[float], None]
 Guard = Callable[[], ContextManager[None]]
@@ -197,13 +198,19 @@ class Signals:
 # ---------------------------------------------------------------------------- one cycle
 
 
+# What each host's ZFS offers, probed once for the life of the process (`zfsrepl run`:
+# once, not once per cycle and side; `runonce`: one probe per side).
+CAPABILITIES = CapabilityCache()
+
+
 def replicate_and_survey(svc: Service, events: CycleEvents, sleep: Sleep) -> dict[str, Newest]:
     """One cycle over SSH (retries included); the newest snapshot on each destination
     filesystem afterwards, for the lag, derived from what the cycle listed and sent
     (no second listing of the destination)."""
     source = LocalHost(f"{svc.source.user}@{svc.source.host}")
     with SshHost(svc.destination) as destination:
-        cp = replicate(svc, source, destination, sleep=sleep, events=events)
+        cp = replicate(svc, source, destination, sleep=sleep, events=events,
+                       capabilities=CAPABILITIES)
     return newest_by_destination(
         svc.naming, {fp.pair.destination: destination_after(fp) for fp in cp.filesystems})
 

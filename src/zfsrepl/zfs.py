@@ -46,23 +46,68 @@ class FsState:
         return self.encryption not in (None, "off")
 
 
+CacheKey = tuple[str, object, tuple[str, ...]]
+
+
+class CapabilityCache:
+    """Probed capabilities kept beyond one `Zfs` object: by host and user (the host's
+    label, and its port where it has one) and zfs command. `zfsrepl run` keeps one for
+    its whole life, so a host is probed once, not once per cycle and side;
+    `clear()` (after a failed attempt) has every host probed again."""
+
+    def __init__(self) -> None:
+        self._found: dict[CacheKey, Capabilities] = {}
+
+    def get(self, key: CacheKey) -> Capabilities | None:
+        return self._found.get(key)
+
+    def put(self, key: CacheKey, caps: Capabilities) -> None:
+        self._found[key] = caps
+
+    def forget(self, key: CacheKey) -> None:
+        self._found.pop(key, None)
+
+    def clear(self) -> None:
+        self._found.clear()
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+
 class Zfs:
     """The zfs command of one host, run as `zfs_argv` (e.g. ["sudo", "-n", "zfs"])."""
 
-    def __init__(self, host: Host, zfs_argv: list[str]) -> None:
+    def __init__(self, host: Host, zfs_argv: list[str],
+                 cache: CapabilityCache | None = None) -> None:
         self.host = host
         self.zfs_argv = list(zfs_argv)
         self._props: tuple[str, ...] = _LIST_PROPS
         self._caps: Capabilities | None = None
+        self._cache = cache
+
+    def _cache_key(self) -> CacheKey:
+        port = getattr(getattr(self.host, "endpoint", None), "port", None)
+        return (self.host.label, port, tuple(self.zfs_argv))
 
     def capabilities(self) -> Capabilities:
-        """What this host's ZFS offers, probed once (one call: its usage text)."""
+        """What this host's ZFS offers, probed once (one call: its usage text); once
+        for the life of the cache where there is one."""
+        if self._caps is None and self._cache is not None:
+            self._caps = self._cache.get(self._cache_key())
         if self._caps is None:
             result = self.host.run(self.argv(), check=False)
             self._caps = capabilities.from_usage(result.stdout + "\n" + result.stderr)
             logger.debug("%s: zfs offers %s", self.label,
                          ", ".join(self._caps.names()) or "only the basic commands")
+            if self._cache is not None:
+                self._cache.put(self._cache_key(), self._caps)
         return self._caps
+
+    def forget_capabilities(self) -> None:
+        """Probe again at the next `capabilities()` (and drop the cached probe)."""
+        self._caps = None
+        if self._cache is not None:
+            self._cache.forget(self._cache_key())
 
     @property
     def label(self) -> str:
