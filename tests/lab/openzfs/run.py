@@ -7,8 +7,10 @@ namespace there, as its user or root (LABDIR/bin/on-src|on-dst in the VM). stdin
 stdout, stderr and the exit status are CMD's.
 
 ssh does not forward signals, so this process is what the caller signals: on SIGTERM,
-SIGINT or SIGHUP it sends the same signal to CMD in the VM (by the PID that on-src
-writes before it execs CMD) and waits for CMD to end. If CMD died of that signal (ssh
+SIGINT or SIGHUP it sends the same signal to CMD in the VM and waits for CMD to end.
+There, the ssh session's shell writes its PID to a file and sources on-src, which
+execs its way to CMD: CMD keeps that PID (and no extra shell runs, which under TCG
+costs a tenth of a second or more). If CMD died of that signal (ssh
 then exits 255), this process dies of it too, so a Popen's returncode is -SIGNAL as for
 a local process. With a terminal on stdin (pexpect), ssh gets one in the VM too (-tt).
 """
@@ -56,12 +58,10 @@ def main(args: list[str]) -> int:
     ]  # fmt: skip
     tty = os.isatty(0)
     pidfile = f"{labdir}/run/pids/{secrets.token_hex(8)}"
-    remote = [f"{env['LAB_BIN']}/on-{side}", "--pid", pidfile]
-    if who == "root":
-        remote.append("--root")
-    remote += argv
+    words = [f"{env['LAB_BIN']}/on-{side}", *(["--root"] if who == "root" else []), *argv]
+    remote = f"echo $$ > {shlex.quote(pidfile)}; . {shlex.join(words)}"
     child = subprocess.Popen(
-        [*ssh, "-tt" if tty else "-T", "root@127.0.0.1", shlex.join(remote)],
+        [*ssh, "-tt" if tty else "-T", "root@127.0.0.1", remote],
         # terminal signals (^C) reach CMD through us, not by killing ssh
         start_new_session=not tty,
         preexec_fn=_die_with_parent,

@@ -68,6 +68,8 @@ done
 getent group "$GROUP" >/dev/null || groupadd "$GROUP"
 for u in $USERS; do
     id "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash -g "$GROUP" "$u"
+    # '*': no password, but not locked ('!'), which sshd without PAM refuses even for keys
+    [ "$(getent shadow "$u" | cut -d: -f2)" != "!" ] || usermod -p '*' "$u"
     home=$(getent passwd "$u" | cut -d: -f6)
     install -d -m 0700 -o "$u" -g "$GROUP" "$home/.ssh"
     [ -f "$home/.ssh/id_ed25519" ] ||
@@ -100,18 +102,15 @@ write_exe "$BIN/zfsrepl" <<EOF
 # the lab's copy of the package under test (setup.sh --sync-code), on the users' runtime
 PYTHONPATH=$LABDIR/py PYTHONSAFEPATH=1 exec /usr/bin/python3 -m zfsrepl "\$@"
 EOF
-# on-src / on-dst [--pid FILE] [--root] CMD...: run CMD on that "host" (its network
-# namespace) as its user, or root, with a clean environment. Every step execs, so CMD
-# keeps the PID written to FILE: the machine signals CMD through it (run.py).
+# on-src / on-dst [--root] CMD...: run CMD on that "host" (its network namespace) as
+# its user, or root, with a clean environment. Every step execs, so CMD keeps the PID
+# of whoever runs (or sources) this: run.py sources it from the ssh session's shell
+# after writing that shell's PID to a file, so that it can signal CMD.
 for side in src dst; do
     ns=$(side_ns $side)
     home=$(getent passwd $side | cut -d: -f6)
     write_exe "$BIN/on-$side" <<EOF
 #!/bin/sh
-if [ "\${1:-}" = --pid ]; then
-    echo \$\$ > "\$2"
-    shift 2
-fi
 if [ "\${1:-}" = --root ]; then
     shift
     cd /root || exit 1
@@ -152,7 +151,7 @@ for side in src dst; do
     install -d -m 0755 "$d" "$d/sshd_config.d"
     [ -f "$d/ssh_host_ed25519_key" ] ||
         ssh-keygen -q -t ed25519 -N '' -C "zfsrepl-lab-$side" -f "$d/ssh_host_ed25519_key"
-    cat > "$d/sshd_config" <<EOF
+    cat > "$d/sshd_config.new" <<EOF
 # zfsrepl lab sshd for the $side host (tests/lab/openzfs/guest/setup.sh)
 Include $d/sshd_config.d/*.conf
 ListenAddress $ip
@@ -165,7 +164,8 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
 AllowUsers $USERS
-UsePAM yes
+# no PAM: its session modules (motd, env, limits ...) cost ~1.7 s a connection under TCG
+UsePAM no
 UseDNS no
 X11Forwarding no
 PrintMotd no
@@ -176,7 +176,14 @@ AcceptEnv LANG LC_*
 SetEnv PATH=$USER_PATH
 Subsystem sftp internal-sftp
 EOF
-    "$HERE/sshd.sh" start $side
+    /usr/sbin/sshd -t -f "$d/sshd_config.new" || die "sshd config test failed for $ns"
+    if cmp -s "$d/sshd_config.new" "$d/sshd_config"; then
+        rm "$d/sshd_config.new"
+        "$HERE/sshd.sh" start $side
+    else
+        mv "$d/sshd_config.new" "$d/sshd_config"
+        "$HERE/sshd.sh" restart $side
+    fi
     echo "$ip $(cut -d' ' -f1,2 "$d/ssh_host_ed25519_key.pub")" >> "$LABDIR/ssh/known_hosts.new"
 done
 mv "$LABDIR/ssh/known_hosts.new" "$LABDIR/ssh/known_hosts"
