@@ -84,7 +84,18 @@ def test_runonce_stopped_mid_transfer_leaves_no_ssh_master(
     def none_left() -> bool:
         return not any(p in ln for ln in ssh_processes(lab) for p in ours)
 
+    folders = [str(Path(path).parent) for path in ours]
     try:
-        wait_for("the ssh processes of the killed runonce to go", none_left, timeout=20)
-    except AssertionError:
-        raise AssertionError(f"left running: {ssh_processes(lab)}") from None
+        try:
+            wait_for("the ssh processes of the killed runonce to go", none_left, timeout=20)
+        except AssertionError:
+            raise AssertionError(f"left running: {ssh_processes(lab)}") from None
+        if signum == signal.SIGTERM:
+            # an orderly stop also removes the control socket's folder
+            left = [f for f in folders if lab.src.root(["test", "-e", f], check=False)
+                    .returncode == 0]
+            assert not left, left
+    finally:
+        # SIGKILL leaves the folder behind (nothing runs in the killed process): the
+        # test removes it, so the machine is left as it was found.
+        lab.src.root(["rm", "-rf", "--", *folders])
