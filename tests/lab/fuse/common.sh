@@ -64,6 +64,11 @@ pid_is() {
     [ -n "$1" ] && [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' < "/proc/$1/cmdline" | grep -qF -- "$2"
 }
 
+# zfs_fuse_alive: a zfs-fuse daemon runs (one just killed may linger as a zombie)
+zfs_fuse_alive() {
+    ps -C zfs-fuse -o stat= 2>/dev/null | grep -qv '^Z'
+}
+
 # descendants PID: every process below PID (an sshd's sessions and their commands)
 descendants() {
     local c

@@ -3,6 +3,7 @@
 # sshd and user) sharing one zfs-fuse daemon, each with its own pool.
 #
 #   setup.sh              create or repair the lab (idempotent: fills in what is missing)
+#   setup.sh --check      exit 0 if the lab is up and working, 1 (saying why) if not
 #   setup.sh --sync-code  only refresh the copy of src/zfsrepl that the lab users run
 #
 # The lab dir is $ZFSREPL_LAB_DIR (default /var/tmp/zfsrepl-lab). Everything created is
@@ -62,12 +63,48 @@ sync_code() {
     done
 }
 
+# smoke_check: each host's user reaches the other over ssh and sees its pool
+smoke_check() {
+    local pair
+    for pair in "src $DST_IP dst $DST_POOL" "dst $SRC_IP src $SRC_POOL"; do
+        # shellcheck disable=SC2086  # split into its four words
+        set -- $pair
+        "$BIN/on-$1" ssh -o BatchMode=yes -o ConnectTimeout=5 "$3@$2" zfs list -H -o name "$4" \
+            9>&- >/dev/null 2>"$LABDIR/log/smoke.log" || {
+            echo "on-$1 ssh $3@$2 zfs list $4: $(cat "$LABDIR/log/smoke.log")"
+            return 1
+        }
+    done
+}
+
+# check_lab: the lab is complete and alive (a run that was killed leaves its files behind
+# with the daemons, mounts and pools gone); prints what is wrong
+check_lab() {
+    local p side
+    [ -e "$LABDIR/lab.env" ] || { echo "no $LABDIR/lab.env"; return 1; }
+    zfs_fuse_alive || { echo "zfs-fuse is not running"; return 1; }
+    for p in "$SRC_POOL" "$DST_POOL"; do
+        [ "$(zpool list -H -o health "$p" 2>/dev/null)" = ONLINE ] || { echo "pool $p is not online"; return 1; }
+    done
+    for side in src dst; do
+        pid_is "$(cat "$LABDIR/run/sshd-$(side_ns $side).pid" 2>/dev/null)" sshd ||
+            { echo "the sshd of $side is not running"; return 1; }
+    done
+    smoke_check
+}
+
+if [ "${1:-}" = --check ]; then
+    lab_lock
+    check_lab
+    exit
+fi
+
 if [ "${1:-}" = --sync-code ]; then
     [ -d "$LABDIR/bin" ] || die "no lab at $LABDIR (run setup.sh first)"
     sync_code
     exit 0
 fi
-[ $# -eq 0 ] || die "usage: setup.sh [--sync-code]"
+[ $# -eq 0 ] || die "usage: setup.sh [--check | --sync-code]"
 
 lab_lock
 install -d -m 0755 "$LABDIR" "$LABDIR"/{img,mnt,run,ssh,log,bin,work}
@@ -97,9 +134,16 @@ install_packages() {
 install_packages
 
 # ------------------------------------------------------------------ zfs-fuse daemon
-if pgrep -x zfs-fuse >/dev/null; then
+if zfs_fuse_alive; then
     :   # shared daemon: never ours to stop unless we started it
 else
+    # A daemon that was killed leaves its FUSE mounts behind, dead ("transport endpoint
+    # is not connected"): they would block the new mounts at the same places.
+    awk -v m="$LABDIR/mnt/" 'index($5, m) == 1 && $0 ~ / - fuse\.zfs / { print $5 }' /proc/self/mountinfo |
+        sort -r | while read -r m; do
+            log "unmounting $m, left by a zfs-fuse that is gone"
+            umount -l "$m" || true
+        done
     log "starting zfs-fuse"
     rm -f "$LABDIR/run/zfs-fuse.pid"
     # the daemon's socket and lock dirs, for teardown to remove with it
@@ -126,21 +170,36 @@ fi
 mount --make-shared "$LABDIR/mnt"
 
 # ------------------------------------------------------------------ pools
+# A pool that is not imported and online is created afresh: its image (if any) is what a
+# killed run left, possibly half-written, and the tests make their own datasets anyway.
+# cachefile=none keeps the pools out of zfs-fuse's zpool.cache, so that a daemon started
+# later never brings back a pool whose lab is gone.
 make_pool() {  # pool
-    local p=$1 img="$LABDIR/img/$1.img"
-    if zpool list -H -o name "$p" >/dev/null 2>&1; then
+    local p=$1 img="$LABDIR/img/$1.img" health
+    health=$(zpool list -H -o health "$p" 2>/dev/null) || health=
+    if [ -n "$health" ]; then
         zpool status "$p" | grep -qF "$img" || die "pool $p exists but is not backed by $img"
-    elif [ -f "$img" ]; then
-        log "importing pool $p"
-        zpool import -d "$LABDIR/img" "$p" || die "cannot import $p from $img"
-    else
-        log "creating pool $p ($POOL_SIZE)"
-        truncate -s "$POOL_SIZE" "$img"
-        echo "$img" > "$STATE/pool.$p"
-        zpool create -m "$LABDIR/mnt/$p" "$p" "$img" 2>&1 | { grep -v '^Defaulting to 4K' || true; }
-        zpool list -H -o name "$p" >/dev/null || die "zpool create $p failed"
+        if [ "$health" = ONLINE ]; then
+            [ -f "$STATE/pool.$p" ] || echo "$img" > "$STATE/pool.$p"
+            return 0
+        fi
+        log "destroying pool $p ($health), left by an earlier run"
+        zpool destroy -f "$p" || die "cannot destroy the $health pool $p"
     fi
-    [ -f "$STATE/pool.$p" ] || echo "$img" > "$STATE/pool.$p"
+    if [ -e "$img" ]; then
+        log "discarding $img, left by an earlier run"
+        rm -f "$img"
+    fi
+    # the directories of the old pool's mountpoints would make FUSE refuse to mount here
+    if [ -d "$LABDIR/mnt/$p" ] && ! mountpoint -q "$LABDIR/mnt/$p"; then
+        rm -rf --one-file-system "${LABDIR:?}/mnt/$p"
+    fi
+    log "creating pool $p ($POOL_SIZE)"
+    truncate -s "$POOL_SIZE" "$img"
+    echo "$img" > "$STATE/pool.$p"
+    zpool create -o cachefile=none -m "$LABDIR/mnt/$p" "$p" "$img" 2>&1 |
+        { grep -v '^Defaulting to 4K' || true; }
+    [ "$(zpool list -H -o health "$p" 2>/dev/null)" = ONLINE ] || die "zpool create $p failed"
 }
 make_pool "$SRC_POOL"
 make_pool "$DST_POOL"
@@ -337,11 +396,5 @@ EOF
 mv "$LABDIR/lab.env.tmp" "$LABDIR/lab.env"
 
 # ------------------------------------------------------------------ smoke check
-for pair in "src $DST_IP dst $DST_POOL" "dst $SRC_IP src $SRC_POOL"; do
-    # shellcheck disable=SC2086  # split into its four words
-    set -- $pair
-    "$BIN/on-$1" ssh -o BatchMode=yes -o ConnectTimeout=5 "$3@$2" zfs list -H -o name "$4" \
-        9>&- >/dev/null 2>"$LABDIR/log/smoke.log" ||
-        die "smoke check failed: on-$1 ssh $3@$2 zfs list $4: $(cat "$LABDIR/log/smoke.log")"
-done
+why=$(smoke_check) || die "smoke check failed: $why"
 log "ready: $LABDIR (source $LABDIR/lab.env)"
