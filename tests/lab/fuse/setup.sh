@@ -134,6 +134,7 @@ install_packages() {
 install_packages
 
 # ------------------------------------------------------------------ zfs-fuse daemon
+daemon_started=
 if zfs_fuse_alive; then
     :   # shared daemon: never ours to stop unless we started it
 else
@@ -145,6 +146,7 @@ else
             umount -l "$m" || true
         done
     log "starting zfs-fuse"
+    daemon_started=1
     rm -f "$LABDIR/run/zfs-fuse.pid"
     # the daemon's socket and lock dirs, for teardown to remove with it
     new_dirs=$(for d in /var/run/zfs /var/lock/zfs; do [ -e "$d" ] || echo "$d"; done)
@@ -179,7 +181,8 @@ make_pool() {  # pool
     health=$(zpool list -H -o health "$p" 2>/dev/null) || health=
     if [ -n "$health" ]; then
         zpool status "$p" | grep -qF "$img" || die "pool $p exists but is not backed by $img"
-        if [ "$health" = ONLINE ]; then
+        # a daemon started just now brought it back from an old zpool.cache: stale
+        if [ "$health" = ONLINE ] && [ -z "$daemon_started" ]; then
             [ -f "$STATE/pool.$p" ] || echo "$img" > "$STATE/pool.$p"
             return 0
         fi
