@@ -1,5 +1,6 @@
 #!/bin/bash
-# Build (once) the OpenZFS lab's VM image: Debian 12 with OpenZFS from bookworm-backports.
+# Build (once) the OpenZFS lab's VM image: Debian 12 with OpenZFS from bookworm-backports,
+# and the peer tools the benchmarks compare with (syncoid, zfs-autobackup).
 #
 #   build.sh          build unless the cache holds an image of this recipe; print its dir
 #   build.sh --path   only print the dir the image of this recipe has (or would have)
@@ -7,7 +8,7 @@
 # The image is cached in $ZFSREPL_LAB_CACHE (default /var/cache/zfsrepl-lab/openzfs) under
 # the SHA-256 of this file: editing the recipe (this file) builds a new image, and a
 # finished build removes the images of older recipes. Only the Debian archive that this
-# machine's apt uses is contacted. Run as root. The result, in CACHE/<hash>/:
+# machine's apt uses and the package index its pip uses are contacted. Run as root. The result, in CACHE/<hash>/:
 #   base.img        raw ext4 root filesystem (the VM boots copy-on-write overlays of it)
 #   vmlinuz, initrd.img
 #   id_ed25519      key that root@VM accepts (the lab's ssh master uses it)
@@ -119,7 +120,7 @@ EOF
     log "kernel, headers, dkms, zfsutils (log: $B/apt.log)"
     in_chroot apt-get update -q >"$B/apt.log" 2>&1
     in_chroot apt-get install -y -q --no-install-recommends "${SUITE_OPTS[@]}" \
-        linux-image-amd64 linux-headers-amd64 dkms zfsutils-linux >>"$B/apt.log" 2>&1 ||
+        linux-image-amd64 linux-headers-amd64 dkms zfsutils-linux sanoid >>"$B/apt.log" 2>&1 ||
         die "apt-get install failed, see $B/apt.log"
     touch "$B/.done-packages"
     phase packages "$t"
@@ -140,6 +141,27 @@ if [ ! -f "$B/.done-dkms" ]; then
     phase dkms "$t"
 fi
 
+# zfs-autobackup, the other peer the benchmarks compare with (syncoid comes with the
+# sanoid package above): pure Python from PyPI, installed with this machine's pip into
+# its own folder, so the guest needs no pip
+if [ ! -f "$B/.done-peers" ]; then
+    t=$(date +%s)
+    rm -rf "$R/opt/zfs-autobackup"
+    python3 -m pip install -q --no-deps --target "$R/opt/zfs-autobackup" zfs-autobackup colorama \
+        >"$B/pip.log" 2>&1 || die "pip install zfs-autobackup failed, see $B/pip.log"
+    cat > "$R/usr/local/bin/zfs-autobackup" <<'EOF'
+#!/usr/bin/python3
+import sys
+sys.path.insert(0, "/opt/zfs-autobackup")
+from zfs_autobackup.ZfsAutobackup import cli
+cli()
+EOF
+    chmod 0755 "$R/usr/local/bin/zfs-autobackup"
+    in_chroot zfs-autobackup --version >>"$B/pip.log" 2>&1 || die "zfs-autobackup does not start, see $B/pip.log"
+    touch "$B/.done-peers"
+    phase peers "$t"
+fi
+
 if [ ! -f "$B/.done-config" ]; then
     t=$(date +%s)
     echo zfsrepl-lab > "$R/etc/hostname"
@@ -155,6 +177,7 @@ if [ ! -f "$B/.done-config" ]; then
         apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer \
         man-db.timer dpkg-db-backup.timer zfs-zed.service zfs-import-cache.service \
         zfs-import-scan.service zfs-scrub-monthly@.timer zfs-trim-monthly@.timer \
+        sanoid.timer sanoid-prune.service \
         >/dev/null 2>&1 || true
     mkdir -p "$R/etc/systemd/system/serial-getty@ttyS0.service.d"
     printf '[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --keep-baud 115200 %%I $TERM\n' \

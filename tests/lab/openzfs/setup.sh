@@ -3,6 +3,7 @@
 # bookworm-backports) holding the same two "hosts" as the zfs-fuse lab.
 #
 #   setup.sh              create or repair the lab (idempotent)
+#   setup.sh --check      exit 0 if the lab is up and working, 1 (saying why) if not
 #   setup.sh --sync-code  only refresh the copy of src/zfsrepl that the lab users run
 #
 # The lab dir is $ZFSREPL_LAB_OPENZFS_DIR (default /var/tmp/zfsrepl-lab-openzfs); what
@@ -37,12 +38,27 @@ sync_code() {
         vm_ssh "ZFSREPL_LAB_DIR=$LABDIR bash $LABDIR/scripts/setup.sh --sync-code"
 }
 
+# check_lab: the lab is up and answering (a run that was killed leaves its files behind
+# with the VM gone); prints what is wrong
+check_lab() {
+    [ -e "$LABDIR/lab.env" ] || { echo "no $LABDIR/lab.env"; return 1; }
+    [ -n "$(qemu_pid)" ] || { echo "the VM is not running"; return 1; }
+    mountpoint -q "$LABDIR/mnt" || { echo "$LABDIR/mnt is not mounted"; return 1; }
+    vm_ssh "test -e $LABDIR/lab.env" >/dev/null 2>&1 9>&- || { echo "the VM does not answer"; return 1; }
+}
+
+if [ "${1:-}" = --check ]; then
+    lab_lock
+    check_lab
+    exit
+fi
+
 if [ "${1:-}" = --sync-code ]; then
     [ -e "$LABDIR/lab.env" ] || die "no lab at $LABDIR (run setup.sh first)"
     sync_code
     exit 0
 fi
-[ $# -eq 0 ] || die "usage: setup.sh [--sync-code]"
+[ $# -eq 0 ] || die "usage: setup.sh [--check | --sync-code]"
 
 lab_lock
 install -d -m 0755 "$LABDIR" "$RUN" "$LABDIR/mnt" "$LABDIR/log"
