@@ -80,7 +80,7 @@ def installed(lab: Lab) -> Iterator[Installed]:
 
 def _install(case: SetupCase) -> Installed:
     lab, area = case.lab, case.area
-    zfs = "sudo -n /usr/sbin/zfs"
+    zfs = lab.zfs_command
     lines = [f'name = "{case.name}"', "keep = 3",
              "[source]", f'host = "{lab.src.address}"', f'user = "{lab.src.user}"',
              f'zfs_command = "{zfs}"',
@@ -257,7 +257,7 @@ def test_fuzz(installed: Installed) -> None:
     policy = agent.Policy(installed.case.name, frozenset(d for _, d in installed.case.pairs),
                           SnapshotNaming(installed.lab.src.user, installed.lab.dst.user,
                                          installed.lab.dst.address),
-                          ("sudo", "-n", "/usr/sbin/zfs"))
+                          tuple(installed.lab.zfs_command.split()))
     before = installed.state()
     check()
     assert installed.state() == before

@@ -108,12 +108,13 @@ def installed_state(case: SetupCase) -> dict[str, str]:
     lab, cfg = case.lab, case.repl.config_dir
     files = {
         lab.src: [str(cfg / "services" / f"{case.name}.toml"), str(case.key),
-                  f"{case.key}.pub", home_file(lab.src, f"zfsrepl-root.{case.name}.source.sh"),
-                  f"/etc/sudoers.d/zfsrepl-{lab.src.user}"],
+                  f"{case.key}.pub", home_file(lab.src, f"zfsrepl-root.{case.name}.source.sh")],
         lab.dst: [str(case.destination_config_dir / "services" / f"{case.name}.toml"),
-                  home_file(lab.dst, f"zfsrepl-root.{case.name}.destination.sh"),
-                  f"/etc/sudoers.d/zfsrepl-{lab.dst.user}"],
+                  home_file(lab.dst, f"zfsrepl-root.{case.name}.destination.sh")],
     }
+    if "sudo" in lab.features:  # where `zfs allow` works, the rights are in ZFS instead
+        for host in lab.hosts:
+            files[host].append(f"/etc/sudoers.d/zfsrepl-{host.user}")
     state = {"key line": "\n".join(service_lines(lab, case.marker))}
     for host, paths in files.items():
         for path in paths:
@@ -197,7 +198,7 @@ def test_replay_of_a_response_file_sets_up_from_scratch(case: SetupCase) -> None
     """The manual's failback ends with `setup -r` of a copied definition: the same
     service, without one question."""
     lab = case.lab
-    zfs = "sudo -n /usr/sbin/zfs"
+    zfs = lab.zfs_command
     text = "\n".join([
         f'name = "{case.name}"', "interval = 30", "retries = 2", "keep = 2",
         'pre_snapshot = "none"', 'post_snapshot = "none"', "",

@@ -209,6 +209,12 @@ class Lab(abc.ABC):
     def hosts(self) -> tuple[LabHost, LabHost]:
         return (self.src, self.dst)
 
+    @property
+    def zfs_command(self) -> str:
+        """A definition's ``zfs_command`` for this lab's users, as setup would choose it:
+        through the sudo rule, or the zfs binary itself where `zfs allow` works."""
+        return "sudo -n /usr/sbin/zfs" if "sudo" in self.features else "/usr/sbin/zfs"
+
     @abc.abstractmethod
     def sync_code(self) -> None:
         """Make the hosts' ``zfsrepl`` run the work tree's current ``src/zfsrepl``."""
