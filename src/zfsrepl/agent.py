@@ -23,7 +23,7 @@ Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
     receive -u [-s] [-o readonly=on] FS                   full stream (or a resumed one)
     receive -u -F [-s] FS                                 incremental, FS must exist
     receive -A FS                                         discard a cut resumable receive
-    hold TAG FS@SNAP / release TAG FS@SNAP                TAG: zfsrepl-SERVICE, own SNAP
+    hold TAG FS@SNAP... / release TAG FS@SNAP...          TAG: zfsrepl-SERVICE, own SNAPs
     holds -H FS@SNAP...                                   the holds of an own FS's snapshots
     destroy FS@SNAP                                       SNAP made by this service
     rollback FS@SNAP                                      SNAP made by this service
@@ -230,10 +230,16 @@ def _receive(args: list[str], policy: Policy) -> Decision:
 
 
 def _hold_or_release(args: list[str], policy: Policy) -> Decision:
-    # No -r: that would reach other services' filesystems below.
-    if len(args) != 3 or args[1] != policy.hold_tag:
-        return Refused(f"zfs {args[0]} is allowed only as: {args[0]} {policy.hold_tag} FS@SNAP")
-    return _own_snapshot(args[2], policy, args[0]) or RunZfs(tuple(args))
+    # No -r: that would reach other services' filesystems below. Several snapshots in
+    # one request (a cycle moves every filesystem's base at once): each one checked.
+    if len(args) < 3 or args[1] != policy.hold_tag:
+        return Refused(f"zfs {args[0]} is allowed only as: {args[0]} {policy.hold_tag} "
+                       "FS@SNAP...")
+    for name in args[2:]:
+        refused = _own_snapshot(name, policy, args[0])
+        if refused:
+            return refused
+    return RunZfs(tuple(args))
 
 
 def _holds(args: list[str], policy: Policy) -> Decision:

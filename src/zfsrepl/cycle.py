@@ -161,6 +161,14 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
         fp.destroy_destination = ()
 
 
+def _new_base(fp: FilesystemPlan) -> str | None:
+    """The newest snapshot `fp`'s sends replicated: the new incremental base (None: the
+    base did not move; a resumed stream's end shows in the next listing)."""
+    if isinstance(fp.plan, plan.Resume) or not fp.plan.sends:
+        return None
+    return plan.received_names(fp.plan, fp.source)[-1]
+
+
 def _stamp_creation(cp: CyclePlan, taken: int) -> None:
     """The snapshot just taken was created at `taken`, not when the survey planned it
     (hooks ran between): the lag recorded after the cycle counts from then."""
@@ -287,7 +295,8 @@ class Cycle:
     # -- doing ----------------------------------------------------------------------
 
     def take_snapshots(self, cp: CyclePlan) -> None:
-        """pre hook, one snapshot per filesystem, post hook.
+        """pre hook, one snapshot per filesystem (all in one call where the host can),
+        post hook.
 
         The post hook runs whenever the pre hook was started, even if it or a snapshot
         failed: a database put into backup mode must always be taken out of it."""
@@ -301,9 +310,17 @@ class Cycle:
                 hooks.run_hook("pre_snapshot", svc.pre_snapshot,
                                {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
             taken = int(time.time())
-            for pair in svc.filesystems:
-                self.src.snapshot(pair.source, cp.snapshot)
-                logger.info("snapshot %s@%s taken", pair.source, cp.snapshot)
+            sources = [pair.source for pair in svc.filesystems]
+            if self.src.capabilities().multi_snapshot:
+                # One call for all: OpenZFS takes them atomically, so the filesystems'
+                # snapshots are of one consistent point in time (or none is taken).
+                self.src.snapshot_all(sources, cp.snapshot)
+                for fs in sources:
+                    logger.info("snapshot %s@%s taken", fs, cp.snapshot)
+            else:
+                for fs in sources:
+                    self.src.snapshot(fs, cp.snapshot)
+                    logger.info("snapshot %s@%s taken", fs, cp.snapshot)
             _stamp_creation(cp, taken)
         except ZfsreplError as exc:
             failure = exc
@@ -345,13 +362,12 @@ class Cycle:
 
     def send(self, fp: FilesystemPlan) -> bool:
         """Send what `fp` plans; True when the filesystem needs another look (a cut
-        stream was resumed, or a token that cannot be resumed was discarded)."""
+        stream was resumed, or a token that cannot be resumed was discarded). The base
+        moves afterwards, for all filesystems at once (`bases_moved`)."""
         if isinstance(fp.plan, plan.Resume):
             return self._resume(fp, fp.plan.sends[0])
         for s in fp.plan.sends:
             self._stream(fp, s)
-        if fp.plan.sends:
-            self._base_moved(fp, plan.received_names(fp.plan, fp.source)[-1])
         return False
 
     def _resume(self, fp: FilesystemPlan, s: plan.Send) -> bool:
@@ -366,28 +382,63 @@ class Cycle:
                            fp.pair.destination, exc)
         return True
 
-    def _base_moved(self, fp: FilesystemPlan, base: str) -> None:
-        """The newest replicated snapshot is `base`: hold it on both sides, release the
-        old base, bookmark it on the source. Failing here fails no transfer."""
-        src_fs, dst_fs = fp.pair.source, fp.pair.destination
-        try:
-            for zfs, fs, held in ((self.src, src_fs, fp.held_source),
-                                  (self.dst, dst_fs, fp.held_destination)):
-                if zfs.capabilities().holds:
-                    zfs.hold(self.tag, fs, base)
-                    for old in sorted(held - {base}):
-                        zfs.release(self.tag, fs, old)
-            if self.src.capabilities().bookmarks:
-                self.src.bookmark(src_fs, base)
-                for old in retention.stale_bookmarks(list(fp.bookmarks), self.service.naming,
-                                                     base):
-                    self.src.destroy_bookmark(src_fs, old)
-        except ZfsreplError as exc:
-            logger.warning("holding or bookmarking @%s of %s: %s", base, src_fs, exc)
+    def bases_moved(self, moved: list[tuple[FilesystemPlan, str]]) -> None:
+        """Each (fp, base): the newest replicated snapshot of fp is now `base`. On each
+        side, one call holds every new base, then one releases the old bases (in that
+        order: a base is never left unheld); each base is bookmarked on the source.
+        Failing here fails no transfer."""
+        if not moved:
             return
-        # the old bases' holds are gone: retention may destroy them
-        fp.held_source = fp.held_source & {base}
-        fp.held_destination = fp.held_destination & {base}
+        for zfs, side in ((self.src, "source"), (self.dst, "destination")):
+            if not zfs.capabilities().holds:
+                continue
+            for fp, base in self._move_holds(zfs, side, moved):
+                # the old bases' holds are gone: retention may destroy them
+                if side == "source":
+                    fp.held_source = fp.held_source & {base}
+                else:
+                    fp.held_destination = fp.held_destination & {base}
+        if self.src.capabilities().bookmarks:
+            for fp, base in moved:
+                self._bookmark(fp, base)
+
+    def _move_holds(self, zfs: Zfs, side: str,
+                    moved: list[tuple[FilesystemPlan, str]]
+                    ) -> list[tuple[FilesystemPlan, str]]:
+        """Hold the new bases on one side, then release the old ones; those of `moved`
+        whose holds moved. A batch that fails is tried again one filesystem at a time, so
+        one filesystem's trouble leaves the others' holds moving as before."""
+        new: list[str] = []
+        old: list[str] = []
+        for fp, base in moved:
+            fs = fp.pair.source if side == "source" else fp.pair.destination
+            held = fp.held_source if side == "source" else fp.held_destination
+            new.append(f"{fs}@{base}")
+            old += [f"{fs}@{name}" for name in sorted(held - {base})]
+        try:
+            zfs.hold(self.tag, new)
+            if old:
+                zfs.release(self.tag, old)
+        except ZfsreplError as exc:
+            if len(moved) > 1:
+                logger.debug("batched hold/release on %s failed (%s): one at a time",
+                             zfs.label, exc)
+                # holding and releasing again what went through is harmless
+                return [ok for one in moved for ok in self._move_holds(zfs, side, [one])]
+            # an old base that is still held stays in held_*: retention releases it
+            logger.warning("moving the hold to %s on %s: %s", new[0], zfs.label, exc)
+            return []
+        return moved
+
+    def _bookmark(self, fp: FilesystemPlan, base: str) -> None:
+        src_fs = fp.pair.source
+        try:
+            self.src.bookmark(src_fs, base)
+            for old in retention.stale_bookmarks(list(fp.bookmarks), self.service.naming,
+                                                 base):
+                self.src.destroy_bookmark(src_fs, old)
+        except ZfsreplError as exc:
+            logger.warning("bookmarking @%s of %s: %s", base, src_fs, exc)
 
     def prune(self, fp: FilesystemPlan) -> None:
         for zfs, fs, names, held in (
@@ -395,21 +446,31 @@ class Cycle:
                 (self.dst, fp.pair.destination, fp.destroy_destination, fp.held_destination)):
             for name in names:
                 if name in held:
-                    zfs.release(self.tag, fs, name)  # only this service's own hold
+                    zfs.release(self.tag, [f"{fs}@{name}"])  # only this service's own hold
                 zfs.destroy_snapshot(fs, name)
                 logger.info("destroyed %s@%s on %s", fs, name, zfs.label)
 
     def send_and_prune(self, cp: CyclePlan) -> bool:
-        """Send and prune every filesystem, even when another one fails; True when a
+        """Send every filesystem, even when another one fails; then move the bases of
+        those sent (holds batched across filesystems); then prune each. True when a
         filesystem needs another look (see `send`)."""
         failures: list[str] = []
         again = False
+        moved: list[tuple[FilesystemPlan, str]] = []
         for fp in cp.filesystems:
             try:
                 again = self.send(fp) or again
             except ZfsreplError as exc:
+                # its base stays where it was, held as it was
                 failures.append(str(exc))
                 _prune(fp, self.service, sent_ok=False)
+                continue
+            base = _new_base(fp)
+            if base is not None:
+                moved.append((fp, base))
+        # Before any prune: retention releases only what held_* says is still held.
+        self.bases_moved(moved)
+        for fp in cp.filesystems:
             try:
                 self.prune(fp)
             except ZfsreplError as exc:

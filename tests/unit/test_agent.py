@@ -63,8 +63,10 @@ def cycle_commands(zfs_argv: list[str]) -> list[list[str]]:
     # what the features of current ZFS add (capabilities.py)
     z.capabilities()
     z.states([FS1, FS2], (zfs.RESUME_TOKEN,))
-    z.hold("zfsrepl-svc", FS1, NAMING.format(4))
-    z.release("zfsrepl-svc", FS1, NAMING.format(3))
+    # a cycle moves every filesystem's base at once; retention releases one
+    z.hold("zfsrepl-svc", [f"{FS1}@{NAMING.format(4)}", f"{FS2}@{NAMING.format(4)}"])
+    z.release("zfsrepl-svc", [f"{FS1}@{NAMING.format(3)}", f"{FS2}@{NAMING.format(3)}"])
+    z.release("zfsrepl-svc", [f"{FS2}@{NAMING.format(2)}"])
     z.holds([Snapshot(FS1, NAMING.format(3), 1, 3, userrefs=1),
              Snapshot(FS2, NAMING.format(3), 2, 3, userrefs=1)])
     z.abort_resumable(FS2)
@@ -91,7 +93,7 @@ def test_hold_tag_is_the_cycles() -> None:
 @pytest.mark.parametrize("prefix", [list(SUDO_ZFS), ["zfs"], ["/usr/sbin/zfs"]])
 def test_every_command_of_a_cycle_is_allowed_and_runs_the_agents_zfs(prefix: list[str]) -> None:
     commands = cycle_commands(prefix)
-    assert len(commands) == 15
+    assert len(commands) == 16
     for argv in commands:
         decision = decide(wire(argv), POLICY)
         assert isinstance(decision, RunZfs), (argv, decision)
@@ -127,12 +129,28 @@ def test_the_capability_probe_is_zfs_alone() -> None:
     ["zfs", "receive", "-A", FS2],
     ["zfs", "hold", "zfsrepl-svc", f"{FS1}@{NAMING.format(3)}"],
     ["zfs", "release", "zfsrepl-svc", f"{FS2}@{NAMING.format(3)}"],
+    ["zfs", "hold", "zfsrepl-svc", f"{FS1}@{NAMING.format(4)}", f"{FS2}@{NAMING.format(4)}"],
+    ["zfs", "release", "zfsrepl-svc", f"{FS1}@{NAMING.format(3)}", f"{FS2}@{NAMING.format(3)}",
+     f"{FS1}@{NAMING.format(2)}"],
     ["zfs", "holds", "-H", f"{FS1}@{NAMING.format(3)}", f"{FS2}@anything"],
     ["zfs", "get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
      "guid,createtxg,creation,userrefs,zfsrepl:role,receive_resume_token", FS1],
 ])
 def test_forms_of_current_zfs_are_allowed(argv: list[str]) -> None:
     assert isinstance(decide(wire(argv), POLICY), RunZfs), argv
+
+
+@pytest.mark.parametrize("sub", ["hold", "release"])
+def test_a_batch_is_refused_for_its_one_bad_snapshot(sub: str) -> None:
+    good = [f"{fs}@{NAMING.format(n)}" for n in (3, 4) for fs in (FS1, FS2)]
+    assert isinstance(decide(wire(["zfs", sub, "zfsrepl-svc", *good]), POLICY), RunZfs)
+    for bad, why in ((f"{FS2}@manual", "'manual' was not made by service svc"),
+                     (f"zfsrepl_dst/other@{NAMING.format(3)}",
+                      "'zfsrepl_dst/other' is not a destination filesystem")):
+        for at in (0, 2, len(good)):
+            decision = decide(wire(["zfs", sub, "zfsrepl-svc", *good[:at], bad, *good[at:]]),
+                              POLICY)
+            assert isinstance(decision, Refused) and why in decision.reason, (at, decision)
 
 
 def test_hello() -> None:
@@ -182,6 +200,28 @@ REFUSED = {
     "release other tag": ["zfs", "release", "admin", f"{FS1}@{NAMING.format(3)}"],
     "release other fs": ["zfs", "release", "zfsrepl-svc",
                          f"zfsrepl_dst/other@{NAMING.format(3)}"],
+    "hold batch with other tag": ["zfs", "hold", "keep-me", f"{FS1}@{NAMING.format(3)}",
+                                  f"{FS2}@{NAMING.format(3)}"],
+    "hold batch with foreign snapshot": ["zfs", "hold", "zfsrepl-svc",
+                                         f"{FS1}@{NAMING.format(3)}", f"{FS2}@manual"],
+    "hold batch with other service snapshot": ["zfs", "hold", "zfsrepl-svc",
+                                               f"{FS1}@{NAMING.format(3)}",
+                                               f"{FS2}@{OTHER_NAMING.format(3)}"],
+    "hold batch with other fs": ["zfs", "hold", "zfsrepl-svc", f"{FS1}@{NAMING.format(3)}",
+                                 f"zfsrepl_dst/other@{NAMING.format(3)}"],
+    "hold batch with filesystem": ["zfs", "hold", "zfsrepl-svc", f"{FS1}@{NAMING.format(3)}",
+                                   FS2],
+    "hold batch then -r": ["zfs", "hold", "zfsrepl-svc", f"{FS1}@{NAMING.format(3)}", "-r"],
+    "hold no snapshot": ["zfs", "hold", "zfsrepl-svc"],
+    "release batch with foreign snapshot": ["zfs", "release", "zfsrepl-svc",
+                                            f"{FS1}@{NAMING.format(3)}", f"{FS1}@manual"],
+    "release batch with other fs": ["zfs", "release", "zfsrepl-svc",
+                                    f"zfsrepl_dst/svc@{NAMING.format(3)}",
+                                    f"{FS2}@{NAMING.format(3)}"],
+    "release batch with empty snapshot": ["zfs", "release", "zfsrepl-svc",
+                                          f"{FS1}@{NAMING.format(3)}", f"{FS2}@"],
+    "release batch with parent": ["zfs", "release", "zfsrepl-svc",
+                                  f"{FS1}@{NAMING.format(3)}", "zfsrepl_dst/svc"],
     "holds other fs": ["zfs", "holds", "-H", f"zfsrepl_dst/other@{NAMING.format(3)}"],
     "holds -r": ["zfs", "holds", "-r", f"{FS1}@{NAMING.format(3)}"],
     "holds filesystem": ["zfs", "holds", "-H", FS1],

@@ -12,7 +12,7 @@ from zfsrepl import cycle as cycle_mod
 from zfsrepl import plan
 from zfsrepl.capabilities import NONE, Capabilities
 from zfsrepl.config import Endpoint, FilesystemPair, Service
-from zfsrepl.cycle import Cycle, FilesystemPlan, _prune
+from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, _prune
 from zfsrepl.errors import CommandError
 from zfsrepl.host import LocalHost
 from zfsrepl.snapshots import Snapshot
@@ -40,11 +40,11 @@ class FakeZfs:
     def capabilities(self) -> Capabilities:
         return self.caps
 
-    def hold(self, tag: str, fs: str, name: str) -> None:
-        self.calls.append(("hold", tag, fs, name))
+    def hold(self, tag: str, snapshots: list[str]) -> None:
+        self.calls.append(("hold", tag, *snapshots))
 
-    def release(self, tag: str, fs: str, name: str) -> None:
-        self.calls.append(("release", tag, fs, name))
+    def release(self, tag: str, snapshots: list[str]) -> None:
+        self.calls.append(("release", tag, *snapshots))
 
     def bookmark(self, fs: str, name: str) -> None:
         self.calls.append(("bookmark", fs, name))
@@ -102,15 +102,14 @@ def test_the_base_moves_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
     c, src, dst = make_cycle(monkeypatch, ALL, ALL)
     fp = the_plan()
     assert fp.destroy_source == (seq(1),) and fp.destroy_destination == (seq(1),)
-    assert c.send(fp) is False
-    c.prune(fp)
+    assert c.send_and_prune(CyclePlan(SVC, seq(2), [fp])) is False
     sent = [x for x in src.calls if x[0] == "send"]
     assert sent == [("send", plan.Send(seq(2), seq(1)), {"raw": False, "compressed": True})]
     assert ("receive", DST_FS, {"incremental": True, "resumable": True, "readonly": True}) \
         in dst.calls
     for side, fs in ((src, SRC_FS), (dst, DST_FS)):
         rest = [x for x in side.calls if x[0] not in ("send", "receive")]
-        assert rest[:2] == [("hold", TAG, fs, seq(2)), ("release", TAG, fs, seq(1))]
+        assert rest[:2] == [("hold", TAG, f"{fs}@{seq(2)}"), ("release", TAG, f"{fs}@{seq(1)}")]
         assert rest[-1] == ("destroy", fs, seq(1))
     assert ("bookmark", SRC_FS, seq(2)) in src.calls
     assert ("destroy_bookmark", SRC_FS, seq(1)) in src.calls
@@ -129,8 +128,7 @@ def test_nothing_of_it_on_zfs_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
     fp = FilesystemPlan(PAIR, src_snaps, dst_snaps,
                         plan.plan_filesystem(src_snaps, dst_snaps, NAMING))
     _prune(fp, SVC, sent_ok=True)
-    c.send(fp)
-    c.prune(fp)
+    c.send_and_prune(CyclePlan(SVC, seq(2), [fp]))
     assert [x[0] for x in src.calls] == ["send", "destroy"]
     assert [x[0] for x in dst.calls] == ["receive", "destroy"]
     assert dst.calls[0][2] == {"incremental": True, "resumable": False, "readonly": False}
@@ -144,9 +142,7 @@ def test_a_failed_send_releases_only_what_it_destroys(monkeypatch: pytest.Monkey
     c, src, dst = make_cycle(monkeypatch, ALL, ALL, pipe=cut)
     fp = the_plan()
     with pytest.raises(CommandError):
-        c.send(fp)
-    _prune(fp, SVC, sent_ok=False)
-    c.prune(fp)
+        c.send_and_prune(CyclePlan(SVC, seq(2), [fp]))
     # the base @1 stays held and kept; nothing is bookmarked
     assert not [x for x in src.calls + dst.calls if x[0] in ("hold", "release", "bookmark")]
     assert fp.destroy_source == () and fp.destroy_destination == ()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from zfsrepl import agent, zfs
 from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.errors import ZfsreplError
@@ -81,3 +82,78 @@ def test_a_failed_attempt_has_the_next_one_probe_again() -> None:
         cycle_mod.replicate(svc, src, dst, sleep=lambda s: None, capabilities=cache)
     assert (src.probes, dst.probes) == (3, 3)
     assert len(cache) == 0
+
+
+# ---------------------------------------------------------------------------- batched forms
+
+
+class RecordingHost:
+    """Records each zfs call and answers with what `answer` says (default: success)."""
+
+    label = "u@h"
+
+    def __init__(self, answer: tuple[int, str] = (0, "")) -> None:
+        self.argvs: list[list[str]] = []
+        self.answer = answer
+
+    def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
+            timeout: float | None = None) -> Result:
+        self.argvs.append(list(argv))
+        return Result(argv, self.answer[0], "", self.answer[1])
+
+    def command(self, argv: list[str]) -> list[str]:
+        return list(argv)
+
+    def close(self) -> None:
+        pass
+
+
+SNAPS = [f"tank/fs{n}@zfsrepl-src-dst-h-7" for n in range(5)]
+
+
+def test_one_call_snapshots_every_filesystem() -> None:
+    host = RecordingHost()
+    Zfs(host, ["zfs"]).snapshot_all([f"tank/fs{n}" for n in range(5)], "zfsrepl-src-dst-h-7")
+    assert host.argvs == [["zfs", "snapshot", *SNAPS]]
+
+
+@pytest.mark.parametrize("sub", ["hold", "release"])
+def test_one_call_holds_or_releases_every_snapshot(sub: str) -> None:
+    host = RecordingHost()
+    getattr(Zfs(host, ["sudo", "-n", "zfs"]), sub)("zfsrepl-t", SNAPS)
+    assert host.argvs == [["sudo", "-n", "zfs", sub, "zfsrepl-t", *SNAPS]]
+
+
+@pytest.mark.parametrize("sub, harmless", [
+    ("hold", "cannot hold snapshot '{}': tag already exists on this dataset"),
+    ("release", "cannot release hold from snapshot '{}': no such tag on this dataset"),
+])
+def test_an_existing_hold_or_a_missing_one_is_fine_for_every_snapshot(
+        sub: str, harmless: str) -> None:
+    # zfs goes on after each snapshot and fails at the end, one line per snapshot
+    lines = "\n".join(harmless.format(s) for s in SNAPS[:2]) + "\n"
+    getattr(Zfs(RecordingHost((1, lines)), ["zfs"]), sub)("zfsrepl-t", SNAPS)
+
+
+@pytest.mark.parametrize("sub, harmless", [
+    ("hold", "cannot hold snapshot '{}': tag already exists on this dataset"),
+    ("release", "cannot release hold from snapshot '{}': no such tag on this dataset"),
+])
+def test_one_real_failure_among_harmless_ones_fails_the_call(sub: str, harmless: str) -> None:
+    lines = (harmless.format(SNAPS[0]) + "\n"
+             f"cannot open '{SNAPS[1]}': dataset does not exist\n")
+    with pytest.raises(ZfsreplError, match="u@h: "):
+        getattr(Zfs(RecordingHost((1, lines)), ["zfs"]), sub)("zfsrepl-t", SNAPS)
+    with pytest.raises(ZfsreplError, match="zfs failed"):
+        getattr(Zfs(RecordingHost((1, "")), ["zfs"]), sub)("zfsrepl-t", SNAPS)
+
+
+def test_a_very_long_list_is_split_under_the_agents_limit() -> None:
+    host = RecordingHost()
+    many = [f"pool/{'x' * 200}/fs{n}@zfsrepl-src-dst-h-7" for n in range(400)]
+    Zfs(host, ["zfs"]).hold("zfsrepl-t", many)
+    assert len(host.argvs) > 1
+    assert [a for argv in host.argvs for a in argv[3:]] == many  # each once, in order
+    for argv in host.argvs:
+        assert argv[:3] == ["zfs", "hold", "zfsrepl-t"]
+        assert len(" ".join(argv).encode()) < zfs._MAX_BATCH_BYTES < agent.MAX_COMMAND_BYTES

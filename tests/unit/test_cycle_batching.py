@@ -1,0 +1,378 @@
+"""A cycle of a service with many filesystems batches its zfs calls: every snapshot in
+one call where the host can, the incremental bases held and released in one call per
+side. Counted on a small simulated ZFS on each side (a destination call is one ssh)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from zfsrepl import cycle as cycle_mod
+from zfsrepl.config import Endpoint, FilesystemPair, Service
+from zfsrepl.cycle import hold_tag, replicate
+from zfsrepl.errors import CommandError
+from zfsrepl.host import Result
+from zfsrepl.transfer import TransferResult
+from zfsrepl.zfs import CapabilityCache
+
+from .test_capabilities import FUSE, OPENZFS
+
+N = 5
+PAIRS = tuple(FilesystemPair(f"tank/src/fs{i}", f"backup/dst/fs{i}") for i in range(N))
+SVC = Service(name="batch", source=Endpoint("srchost", "src"),
+              destination=Endpoint("desthost", "dst"), filesystems=PAIRS, keep_source=1,
+              keep_destination=1, retry_delay=0.0)
+TAG = hold_tag(SVC.name)
+_GUIDS = itertools.count(1000)
+
+
+def seq(n: int) -> str:
+    return SVC.naming.format(n)
+
+
+@dataclass
+class SimSnap:
+    name: str
+    guid: int
+    txg: int
+    holds: set[str] = field(default_factory=set)
+
+
+class SimZfs:
+    """The ZFS of one host, as much as a cycle uses: filesystems, snapshots, holds and
+    bookmarks. Records every call; destroying a held snapshot fails the test."""
+
+    def __init__(self, label: str, usage: str, filesystems: list[str],
+                 parents: set[str]) -> None:
+        self.label = label
+        self.usage = usage
+        self.fs: dict[str, list[SimSnap]] = {f: [] for f in filesystems}
+        self.marks: dict[str, dict[str, SimSnap]] = {f: {} for f in filesystems}
+        self.parents = parents
+        self.txg = 1
+        self.calls: list[list[str]] = []
+        self.refuse_batches = False  # as an agent that takes one snapshot per hold
+
+    def next_txg(self) -> int:
+        self.txg += 1
+        return self.txg
+
+    def command(self, argv: list[str]) -> list[str]:
+        return list(argv)
+
+    def close(self) -> None:
+        pass
+
+    def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
+            timeout: float | None = None) -> Result:
+        args = argv[1:]
+        self.calls.append(args)
+        if not args:
+            return Result(argv, 2, "", self.usage)
+        rc, out, err = getattr(self, "_" + args[0])(args[1:])
+        if rc and check:
+            raise CommandError(f"{self.label}: {err}", argv=argv, stderr=err, returncode=rc)
+        return Result(argv, rc, out, err)
+
+    def find(self, full: str) -> SimSnap | None:
+        fs, _, name = full.partition("@")
+        return next((s for s in self.fs.get(fs, []) if s.name == name), None)
+
+    def held(self, fs: str) -> list[str]:
+        return [s.name for s in self.fs[fs] if TAG in s.holds]
+
+    # -- subcommands: (returncode, stdout, stderr) ---------------------------------
+
+    def _get(self, a: list[str]) -> tuple[int, str, str]:
+        props, names = a[6].split(","), a[7:]
+        out, err = [], []
+        for fs in names:
+            if fs not in self.fs:
+                err.append(f"cannot open '{fs}': dataset does not exist")
+                continue
+            out += [f"{fs}\t{p}\t{'off' if p == 'encryption' else '-'}" for p in props]
+            for sep, snaps in (("@", self.fs[fs]), ("#", list(self.marks[fs].values()))):
+                for s in snaps:
+                    values = {"guid": s.guid, "createtxg": s.txg, "creation": s.txg,
+                              "userrefs": len(s.holds)}
+                    out += [f"{fs}{sep}{s.name}\t{p}\t{values.get(p, '-')}" for p in props]
+        return (1 if err else 0), "\n".join(out), "\n".join(err)
+
+    def _list(self, a: list[str]) -> tuple[int, str, str]:
+        names = a[3:]
+        found = [n for n in names if n in self.fs or n in self.parents]
+        err = [f"cannot open '{n}': dataset does not exist" for n in names if n not in found]
+        return (1 if err else 0), "\n".join(found), "\n".join(err)
+
+    def _snapshot(self, a: list[str]) -> tuple[int, str, str]:
+        # all or none, as one `zfs snapshot` of OpenZFS
+        if any(x.partition("@")[0] not in self.fs for x in a):
+            return 1, "", "cannot create snapshots : dataset does not exist"
+        for x in a:
+            fs, _, name = x.partition("@")
+            self.fs[fs].append(SimSnap(name, next(_GUIDS), self.next_txg()))
+        return 0, "", ""
+
+    def _hold(self, a: list[str]) -> tuple[int, str, str]:
+        return self._hold_or_release(a, True)
+
+    def _release(self, a: list[str]) -> tuple[int, str, str]:
+        return self._hold_or_release(a, False)
+
+    def _hold_or_release(self, a: list[str], hold: bool) -> tuple[int, str, str]:
+        tag, snaps = a[0], a[1:]
+        if self.refuse_batches and len(snaps) > 1:
+            return 126, "", "zfsrepl agent: refused: zfs hold is allowed only as: ..."
+        err = []
+        for x in snaps:  # zfs goes on after a snapshot that fails
+            s = self.find(x)
+            if s is None:
+                err.append(f"cannot open '{x}': dataset does not exist")
+            elif hold and tag in s.holds:
+                err.append(f"cannot hold snapshot '{x}': tag already exists on this dataset")
+            elif not hold and tag not in s.holds:
+                err.append(f"cannot release hold from snapshot '{x}': no such tag on this "
+                           "dataset")
+            elif hold:
+                s.holds.add(tag)
+            else:
+                s.holds.discard(tag)
+        return (1 if err else 0), "", "\n".join(err)
+
+    def _holds(self, a: list[str]) -> tuple[int, str, str]:
+        lines = [f"{x}\t{t}\tThu Jan  1 00:00 1970" for x in a[1:]
+                 for t in sorted(getattr(self.find(x), "holds", ()))]
+        return 0, "\n".join(lines), ""
+
+    def _bookmark(self, a: list[str]) -> tuple[int, str, str]:
+        s = self.find(a[0])
+        assert s is not None, a
+        fs, _, name = a[1].partition("#")
+        self.marks[fs][name] = SimSnap(name, s.guid, s.txg)
+        return 0, "", ""
+
+    def _destroy(self, a: list[str]) -> tuple[int, str, str]:
+        fs, sep, name = a[0].partition("#")
+        if sep:
+            del self.marks[fs][name]
+            return 0, "", ""
+        s = self.find(a[0])
+        assert s is not None, a
+        assert not s.holds, f"destroyed {a[0]} on {self.label}, held by {s.holds}"
+        self.fs[a[0].partition("@")[0]].remove(s)
+        return 0, "", ""
+
+    def _send(self, a: list[str]) -> tuple[int, str, str]:
+        return 1, "", "no estimate here"  # send -nvP
+
+
+@dataclass
+class World:
+    src: SimZfs
+    dst: SimZfs
+    cache: CapabilityCache = field(default_factory=CapabilityCache)
+    cut: set[str] = field(default_factory=set)  # source filesystems whose streams fail
+
+    def cycle(self) -> None:
+        replicate(SVC, self.src, self.dst, sleep=lambda s: None,
+                  capabilities=self.cache)
+
+    def calls_of(self, run: Callable[[], None]) -> tuple[Counter[str], Counter[str]]:
+        """The calls on each side while `run()` runs."""
+        before = len(self.src.calls), len(self.dst.calls)
+        run()
+        src, dst = self.src.calls[before[0]:], self.dst.calls[before[1]:]
+        return (Counter(c[0] if c else "(probe)" for c in src),
+                Counter(c[0] if c else "(probe)" for c in dst))
+
+
+MakeWorld = Callable[[str], World]  # a source and a destination on zfs of this usage
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch) -> MakeWorld:
+    def make(usage: str) -> World:
+        w = World(SimZfs("src@srchost", usage, [p.source for p in PAIRS], {"tank/src"}),
+                  SimZfs("dst@desthost", usage, [], {"backup/dst"}))
+
+        def pipe(sender: list[str], receiver: list[str], what: str,
+                 **kw: Any) -> TransferResult:
+            w.src.calls.append(sender[1:])
+            w.dst.calls.append(receiver[1:])
+            src_fs, _, target = sender[-1].partition("@")
+            if src_fs in w.cut:
+                raise CommandError(f"{what}: cut", stderr="Connection reset")
+            snaps = w.src.fs[src_fs]
+            top = next(s for s in snaps if s.name == target)
+            sent = [top]
+            if "-I" in sender:
+                base = sender[sender.index("-I") + 1].partition("@")[2]
+                low = next(s.txg for s in snaps if s.name == base)
+                sent = [s for s in snaps if low < s.txg <= top.txg]
+            dst_fs = receiver[-1]
+            w.dst.fs.setdefault(dst_fs, [])
+            w.dst.marks.setdefault(dst_fs, {})
+            w.dst.fs[dst_fs] += [SimSnap(s.name, s.guid, w.dst.next_txg()) for s in sent]
+            return TransferResult(0.1, 10)
+
+        monkeypatch.setattr(cycle_mod, "pipe", pipe)
+        return w
+
+    return make
+
+
+@pytest.mark.parametrize("usage, calls", [(OPENZFS, 1), (FUSE, N)],
+                         ids=["openzfs", "zfs-fuse"])
+def test_one_snapshot_call_for_every_filesystem_where_the_host_can(
+        world: MakeWorld, caplog: pytest.LogCaptureFixture, usage: str, calls: int) -> None:
+    w = world(usage)
+    caplog.set_level(logging.INFO, logger="zfsrepl")
+    src, _ = w.calls_of(w.cycle)
+    assert src["snapshot"] == calls
+    assert all([s.name for s in w.src.fs[p.source]] == [seq(1)] for p in PAIRS)
+    taken = [r.message for r in caplog.records if r.message.endswith(" taken")]
+    assert taken == [f"snapshot {p.source}@{seq(1)} taken" for p in PAIRS]
+
+
+def test_a_failed_batched_snapshot_still_runs_the_post_hook(
+        world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = world(OPENZFS)
+    ran: list[dict[str, str]] = []
+    monkeypatch.setattr(cycle_mod.hooks, "run_hook",
+                        lambda key, path, env, timeout: ran.append(env))
+    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda key, path: None)
+    svc = dataclasses.replace(SVC, pre_snapshot="/pre", post_snapshot="/post")
+    c = cycle_mod.Cycle(svc, w.src, w.dst)
+    cp = c.survey(take_snapshot=True)
+    w.src.fs.pop(PAIRS[-1].source)  # gone between the survey and the snapshot
+    with pytest.raises(CommandError):
+        c.take_snapshots(cp)
+    assert [e["ZFSREPL_PHASE"] for e in ran] == ["pre_snapshot", "post_snapshot"]
+    assert ran[1]["ZFSREPL_SNAPSHOT_STATUS"] == "failed"
+    # one call, atomic: no filesystem got the snapshot
+    assert [call for call in w.src.calls if call[:1] == ["snapshot"]] == [
+        ["snapshot", *(f"{p.source}@{seq(1)}" for p in PAIRS)]]
+    assert not any(w.src.fs[p.source] for p in PAIRS[:-1])
+
+
+def test_one_hold_and_one_release_per_side_for_every_filesystem(world: MakeWorld) -> None:
+    w = world(OPENZFS)
+    src, dst = w.calls_of(w.cycle)  # full sends: nothing held before
+    assert (src["hold"], src["release"], dst["hold"], dst["release"]) == (1, 0, 1, 0)
+    for n in (2, 3):
+        start = len(w.src.calls), len(w.dst.calls)
+        src, dst = w.calls_of(w.cycle)
+        assert (src["hold"], src["release"], dst["hold"], dst["release"]) == (1, 1, 1, 1)
+        for side, fss, first in ((w.src, [p.source for p in PAIRS], start[0]),
+                                 (w.dst, [p.destination for p in PAIRS], start[1])):
+            moves = [c for c in side.calls[first:] if c[0] in ("hold", "release")]
+            # the new bases held before the old ones are released
+            assert moves == [["hold", TAG, *(f"{fs}@{seq(n)}" for fs in fss)],
+                             ["release", TAG, *(f"{fs}@{seq(n - 1)}" for fs in fss)]]
+            assert all(side.held(fs) == [seq(n)] for fs in fss)
+        assert all(s == [seq(n)] for s in (w.src.held(p.source) for p in PAIRS))
+
+
+def test_zfs_fuse_holds_nothing(world: MakeWorld) -> None:
+    w = world(FUSE)
+    for _ in range(3):
+        src, dst = w.calls_of(w.cycle)
+        assert not {"hold", "release", "holds", "bookmark"} & {*src, *dst}
+
+
+def test_retention_never_destroys_a_held_base(world: MakeWorld) -> None:
+    # SimZfs fails the test when a held snapshot is destroyed
+    w = world(OPENZFS)
+    w.cycle()
+    w.cycle()
+    keep_me = w.src.fs[PAIRS[1].source][0]
+    assert keep_me.name == seq(2) and keep_me.holds == {TAG}
+    keep_me.holds.add("admin")  # someone else's hold on the current base
+    for n in range(3, 7):
+        w.cycle()
+        for p in PAIRS:
+            # keep=1: the base is all that is left, held on both sides
+            assert w.src.held(p.source) == [seq(n)] and w.dst.held(p.destination) == [seq(n)]
+            assert [s.name for s in w.dst.fs[p.destination]] == [seq(n)]
+            left = [s.name for s in w.src.fs[p.source]]
+            assert left == ([seq(2), seq(n)] if p == PAIRS[1] else [seq(n)])
+    # only this service's own hold was released; the other one still protects it
+    assert keep_me.holds == {"admin"}
+
+
+def test_a_failed_send_leaves_its_old_base_held(world: MakeWorld) -> None:
+    w = world(OPENZFS)
+    w.cycle()
+    w.cycle()
+    broken = PAIRS[2]
+    w.cut.add(broken.source)
+    start = len(w.src.calls), len(w.dst.calls)
+    with pytest.raises(CommandError, match="cut"):
+        w.cycle()
+    for p in PAIRS:
+        if p == broken:
+            # its base did not move: still there and held on both sides
+            assert w.src.held(p.source) == [seq(2)] and w.dst.held(p.destination) == [seq(2)]
+            assert seq(3) in [s.name for s in w.src.fs[p.source]]  # kept for the next cycle
+        else:
+            assert w.src.held(p.source) == [seq(3)] and w.dst.held(p.destination) == [seq(3)]
+    for side, first in ((w.src, start[0]), (w.dst, start[1])):
+        moves = [c for c in side.calls[first:] if c[0] in ("hold", "release")]
+        assert [c[0] for c in moves] == ["hold", "release"]
+        assert not any(f"{broken.source}@" in a or f"{broken.destination}@" in a
+                       for c in moves for a in c)
+    # the link is back: the next cycle moves it on like the others
+    w.cut.clear()
+    w.cycle()
+    assert all(w.src.held(p.source) == [seq(4)] == w.dst.held(p.destination) for p in PAIRS)
+
+
+def test_a_refused_batch_is_done_one_filesystem_at_a_time(
+        world: MakeWorld, caplog: pytest.LogCaptureFixture) -> None:
+    # e.g. an agent from before the batched forms on the destination
+    w = world(OPENZFS)
+    w.dst.refuse_batches = True
+    w.cycle()
+    w.cycle()
+    assert all(w.src.held(p.source) == [seq(2)] == w.dst.held(p.destination) for p in PAIRS)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_hold_that_fails_fails_no_transfer(world: MakeWorld, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    w = world(OPENZFS)
+    w.cycle()
+    monkeypatch.setattr(w.dst, "_hold",
+                        lambda a: (1, "", "cannot hold snapshot: permission denied"))
+    w.cycle()  # does not raise
+    assert all([s.name for s in w.dst.fs[p.destination]] == [seq(2)] for p in PAIRS)
+    warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == N and all("permission denied" in m for m in warned)
+    # the source's holds moved; the destination's old ones were released only to prune
+    assert all(w.src.held(p.source) == [seq(2)] for p in PAIRS)
+
+
+@pytest.mark.parametrize("usage, per_cycle", [
+    # a steady-state cycle (incremental; probes cached as in `zfsrepl run`), source and
+    # destination; "send" on the source counts the size estimates (send -nvP) too
+    (OPENZFS, ({"get": 1, "holds": 1, "snapshot": 1, "send": 2 * N, "hold": 1, "release": 1,
+                "bookmark": N, "destroy": 2 * N},
+               {"get": 1, "holds": 1, "receive": N, "hold": 1, "release": 1,
+                "destroy": N})),
+    (FUSE, ({"get": 1, "snapshot": N, "send": N, "destroy": N},
+            {"get": 1, "receive": N, "destroy": N})),
+], ids=["openzfs", "zfs-fuse"])
+def test_calls_per_cycle(world: MakeWorld, usage: str,
+                         per_cycle: tuple[dict[str, int], dict[str, int]]) -> None:
+    w = world(usage)
+    w.cycle()
+    w.cycle()
+    src, dst = w.calls_of(w.cycle)
+    assert (dict(src), dict(dst)) == per_cycle
