@@ -157,7 +157,9 @@ from zfs_autobackup.ZfsAutobackup import cli
 cli()
 EOF
     chmod 0755 "$R/usr/local/bin/zfs-autobackup"
-    in_chroot zfs-autobackup --version >>"$B/pip.log" 2>&1 || die "zfs-autobackup does not start, see $B/pip.log"
+    rm -rf "$R/opt/zfs-autobackup/bin"  # pip's launchers, for this machine's Python
+    in_chroot /usr/local/bin/zfs-autobackup --version >>"$B/pip.log" 2>&1 ||
+        die "zfs-autobackup does not start, see $B/pip.log"
     touch "$B/.done-peers"
     phase peers "$t"
 fi
