@@ -158,8 +158,9 @@ cli()
 EOF
     chmod 0755 "$R/usr/local/bin/zfs-autobackup"
     rm -rf "$R/opt/zfs-autobackup/bin"  # pip's launchers, for this machine's Python
-    in_chroot /usr/local/bin/zfs-autobackup --version >>"$B/pip.log" 2>&1 ||
-        die "zfs-autobackup does not start, see $B/pip.log"
+    # (its --version exits 255)
+    in_chroot python3 -c 'import sys; sys.path.insert(0, "/opt/zfs-autobackup")
+import zfs_autobackup.ZfsAutobackup' >>"$B/pip.log" 2>&1 || die "zfs-autobackup does not import, see $B/pip.log"
     touch "$B/.done-peers"
     phase peers "$t"
 fi
@@ -214,7 +215,8 @@ cp -L "$R/vmlinuz" "$B/vmlinuz"
 cp -L "$R/initrd.img" "$B/initrd.img"
 mb=$(du -sm "$R" | cut -f1)
 rm -f "$B/base.img.tmp"
-mkfs.ext4 -q -F -L zfsrepl-lab -d "$R" "$B/base.img.tmp" "$((mb + 1024))M"
+# (it reports "Creating regular file" on stdout, which is for the image path only)
+mkfs.ext4 -q -F -L zfsrepl-lab -d "$R" "$B/base.img.tmp" "$((mb + 1024))M" >&2
 mv "$B/base.img.tmp" "$B/base.img"
 phase image "$t"
 # publish: the finished files move to CACHE/<hash> in one rename; older recipes go

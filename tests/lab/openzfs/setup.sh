@@ -77,7 +77,8 @@ if [ ${#need[@]} -gt 0 ]; then
         { tail -20 "$LABDIR/log/apt.log" >&2; die "apt-get failed"; }
 fi
 t=$(date +%s)
-IMG=$(bash "$HERE/build.sh" 9>&-) || die "image build failed"
+IMG=$(bash "$HERE/build.sh" 9>&- | tail -n 1) || die "image build failed"
+[ -f "$IMG/base.img" ] || die "the image build printed no image dir (got '$IMG')"
 [ "$(($(date +%s) - t))" -gt 5 ] && log "image built in $(($(date +%s) - t))s"
 
 # ------------------------------------------------------------------ VM
