@@ -16,6 +16,9 @@ when every form zfsrepl runs for it appears there:
     multi_snapshot   several snapshots in one `zfs snapshot`
     destroy_list     destroy FS@a,b
 
+It also names the helpers of a stream on the wire (compressors and mbuffer) and the
+exact command forms zfsrepl runs them with, which the agent checks requests against.
+
 This module is pure and imports only the standard library: the agent (which runs
 on a bare Python 3.9) uses it too.
 """
@@ -97,3 +100,51 @@ def from_usage(usage: str) -> Capabilities:
         multi_snapshot=bool(re.search(r"@<?[\w|]*>?\s+\.\.\.", _usage_of(lines, "snapshot"))),
         destroy_list="[,...]" in _usage_of(lines, "destroy"),
     )
+
+
+# ---------------------------------------------------------------------------- wire tools
+
+# Programs a stream may pass through on its way: the compressors `wire_compression`
+# chooses from (in the order `auto` prefers them) and mbuffer, the receiving side's
+# buffer. A host is asked once which of them it has (host.find_tools, the agent's hello).
+COMPRESSORS = ("zstd", "lz4")
+BUFFER_TOOL = "mbuffer"
+WIRE_TOOLS = (*COMPRESSORS, BUFFER_TOOL)
+
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_SIZE_RE = re.compile(r"^([1-9][0-9]{0,9})([KMG])$")
+MIN_BUFFER = 1 << 20
+MAX_BUFFER = 64 << 30
+
+
+def compress_argv(tool: str) -> list[str]:
+    """The compressor on the sending side: standard input to standard output."""
+    return [tool, "-c"]
+
+
+def decompress_argv(tool: str) -> list[str]:
+    """The decompressor on the receiving side (the agent accepts exactly this)."""
+    return [tool, "-dc"]
+
+
+def buffer_argv(size: int) -> list[str]:
+    """mbuffer with `size` bytes of memory, quiet (no status line)."""
+    return [BUFFER_TOOL, "-q", "-m", format_buffer_size(size)]
+
+
+def parse_buffer_size(text: str) -> int | None:
+    """Bytes of mbuffer's `-m` in the one form zfsrepl writes it: a whole number and K,
+    M or G (powers of 1024), from MIN_BUFFER to MAX_BUFFER; None for anything else."""
+    m = _SIZE_RE.fullmatch(text)
+    if not m:
+        return None
+    size = int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    return size if MIN_BUFFER <= size <= MAX_BUFFER else None
+
+
+def format_buffer_size(size: int) -> str:
+    """`size` (a whole number of KiB) as mbuffer's -m reads it: "16M", "1G", "1536K"."""
+    for unit in ("G", "M", "K"):
+        if size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    raise ValueError(f"{size} is not a whole number of KiB")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from zfsrepl.capabilities import MAX_BUFFER, MIN_BUFFER, format_buffer_size
 from zfsrepl.errors import ConfigError, UsageError
 from zfsrepl.naming import SnapshotNaming, valid_name_component
 
@@ -81,6 +82,11 @@ class Service:
     metrics_address: str = "127.0.0.1"
     # Bytes per second a stream may use (None: no limit), from e.g. "20M".
     bandwidth_limit: int | None = None
+    # The stream crosses the network compressed ("zstd", "lz4", "auto": the better one
+    # both hosts have) and goes through an mbuffer of this many bytes on the receiving
+    # side (None: none); see transfer.choose_wire.
+    wire_compression: str = "none"
+    buffer: int | None = None
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -162,7 +168,7 @@ _TOP_KEYS = {
     "name", "interval", "retries", "keep", "keep_source", "keep_destination",
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
-    "bandwidth_limit",
+    "bandwidth_limit", "wire_compression", "buffer",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
@@ -275,6 +281,27 @@ def format_bandwidth(rate: int) -> str:
     return str(rate)
 
 
+WIRE_COMPRESSIONS = ("none", "zstd", "lz4", "auto")
+WIRE_COMPRESSION_EXPECTED = ('"none", "zstd", "lz4" or "auto" (zstd where both hosts have it, '
+                             'else lz4, else none)')
+_SIZE_RE = re.compile(r"^(\d+)\s*([KMG])(?:i?B)?$", re.IGNORECASE)
+BUFFER_EXPECTED = (f'"none" or a size for mbuffer -m: a whole number with K, M or G (powers '
+                   f'of 1024) like "128M" or "1G", from {format_buffer_size(MIN_BUFFER)} to '
+                   f'{format_buffer_size(MAX_BUFFER)}')
+
+
+def parse_buffer(value: object) -> int | None:
+    """Bytes from "128M", "1G", "512k", "128MiB"; None if `value` is not such a size
+    within MIN_BUFFER..MAX_BUFFER. ("none" is the caller's business.)"""
+    if not isinstance(value, str):
+        return None
+    m = _SIZE_RE.fullmatch(value.strip())
+    if not m:
+        return None
+    size = int(m.group(1)) * _RATE_UNITS[m.group(2).upper()]
+    return size if MIN_BUFFER <= size <= MAX_BUFFER else None
+
+
 def _dataset_problem(name: str) -> str | None:
     """Why `name` is not a valid ZFS filesystem name, or None if it is."""
     if "@" in name or "#" in name:
@@ -355,6 +382,19 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
             r.fail("bandwidth_limit", f"{data['bandwidth_limit']!r} is not valid",
                    BANDWIDTH_EXPECTED)
 
+    wire_compression = r.string("wire_compression", required=False,
+                                expected=WIRE_COMPRESSION_EXPECTED) or "none"
+    if wire_compression not in WIRE_COMPRESSIONS:
+        close = difflib.get_close_matches(wire_compression.lower(), WIRE_COMPRESSIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        r.fail("wire_compression", f"{wire_compression!r} is not valid{hint}",
+               WIRE_COMPRESSION_EXPECTED)
+    buffer = None
+    if "buffer" in data and data["buffer"] != "none":
+        buffer = parse_buffer(data["buffer"])
+        if buffer is None:
+            r.fail("buffer", f"{data['buffer']!r} is not valid", BUFFER_EXPECTED)
+
     for side in ("source", "destination"):
         if side not in data:
             r.fail(side, "missing", f"a [{side}] table with host and user")
@@ -406,7 +446,8 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         post_snapshot=r.hook("post_snapshot"), on_alarm=r.hook("on_alarm"),
         hook_timeout=hook_timeout, retry_delay=retry_delay, role=role,
         metrics_port=metrics_port, metrics_address=metrics_address,
-        bandwidth_limit=bandwidth_limit, path=path,
+        bandwidth_limit=bandwidth_limit, wire_compression=wire_compression, buffer=buffer,
+        path=path,
     )
 
 
@@ -471,6 +512,10 @@ def dump_service(svc: Service) -> str:
         lines.append(f"metrics_address = {_toml_str(svc.metrics_address)}")
     if svc.bandwidth_limit is not None:
         lines.append(f"bandwidth_limit = {_toml_str(format_bandwidth(svc.bandwidth_limit))}")
+    if svc.wire_compression != "none":
+        lines.append(f"wire_compression = {_toml_str(svc.wire_compression)}")
+    if svc.buffer is not None:
+        lines.append(f"buffer = {_toml_str(format_buffer_size(svc.buffer))}")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:
