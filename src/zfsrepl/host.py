@@ -3,12 +3,14 @@
 Every command is an argv list. For a remote host the argv is quoted word by word
 with `shlex.quote` into the single command string ssh hands to the remote shell
 (or to the forced command), so names with spaces or shell characters arrive as
-they were.
+they were. A pipeline (a receive behind a decompressor or mbuffer) is such argvs
+joined by bare `|` (see `pipeline_command`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shlex
 import shutil
@@ -20,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable, Protocol
 
+from zfsrepl.capabilities import WIRE_TOOLS
 from zfsrepl.config import Endpoint
 from zfsrepl.errors import CommandError, ConnectionFailed
 
@@ -203,8 +206,11 @@ class SshHost:
         return first_line(self._master_err.read().decode("utf-8", "replace"))
 
     def command(self, argv: list[str]) -> list[str]:
+        return self.remote_command(" ".join(shlex.quote(a) for a in argv))
+
+    def remote_command(self, remote: str) -> list[str]:
+        """The local argv that hands `remote`, already quoted, to the remote side."""
         self.connect()
-        remote = " ".join(shlex.quote(a) for a in argv)
         return [*self._base(), "-S", self.control_path, "-o", "ControlMaster=no",
                 self.endpoint.host, remote]
 
@@ -241,3 +247,86 @@ class SshHost:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---------------------------------------------------------------------------- pipelines
+
+
+def pipeline_text(stages: list[list[str]], *, quiet_helpers: bool) -> str:
+    """`stages` as one command line: each argv quoted word by word, joined by ` | `.
+
+    `quiet_helpers` (a remote shell runs it): the standard error of every stage but the
+    last goes to /dev/null. When zfs receive fails, the programs before it die of a
+    broken pipe and say so; their lines would come first and hide zfs's own message,
+    which is what the cycle reports. A helper failing alone cuts the stream, which zfs
+    reports. (The agent runs no shell: it gets the stages bare and sorts their error
+    output itself.)"""
+    texts = []
+    for i, argv in enumerate(stages):
+        text = " ".join(shlex.quote(a) for a in argv)
+        if quiet_helpers and i < len(stages) - 1:
+            text += " 2>/dev/null"
+        texts.append(text)
+    return " | ".join(texts)
+
+
+def pipeline_command(host: Host, stages: list[list[str]], *, quiet_helpers: bool) -> list[str]:
+    """The local argv that runs the pipeline `stages` on `host` (a single stage: just
+    `host.command`)."""
+    if len(stages) == 1:
+        return host.command(stages[0])
+    text = pipeline_text(stages, quiet_helpers=quiet_helpers)
+    if isinstance(host, SshHost):
+        return host.remote_command(text)
+    return ["sh", "-c", text]
+
+
+# ---------------------------------------------------------------------------- wire tools
+
+
+@dataclass(frozen=True)
+class Tools:
+    """Which of WIRE_TOOLS a host has, and whether it was asked through the zfsrepl
+    agent (then the agent runs a pipeline itself, and wants it without redirections)."""
+
+    found: frozenset[str] = frozenset()
+    agent: bool = False
+
+
+NO_TOOLS = Tools()
+
+
+# Looks for each tool on the remote user's PATH the way `which` does: no `command -v`,
+# which the Bourne shell of Solaris 10 lacks. One line of output per tool found.
+_FIND_SCRIPT = ('IFS=:; for t in {names}; do for d in $PATH; do '
+                'if [ -x "$d/$t" ]; then echo "$t"; break; fi; done; done; exit 0')
+
+
+def agent_hello(text: str) -> dict[str, object] | None:
+    """The zfsrepl agent's answer to `hello`, or None if `text` is not one."""
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(reply, dict) and reply.get("agent") == "zfsrepl":
+        return reply
+    return None
+
+
+def find_tools(host: Host, names: tuple[str, ...] = WIRE_TOOLS) -> Tools:
+    """Which of `names` `host` can run: on this machine from PATH; on another one first
+    through the zfsrepl agent's `hello` (a service key runs nothing else), and where no
+    agent answers (plain ssh) with one shell command. Two calls at most."""
+    if isinstance(host, LocalHost):
+        return Tools(frozenset(n for n in names if shutil.which(n)))
+    hello = host.run(["hello"], check=False)
+    reply = agent_hello(hello.stdout) if hello.returncode == 0 else None
+    if reply is not None:
+        # an agent older than wire compression reports no tools: it has none to run
+        tools = reply.get("tools")
+        found = {t for t in tools if t in names} if isinstance(tools, list) else set()
+        return Tools(frozenset(found), agent=True)
+    script = _FIND_SCRIPT.format(names=" ".join(names))
+    result = host.run(["sh", "-c", script], check=False)
+    return Tools(frozenset(ln.strip() for ln in result.stdout.splitlines()
+                           if ln.strip() in names))

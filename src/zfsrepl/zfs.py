@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from zfsrepl import capabilities
 from zfsrepl.capabilities import Capabilities
 from zfsrepl.errors import CommandError
-from zfsrepl.host import Host, first_line
+from zfsrepl.host import Host, Tools, find_tools, first_line, pipeline_command
 from zfsrepl.log import logger
 from zfsrepl.plan import Send
 from zfsrepl.snapshots import Snapshot
@@ -57,10 +57,12 @@ class CapabilityCache:
     """Probed capabilities kept beyond one `Zfs` object: by host and user (the host's
     label, and its port where it has one) and zfs command. `zfsrepl run` keeps one for
     its whole life, so a host is probed once, not once per cycle and side;
-    `clear()` (after a failed attempt) has every host probed again."""
+    `clear()` (after a failed attempt) has every host probed again. The wire tools a
+    host has (compressors, mbuffer) are kept the same way."""
 
     def __init__(self) -> None:
         self._found: dict[CacheKey, Capabilities] = {}
+        self._tools: dict[CacheKey, Tools] = {}
 
     def get(self, key: CacheKey) -> Capabilities | None:
         return self._found.get(key)
@@ -70,9 +72,17 @@ class CapabilityCache:
 
     def forget(self, key: CacheKey) -> None:
         self._found.pop(key, None)
+        self._tools.pop(key, None)
+
+    def get_tools(self, key: CacheKey) -> Tools | None:
+        return self._tools.get(key)
+
+    def put_tools(self, key: CacheKey, tools: Tools) -> None:
+        self._tools[key] = tools
 
     def clear(self) -> None:
         self._found.clear()
+        self._tools.clear()
 
     def __len__(self) -> int:
         return len(self._found)
@@ -87,6 +97,7 @@ class Zfs:
         self.zfs_argv = list(zfs_argv)
         self._props: tuple[str, ...] = _LIST_PROPS
         self._caps: Capabilities | None = None
+        self._tools: Tools | None = None
         self._cache = cache
 
     def _cache_key(self) -> CacheKey:
@@ -107,9 +118,26 @@ class Zfs:
                 self._cache.put(self._cache_key(), self._caps)
         return self._caps
 
+    def tools(self) -> Tools:
+        """Which wire tools (compressors, mbuffer) this host has, looked up once (one or
+        two calls, see host.find_tools); once for the life of the cache where there is
+        one."""
+        if self._tools is None and self._cache is not None:
+            self._tools = self._cache.get_tools(self._cache_key())
+        if self._tools is None:
+            self._tools = find_tools(self.host)
+            logger.debug("%s: wire tools found: %s%s", self.label,
+                         ", ".join(sorted(self._tools.found)) or "none",
+                         " (through the zfsrepl agent)" if self._tools.agent else "")
+            if self._cache is not None:
+                self._cache.put_tools(self._cache_key(), self._tools)
+        return self._tools
+
     def forget_capabilities(self) -> None:
-        """Probe again at the next `capabilities()` (and drop the cached probe)."""
+        """Probe again at the next `capabilities()` and `tools()` (and drop the cached
+        probes)."""
         self._caps = None
+        self._tools = None
         if self._cache is not None:
             self._cache.forget(self._cache_key())
 
@@ -349,8 +377,9 @@ class Zfs:
         found = re.findall(r"^size\s+(\d+)\s*$", result.stdout + "\n" + result.stderr, re.M)
         return int(found[-1]) if found else None
 
-    def receive_argv(self, filesystem: str, *, incremental: bool, resumable: bool = False,
+    def receive_args(self, filesystem: str, *, incremental: bool, resumable: bool = False,
                      readonly: bool = False) -> list[str]:
+        """The zfs arguments of one receive (without the zfs command)."""
         # -u: a replica is never mounted by a receive. -F (incremental only): roll the
         # replica back to its newest snapshot first, discarding changes made there.
         # -s: a cut stream leaves a resume token. -o readonly=on (a full receive): the
@@ -363,7 +392,22 @@ class Zfs:
         if readonly and not incremental:
             args += ["-o", "readonly=on"]
         args.append(filesystem)
-        return self.host.command(self.argv(*args))
+        return args
+
+    def receive_argv(self, filesystem: str, *, incremental: bool, resumable: bool = False,
+                     readonly: bool = False) -> list[str]:
+        return self.host.command(self.argv(*self.receive_args(
+            filesystem, incremental=incremental, resumable=resumable, readonly=readonly)))
+
+    def receive_pipeline_argv(self, filesystem: str, helpers: list[list[str]], *, agent: bool,
+                              incremental: bool, resumable: bool = False,
+                              readonly: bool = False) -> list[str]:
+        """A receive behind `helpers` (a decompressor, mbuffer) on this host:
+        `helper | ... | zfs receive ...`. `agent`: the host runs requests through the
+        zfsrepl agent, which gets the stages bare (see host.pipeline_text)."""
+        receive = self.argv(*self.receive_args(filesystem, incremental=incremental,
+                                               resumable=resumable, readonly=readonly))
+        return pipeline_command(self.host, [*helpers, receive], quiet_helpers=not agent)
 
 
 _UNRESUMABLE = ("cannot resume send", "resume token", "cannot receive resume stream")
