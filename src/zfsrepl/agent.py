@@ -27,21 +27,36 @@ Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
     holds -H FS@SNAP...                                   the holds of an own FS's snapshots
     destroy FS@SNAP                                       SNAP made by this service
     rollback FS@SNAP                                      SNAP made by this service
-    hello                                                 version and ZFS capabilities
+    hello                                                 version, ZFS capabilities and
+                                                          which of zstd, lz4, mbuffer it has
+
+and a receive of the forms above behind the helpers of wire compression and
+buffering, in this order, each optional but one of them there (see `Pipeline`):
+
+    zstd -dc | mbuffer -q -m SIZE | zfs receive ...       zstd or lz4; SIZE like 16M, 1G
+                                                          (K, M, G; 1M to 64G)
+
+The agent runs such a pipeline itself, each program with an argv list joined by
+OS pipes (never a shell), the helpers as found on its PATH.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import NoReturn, Sequence, Union
+from types import FrameType
+from typing import IO, NoReturn, Sequence, Union
 
 from zfsrepl import __version__, capabilities
 from zfsrepl.naming import SnapshotNaming
@@ -98,11 +113,24 @@ class RunZfs:
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """A receive behind a decompressor and/or mbuffer: `helpers` (each exactly as
+    capabilities.decompress_argv / buffer_argv make it), then `receive`."""
+
+    helpers: tuple[tuple[str, ...], ...]
+    receive: RunZfs
+
+
+@dataclass(frozen=True)
 class Refused:
     reason: str
 
 
-Decision = Union[Hello, RunZfs, Refused]
+Decision = Union[Hello, RunZfs, Pipeline, Refused]
+
+_DECOMPRESSORS = {tuple(capabilities.decompress_argv(t)) for t in capabilities.COMPRESSORS}
+_PIPELINE_USAGE = ("a pipeline is allowed only as: [zstd -dc | or lz4 -dc |] "
+                   "[mbuffer -q -m SIZE |] zfs receive ..., with at least one of them")
 
 
 # ---------------------------------------------------------------------------- deciding
@@ -131,6 +159,8 @@ def decide(command: str, policy: Policy) -> Decision:
         return Refused(f"command cannot be split into words: {exc}")
     if not words:
         return Refused("empty command")
+    if "|" in words:
+        return _pipeline(words, policy)
     if words == ["hello"]:
         return Hello()
     args = _strip_prefix(words, policy)
@@ -145,6 +175,45 @@ def decide(command: str, policy: Policy) -> Decision:
         return Refused(f"zfs {sub} is not allowed for service {policy.service}: only "
                        f"{', '.join(sorted(_SUBCOMMANDS))} of its own datasets")
     return handler(args, policy)
+
+
+def _pipeline(words: list[str], policy: Policy) -> Decision:
+    """`helper | ... | zfs receive ...` (the words split at each bare or quoted `|`:
+    no shell ever reads them, so both mean the same here)."""
+    stages: list[list[str]] = [[]]
+    for word in words:
+        if word == "|":
+            stages.append([])
+        else:
+            stages[-1].append(word)
+    if any(not stage for stage in stages):
+        return Refused(f"a pipeline stage is empty; {_PIPELINE_USAGE}")
+    *helpers, last = stages
+    rest = list(helpers)
+    if rest and tuple(rest[0]) in _DECOMPRESSORS:
+        rest.pop(0)
+    if rest and rest[0][:1] == [capabilities.BUFFER_TOOL]:
+        form = rest[0]
+        if form[1:3] != ["-q", "-m"] or len(form) != 4:
+            return Refused(f"mbuffer is allowed only as: mbuffer -q -m SIZE, not "
+                           f"{shlex.join(form)!r}")
+        if capabilities.parse_buffer_size(form[3]) is None:
+            return Refused(f"mbuffer's size must be a whole number with K, M or G, from "
+                           f"{capabilities.format_buffer_size(capabilities.MIN_BUFFER)} to "
+                           f"{capabilities.format_buffer_size(capabilities.MAX_BUFFER)} "
+                           f"(like 16M), not {form[3]!r}")
+        rest.pop(0)
+    if rest:
+        return Refused(f"{shlex.join(rest[0])!r} is not allowed in a pipeline; "
+                       f"{_PIPELINE_USAGE}")
+    args = _strip_prefix(last, policy)
+    if args is None or args[:1] != ["receive"] or args[1:2] == ["-A"]:
+        return Refused(f"the last command of a pipeline must be a zfs receive of a stream; "
+                       f"{_PIPELINE_USAGE}")
+    receive = _receive(args, policy)
+    if not isinstance(receive, RunZfs):
+        return receive
+    return Pipeline(tuple(tuple(h) for h in helpers), receive)
 
 
 def _strip_prefix(words: list[str], policy: Policy) -> list[str] | None:
@@ -300,6 +369,11 @@ def probe(zfs_argv: Sequence[str]) -> dict[str, bool]:
     return capabilities_from_usage(output([]), output(["allow"]))
 
 
+def wire_tools() -> list[str]:
+    """Which of the wire tools (compressors, mbuffer) are on this agent's PATH."""
+    return [t for t in capabilities.WIRE_TOOLS if shutil.which(t)]
+
+
 # ---------------------------------------------------------------------------- running
 
 
@@ -358,11 +432,15 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
         print(json.dumps({"agent": "zfsrepl", "version": __version__,
                           "service": policy.service,
                           "filesystems": sorted(policy.filesystems),
-                          "zfs": probe(policy.zfs_argv)}, sort_keys=True))
+                          "zfs": probe(policy.zfs_argv), "tools": wire_tools()},
+                         sort_keys=True))
         return 0
-    if decision.must_exist and not _exists(policy.zfs_argv, decision.must_exist):
-        return refuse(log, f"{decision.must_exist!r} does not exist: an incremental stream "
+    receive = decision.receive if isinstance(decision, Pipeline) else decision
+    if receive.must_exist and not _exists(policy.zfs_argv, receive.must_exist):
+        return refuse(log, f"{receive.must_exist!r} does not exist: an incremental stream "
                            "is received only into an existing filesystem", text)
+    if isinstance(decision, Pipeline):
+        return run_pipeline(decision, policy, log)
     argv = [*policy.zfs_argv, *decision.args]
     log.write("INFO", f"running: {shlex.join(argv)}")
     sys.stdout.flush()
@@ -375,6 +453,127 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
         log.write("WARNING", f"cannot run {shlex.join(argv)}: {exc.strerror}")
         return EXIT_CANNOT_RUN
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Stopped(Exception):
+    """A signal asked this agent to stop while it runs a pipeline."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signum)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _exit_code(rc: int) -> int:
+    return rc if rc >= 0 else 128 - rc  # killed by signal N: 128 + N, as a shell says
+
+
+def _copy_to_stderr(file: IO[bytes]) -> None:
+    file.seek(0)
+    data = file.read()
+    if data:
+        try:
+            sys.stderr.buffer.write(data)
+            sys.stderr.flush()
+        except OSError:
+            pass  # the client is gone: nobody to tell
+
+
+def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog) -> int:
+    """Run `helper | ... | zfs receive` with OS pipes between the programs: the stream
+    goes from sshd through the helpers into zfs without passing through Python.
+
+    Standard error: zfs's own lines first, and only those when it fails (the helpers'
+    broken pipes that follow would hide its message); else those of a failing helper.
+    A stopped agent (SIGTERM, SIGHUP, SIGINT) stops every program it started; a cut
+    connection ends them one after the other, by the end of their input."""
+    argvs: list[list[str]] = []
+    for helper in decision.helpers:
+        found = shutil.which(helper[0])
+        if found is None:
+            print(f"zfsrepl agent: cannot run {helper[0]}: not found on PATH", file=sys.stderr)
+            log.write("WARNING", f"cannot run {helper[0]}: not found on PATH")
+            return EXIT_CANNOT_RUN
+        argvs.append([found, *helper[1:]])
+    argvs.append([*policy.zfs_argv, *decision.receive.args])
+    log.write("INFO", "running: " + " | ".join(shlex.join(a) for a in argvs))
+    procs: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as stack:
+        errors: list[IO[bytes]] = [stack.enter_context(tempfile.TemporaryFile())
+                                   for _ in argvs]
+        try:
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, _stop)
+            problem = _start(argvs, errors, procs)
+            if problem:
+                print(f"zfsrepl agent: {problem}", file=sys.stderr)
+                log.write("WARNING", problem)
+                return EXIT_CANNOT_RUN
+            codes = [_exit_code(proc.wait()) for proc in procs]
+        except _Stopped as exc:
+            log.write("WARNING", f"stopped by signal {exc.args[0]} in: "
+                                 + " | ".join(shlex.join(a) for a in argvs))
+            return 128 + int(exc.args[0])
+        finally:
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)  # the clean-up is not cut short
+            _end(procs)
+            for signum in _STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+        return _report(codes, argvs, errors, log)
+
+
+def _start(argvs: list[list[str]], errors: list[IO[bytes]],
+           procs: list[subprocess.Popen[bytes]]) -> str | None:
+    """Start each program reading the one before (the first: this process's standard
+    input, the stream from sshd) into `procs`; why one cannot be started, or None."""
+    upstream: int | IO[bytes] = sys.stdin.fileno()
+    for i, (argv, err) in enumerate(zip(argvs, errors)):
+        last = i == len(argvs) - 1
+        try:
+            proc = subprocess.Popen(argv, stdin=upstream,
+                                    stdout=None if last else subprocess.PIPE, stderr=err)
+        except OSError as exc:
+            return f"cannot run {shlex.join(argv)}: {exc.strerror}"
+        finally:
+            if not isinstance(upstream, int):
+                upstream.close()  # the program just started holds the read end now
+        procs.append(proc)
+        if proc.stdout is not None:
+            upstream = proc.stdout
+    return None
+
+
+def _end(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop those of `procs` still running (after a signal, or a start that failed)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _report(codes: list[int], argvs: list[list[str]], errors: list[IO[bytes]],
+            log: AgentLog) -> int:
+    """Pass on what went wrong; the pipeline's exit code: zfs's, else that of the first
+    helper that failed (a helper's failure is the stream's failure)."""
+    *helper_codes, zfs_code = codes
+    _copy_to_stderr(errors[-1])  # zfs's own lines (a failure, or warnings) first
+    if zfs_code != 0:
+        log.write("WARNING", f"zfs receive failed (exit {zfs_code})")
+        return zfs_code
+    for argv, code, err in zip(argvs, helper_codes, errors):
+        if code != 0:
+            _copy_to_stderr(err)
+            log.write("WARNING", f"{os.path.basename(argv[0])} failed (exit {code})")
+            return code
+    return 0
 
 
 # ---------------------------------------------------------------------------- command line
