@@ -7,6 +7,8 @@ conflicts are found, and only then are hooks run and snapshots taken.
 What each host's ZFS offers is probed once per connection (capabilities.py) and
 the best of it used: resumable receives, bookmarks and holds of the incremental
 base, raw sends of encrypted filesystems, compressed streams, a read-only replica.
+Where the definition asks for wire compression or a buffer, which of the tools for
+them each host has is looked up once too, and what both sides have is used.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import ContextManager
 
 from zfsrepl import diagnosis, hooks, plan, retention
-from zfsrepl.capabilities import Capabilities
+from zfsrepl.capabilities import Capabilities, compress_argv, format_buffer_size
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
-from zfsrepl.host import Host
+from zfsrepl.host import NO_TOOLS, Host
 from zfsrepl.log import alarm, logger
 from zfsrepl.snapshots import Snapshot
-from zfsrepl.transfer import Progress, TransferResult, pipe
+from zfsrepl.transfer import Progress, TransferResult, Wire, choose_wire, pipe
 from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs, unresumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
@@ -58,6 +60,7 @@ class CyclePlan:
     service: Service
     snapshot: str | None  # the snapshot this cycle takes, None when it takes none
     filesystems: list[FilesystemPlan]
+    wire: Wire | None = None  # how streams cross the network (None: not asked for)
 
     def conflicts(self) -> list[str]:
         """Why filesystems cannot be replicated as their chains stand, one line each."""
@@ -74,6 +77,8 @@ class CyclePlan:
         svc = self.service
         lines = [f"service {svc.name}: {svc.source.user}@{svc.source.host} -> "
                  f"{svc.destination.user}@{svc.destination.host}"]
+        if self.wire is not None:
+            lines.append(f"wire: {wire_text(svc, self.wire)}")
         if self.snapshot:
             lines.append(f"snapshot @{self.snapshot} of: "
                          + ", ".join(fp.pair.source for fp in self.filesystems))
@@ -92,6 +97,20 @@ class CyclePlan:
             lines += [f"  destroy on destination: {fp.pair.destination}@{n}"
                       for n in fp.destroy_destination]
         return lines
+
+
+def wire_configured(svc: Service) -> bool:
+    """Whether the definition asks for wire compression or a buffer at all."""
+    return svc.wire_compression != "none" or svc.buffer is not None
+
+
+def wire_text(svc: Service, wire: Wire) -> str:
+    """The wire chosen and what the definition asked for, for --dry-run."""
+    asked = f'wire_compression = "{svc.wire_compression}"'
+    if svc.buffer is not None:
+        asked += f', buffer = "{format_buffer_size(svc.buffer)}"'
+    raw = " (raw streams of encrypted filesystems uncompressed)" if wire.compression else ""
+    return f"{wire.describe()}{raw}; asked: {asked}"
 
 
 def _with_new_snapshot(snaps: list[Snapshot], fs: str, name: str,
@@ -202,6 +221,7 @@ class Cycle:
         self.src = Zfs(source, service.source.zfs_argv, capabilities)
         self.dst = Zfs(destination, service.destination.zfs_argv, capabilities)
         self.tag = hold_tag(service.name)
+        self._wire: Wire | None = None
 
     # -- survey ---------------------------------------------------------------------
 
@@ -268,7 +288,30 @@ class Cycle:
                 held_destination=frozenset(held_dst.get(pair.destination, ())))
             _prune(fp, svc, sent_ok=True)
             fps.append(fp)
-        return CyclePlan(svc, snapshot, fps)
+        return CyclePlan(svc, snapshot, fps, self.wire() if wire_configured(svc) else None)
+
+    def wire(self) -> Wire:
+        """How this cycle's streams cross the network: what the definition asks for, as
+        far as both hosts have the tools (looked up once per connection; a missing tool
+        is a WARNING, and the stream goes without it)."""
+        if self._wire is None:
+            svc = self.service
+            if not wire_configured(svc):
+                self._wire = Wire()
+            else:
+                src_tools = self.src.tools() if svc.wire_compression != "none" else NO_TOOLS
+                self._wire, notes = choose_wire(svc.wire_compression, svc.buffer,
+                                                self.src.label, src_tools,
+                                                self.dst.label, self.dst.tools())
+                for level, message in notes:
+                    logger.log(level, "%s", message)
+        return self._wire
+
+    def forget_probes(self) -> None:
+        """Probe both hosts again (after a failed attempt: a host may have changed)."""
+        self.src.forget_capabilities()
+        self.dst.forget_capabilities()
+        self._wire = None
 
     def _readonly_replica(self, dst_caps: Capabilities) -> bool:
         """A new replica is made read-only, where receive can set properties; not when
@@ -345,17 +388,25 @@ class Cycle:
         compressed = not raw and src_caps.compressed and dst_caps.compressed
         resuming = s.token is not None
         what = f"{s.describe()} of {src_fs} to {self.dst.label}:{dst_fs}"
-        logger.info("starting %s%s", what, " (raw)" if raw else "")
+        wire = self.wire()
+        shown = f" (wire: {wire.describe(raw)})" if wire_configured(self.service) else ""
+        logger.info("starting %s%s%s", what, " (raw)" if raw else "", shown)
         total = (self.src.estimate(src_fs, s, raw=raw, compressed=compressed)
                  if src_caps.estimate else None)
+        receive = {"incremental": s.base is not None, "resumable": self._resumable(),
+                   "readonly": self._readonly_replica(dst_caps) and not resuming}
+        helpers = wire.helpers(raw)
+        compression = wire.for_stream(raw)
         result = pipe(self.src.send_argv(src_fs, s, raw=raw, compressed=compressed),
-                      self.dst.receive_argv(dst_fs, incremental=s.base is not None,
-                                            resumable=self._resumable(),
-                                            readonly=self._readonly_replica(dst_caps)
-                                            and not resuming),
+                      self.dst.receive_pipeline_argv(dst_fs, helpers, agent=wire.agent,
+                                                     **receive)
+                      if helpers else self.dst.receive_argv(dst_fs, **receive),
                       what, progress=Progress(f"{src_fs}@{s.target or '(resumed)'}", total),
-                      limit=self.service.bandwidth_limit)
+                      limit=self.service.bandwidth_limit,
+                      compressor=compress_argv(compression) if compression else None)
         size = "" if result.bytes is None else f", {result.bytes} bytes"
+        if result.bytes is not None and result.stream_bytes is not None:
+            size += f" on the wire ({result.stream_bytes} before {compression})"
         logger.info("finished %s in %.1fs%s", what, result.seconds, size)
         self.events.sent(fp.pair, result)
         return result
@@ -517,8 +568,7 @@ def replicate(service: Service, source: Host, destination: Host,
         except ZfsreplError as exc:
             if capabilities is not None:
                 capabilities.clear()
-                cycle.src.forget_capabilities()
-                cycle.dst.forget_capabilities()
+                cycle.forget_probes()
             cycle.events.attempt_failed(attempt, attempts, exc)
             if attempt == attempts:
                 alarm("could not replicate %s after %d attempt(s): %s", service.name,

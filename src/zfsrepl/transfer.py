@@ -6,23 +6,32 @@ with splice, which hands kernel pages from one pipe to the other: that lets it
 count the bytes (for metrics and progress) and hold the stream to a bandwidth
 limit (by pausing between splices) at no copying cost. Elsewhere the OS connects
 the sender's stdout directly to the receiver's stdin (no progress, no limit).
+
+With wire compression the pipeline is `zfs send | compressor | ssh ...` here and
+`decompressor | [mbuffer |] zfs receive` on the destination. Both pipes on this side
+are spliced: the one into the compressor by a second thread (the stream's bytes,
+which the size estimate and the progress are about), the one into ssh as before (the
+bytes on the wire, which the bandwidth limit holds).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TextIO
 
+from zfsrepl.capabilities import COMPRESSORS, buffer_argv, decompress_argv, format_buffer_size
 from zfsrepl.errors import CommandError
-from zfsrepl.host import first_line, stop_process
+from zfsrepl.host import Tools, first_line, stop_process
 from zfsrepl.log import logger
 
 _CHUNK = 1 << 20
@@ -35,7 +44,8 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 @dataclass(frozen=True)
 class TransferResult:
     seconds: float
-    bytes: int | None  # None where the stream was not counted
+    bytes: int | None  # on the wire; None where the stream was not counted
+    stream_bytes: int | None = None  # before compression (None: not compressed, or not counted)
 
 
 class TransferFailed(CommandError):
@@ -66,8 +76,10 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def progress_text(what: str, done: int, total: int | None, elapsed: float) -> str:
-    """One progress line: bytes, rate and (with a size estimate) share and ETA."""
+def progress_text(what: str, done: int, total: int | None, elapsed: float,
+                  wire: int | None = None) -> str:
+    """One progress line: bytes, rate and (with a size estimate) share and ETA; with
+    `wire` (a compressed stream), the bytes that crossed the network so far."""
     rate = done / elapsed if elapsed > 0 else 0.0
     text = f"{what}: {human_bytes(done)}"
     if total:
@@ -75,6 +87,8 @@ def progress_text(what: str, done: int, total: int | None, elapsed: float) -> st
     text += f", {human_bytes(rate)}/s"
     if total and rate > 0 and done < total:
         text += f", ETA {_clock((total - done) / rate)}"
+    if wire is not None:
+        text += f", {human_bytes(wire)} on the wire"
     return text
 
 
@@ -97,12 +111,12 @@ class Progress:
         self._last = self.started
         self._drawn = False
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, wire: int | None = None) -> None:
         now = self.clock()
         if now - self._last < self.interval:
             return
         self._last = now
-        text = progress_text(self.what, done, self.total, now - self.started)
+        text = progress_text(self.what, done, self.total, now - self.started, wire)
         if self.interactive:
             self.stream.write("\r\033[K" + text)
             self.stream.flush()
@@ -116,13 +130,23 @@ class Progress:
             self.stream.flush()
 
 
+class _Count:
+    """A byte count one thread writes and another reads (for a progress line)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 def _splice_all(src: IO[bytes], dst: IO[bytes], *, limit: int | None = None,
                 progress: Progress | None = None,
-                sleep: Callable[[float], None] = time.sleep) -> int:
+                sleep: Callable[[float], None] = time.sleep,
+                count: _Count | None = None,
+                wire: _Count | None = None) -> int:
     """Move everything from pipe `src` to pipe `dst` in the kernel; return the byte count.
 
     `limit` (bytes per second): after each splice, wait until the bytes moved so far
-    are due; chunks are a tenth of a second's worth, so the rate stays even."""
+    are due; chunks are a tenth of a second's worth, so the rate stays even. `count`
+    follows the total as it grows; `wire` is shown beside it in the progress."""
     splice = os.splice  # type: ignore[attr-defined,unused-ignore]
     rfd, wfd = src.fileno(), dst.fileno()
     _grow_pipe(rfd)
@@ -138,69 +162,229 @@ def _splice_all(src: IO[bytes], dst: IO[bytes], *, limit: int | None = None,
         if moved == 0:
             break
         total += moved
+        if count is not None:
+            count.n = total
         if limit:
             ahead = total / limit - (time.monotonic() - started)
             if ahead > 0:
                 sleep(ahead)
         if progress is not None:
-            progress.update(total)
+            progress.update(total, None if wire is None else wire.n)
     return total
 
 
-def pipe(sender: list[str], receiver: list[str], what: str, *,
-         progress: Progress | None = None, limit: int | None = None) -> TransferResult:
-    """Run sender | receiver; raise CommandError naming `what` if either fails.
+class _Feeder(threading.Thread):
+    """Splices the sender's output into the compressor, counting the stream's bytes
+    and reporting the progress (of the stream, the bytes on the wire beside it); closes
+    both pipes when done, so the compressor sees the end of the stream."""
 
-    `progress` reports the bytes as they go, `limit` caps the rate (bytes per second);
-    both need `os.splice` (without it the stream runs uncounted and unlimited)."""
+    def __init__(self, src: IO[bytes], dst: IO[bytes], progress: Progress | None,
+                 wire: _Count) -> None:
+        super().__init__(name="zfsrepl-feeder", daemon=True)
+        self.src = src
+        self.dst = dst
+        self.progress = progress
+        self.wire = wire
+        self.count = _Count()
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        try:
+            _splice_all(self.src, self.dst, progress=self.progress, count=self.count,
+                        wire=self.wire)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            self.dst.close()
+            self.src.close()
+
+
+def _stderr_of(file: IO[bytes]) -> str:
+    file.seek(0)
+    return first_line(file.read().decode("utf-8", "replace"))
+
+
+def pipe(sender: list[str], receiver: list[str], what: str, *,
+         progress: Progress | None = None, limit: int | None = None,
+         compressor: list[str] | None = None) -> TransferResult:
+    """Run sender | [compressor |] receiver; raise CommandError naming `what` if any of
+    them fails (with the receiver's own message first: zfs receive says best what went
+    wrong).
+
+    `progress` reports the bytes as they go, `limit` caps the rate on the wire (bytes
+    per second); both need `os.splice` (without it the stream runs uncounted and
+    unlimited)."""
     started = time.monotonic()
     counting = hasattr(os, "splice")
-    with tempfile.TemporaryFile() as send_err, tempfile.TemporaryFile() as recv_err:
+    with tempfile.TemporaryFile() as send_err, tempfile.TemporaryFile() as recv_err, \
+            tempfile.TemporaryFile() as comp_err:
         send = subprocess.Popen(sender, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=send_err)
+        comp: subprocess.Popen[bytes] | None = None
         recv: subprocess.Popen[bytes] | None = None
+        feeder: _Feeder | None = None
+        wire = _Count()
         count: int | None = None
+        comp_rc = 0
         try:
             assert send.stdout is not None
+            upstream = send.stdout  # what goes into ssh
+            if compressor is not None:
+                try:
+                    comp = subprocess.Popen(compressor,
+                                            stdin=subprocess.PIPE if counting else send.stdout,
+                                            stdout=subprocess.PIPE, stderr=comp_err)
+                except OSError as exc:
+                    raise TransferFailed(f"{what} failed: cannot run {compressor[0]}: "
+                                         f"{exc.strerror}", argv=compressor, stderr="",
+                                         returncode=127, sent=None) from None
+                finally:
+                    if not counting:
+                        send.stdout.close()  # the compressor holds the only read end now
+                assert comp.stdout is not None
+                if counting:
+                    assert comp.stdin is not None
+                    feeder = _Feeder(send.stdout, comp.stdin, progress, wire)
+                    feeder.start()
+                upstream = comp.stdout
             if counting:
                 recv = subprocess.Popen(receiver, stdin=subprocess.PIPE,
                                         stdout=subprocess.DEVNULL, stderr=recv_err)
                 assert recv.stdin is not None
                 try:
-                    count = _splice_all(send.stdout, recv.stdin, limit=limit,
-                                        progress=progress)
+                    count = _splice_all(upstream, recv.stdin, limit=limit,
+                                        progress=None if feeder else progress, count=wire)
                 finally:
                     recv.stdin.close()
-                    send.stdout.close()
-                    if progress is not None:
-                        progress.finish()
+                    upstream.close()
             else:
                 try:
-                    recv = subprocess.Popen(receiver, stdin=send.stdout,
+                    recv = subprocess.Popen(receiver, stdin=upstream,
                                             stdout=subprocess.DEVNULL, stderr=recv_err)
                 finally:
-                    send.stdout.close()  # the receiver holds the only read end now
+                    upstream.close()  # the receiver holds the only read end now
             recv_rc = recv.wait()
             if recv_rc != 0:
-                stop_process(send)  # nobody reads any more
+                # nobody reads any more
+                stop_process(send)
+                if comp is not None:
+                    stop_process(comp)
+            if comp is not None:
+                comp_rc = comp.wait()
             send_rc = send.wait()
         finally:
-            # Interrupted (signal, exception): leave no half of the pipeline running.
+            # Interrupted (signal, exception): leave no part of the pipeline running.
             stop_process(send)
+            if comp is not None:
+                stop_process(comp)
             if recv is not None:
                 stop_process(recv)
-        if recv_rc != 0 or send_rc != 0:
-            recv_err.seek(0)
-            send_err.seek(0)
-            recv_msg = first_line(recv_err.read().decode("utf-8", "replace"))
-            send_msg = first_line(send_err.read().decode("utf-8", "replace"))
+            if feeder is not None:
+                feeder.join()  # its pipes' other ends are gone: it is done
+            if progress is not None:
+                progress.finish()
+        if feeder is not None and feeder.error is not None and not send_rc:
+            # the stream did not reach the compressor whole: zfs receive must not be
+            # believed if it took the cut stream for a whole one
+            send_rc = -1
+            send_err.write(f"feeding the compressor: {feeder.error}\n".encode())
+        if recv_rc != 0 or send_rc != 0 or comp_rc != 0:
+            recv_msg = _stderr_of(recv_err)
+            send_msg = _stderr_of(send_err)
+            comp_msg = _stderr_of(comp_err)
             if recv_rc != 0 and recv_msg:
                 reason = recv_msg
-            elif send_msg:
+            elif send_rc != 0 and send_msg:
                 reason = send_msg
+            elif comp_rc != 0 and comp_msg:
+                reason = f"{compressor[0] if compressor else 'compressor'}: {comp_msg}"
             else:
                 reason = f"exit codes: send {send_rc}, receive {recv_rc}"
+                if compressor is not None:
+                    reason += f", {compressor[0]} {comp_rc}"
             raise TransferFailed(f"{what} failed: {reason}", argv=sender,
-                                 stderr=f"{send_msg}\n{recv_msg}",
-                                 returncode=recv_rc or send_rc, sent=count)
-    return TransferResult(seconds=time.monotonic() - started, bytes=count)
+                                 stderr="\n".join(m for m in (send_msg, comp_msg, recv_msg) if m),
+                                 returncode=recv_rc or send_rc or comp_rc, sent=count)
+    stream = feeder.count.n if feeder is not None else None
+    return TransferResult(seconds=time.monotonic() - started, bytes=count, stream_bytes=stream)
+
+
+# ---------------------------------------------------------------------------- the wire
+
+
+@dataclass(frozen=True)
+class Wire:
+    """How streams cross the network: compressed with `compression` (None: not), into an
+    mbuffer of `buffer` bytes on the destination (None: none). `agent`: the destination
+    runs requests through the zfsrepl agent."""
+
+    compression: str | None = None
+    buffer: int | None = None
+    agent: bool = False
+
+    def for_stream(self, raw: bool) -> str | None:
+        """The compression of one stream. A raw stream (an encrypted filesystem) is not
+        compressed: its blocks are ciphertext, which does not shrink, so compressing it
+        only costs CPU on both hosts. A `send -c` stream is: its blocks that ZFS
+        compressed gain little, but those stored uncompressed (compression=off, or an
+        older dataset) and the stream's own records still shrink, at little cost."""
+        return None if raw else self.compression
+
+    def helpers(self, raw: bool) -> list[list[str]]:
+        """The programs the stream passes on the destination before zfs receive."""
+        out = []
+        compression = self.for_stream(raw)
+        if compression:
+            out.append(decompress_argv(compression))
+        if self.buffer is not None:
+            out.append(buffer_argv(self.buffer))
+        return out
+
+    def describe(self, raw: bool = False) -> str:
+        """E.g. "zstd, buffer 16M" or "uncompressed (raw stream), no buffer"."""
+        compression = self.for_stream(raw)
+        if compression:
+            text = compression
+        elif raw and self.compression:
+            text = "uncompressed (raw stream)"
+        else:
+            text = "uncompressed"
+        buffer = f"buffer {format_buffer_size(self.buffer)}" if self.buffer else "no buffer"
+        return f"{text}, {buffer}"
+
+
+def choose_wire(compression: str, buffer: int | None, source: str, source_tools: Tools,
+                destination: str, destination_tools: Tools
+                ) -> tuple[Wire, list[tuple[int, str]]]:
+    """The wire a definition's `wire_compression` and `buffer` give between two hosts
+    (`source`, `destination`: their labels) with the tools they have; and what to log
+    about it, as (level, message). A tool missing on a side is never a failure: the
+    stream goes uncompressed (or unbuffered), with a WARNING naming the host and the
+    tool; `auto` finding no compressor on both sides is only noted."""
+    notes: list[tuple[int, str]] = []
+    chosen: str | None = None
+    sides = ((source, source_tools), (destination, destination_tools))
+    if compression == "auto":
+        chosen = next((t for t in COMPRESSORS
+                       if t in source_tools.found and t in destination_tools.found), None)
+        if chosen is None:
+            have = "; ".join(f"{label} has {', '.join(t for t in COMPRESSORS if t in tools.found)}"
+                             for label, tools in sides
+                             if any(t in tools.found for t in COMPRESSORS))
+            notes.append((logging.INFO, f"wire_compression auto: no compressor "
+                                        f"({' or '.join(COMPRESSORS)}) on both {source} and "
+                                        f"{destination}{f' ({have})' if have else ''}: "
+                                        "streams go uncompressed"))
+    elif compression != "none":
+        missing = [label for label, tools in sides if compression not in tools.found]
+        if missing:
+            notes.append((logging.WARNING, f"wire_compression {compression}: {compression} "
+                                           f"not found on {' nor on '.join(missing)}: streams "
+                                           "go uncompressed"))
+        else:
+            chosen = compression
+    if buffer is not None and "mbuffer" not in destination_tools.found:
+        notes.append((logging.WARNING, f"buffer: mbuffer not found on {destination}: streams "
+                                       "are received without a buffer"))
+        buffer = None
+    return Wire(chosen, buffer, destination_tools.agent), notes
