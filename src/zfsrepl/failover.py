@@ -24,6 +24,7 @@ Replicating the changes back (failback) works with the mark set.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from pathlib import Path
 from zfsrepl import diagnosis
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, replicate
-from zfsrepl.errors import UsageError, ZfsreplError
+from zfsrepl.errors import CommandError, UsageError, ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
 from zfsrepl.log import logger
 from zfsrepl.naming import SnapshotNaming
@@ -149,13 +150,27 @@ def failover(svc: Service, zfs: Zfs, mountpoints: Mapping[str, str], *,
             zfs.set_property(fs, "mountpoint", target)
         props = zfs.get_properties(fs, ["mounted", "mountpoint"])
         if props.get("mounted") != "yes":
-            zfs.mount(fs)
+            _mount(svc, zfs, fs)
             props = zfs.get_properties(fs, ["mounted", "mountpoint"])
         lines.append(f"{fs}: mounted at {props.get('mountpoint')}, writable"
                      + (", interlocked" if interlocked else ""))
         logger.info("failover of %s: %s mounted at %s%s", svc.name, fs,
                     props.get("mountpoint"), " (interlocked)" if interlocked else "")
     return FailoverResult(lines, interlocked)
+
+
+def _mount(svc: Service, zfs: Zfs, fs: str) -> None:
+    """Mount `fs`. Delegated rights do not cover mount(2) everywhere: on Linux only root
+    mounts, so a user's failover ends here with what to run instead."""
+    try:
+        zfs.mount(fs)
+    except CommandError as exc:
+        if os.geteuid() == 0 or "permission denied" not in exc.stderr.lower():
+            raise
+        raise ZfsreplError(
+            f"{fs} is writable but could not be mounted on {zfs.label}: only root mounts "
+            f"filesystems on this system. Run `zfsrepl failover {svc.name}` as root (it "
+            f"picks up where this one stopped), or mount it as root: zfs mount {fs}") from exc
 
 
 def set_interlock(svc: Service, zfs: Zfs) -> tuple[list[str], list[str]]:

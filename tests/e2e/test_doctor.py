@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from test_failover import (
     NAME,
     fail_over,
@@ -17,6 +18,8 @@ from test_failover import (
 )
 
 from lab import Area, Lab, ZfsreplCli, tree_checksums, write_tree
+
+pytestmark = pytest.mark.backends("fuse", "openzfs")
 
 
 def prefix(lab: Lab) -> str:

@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lab import Area, Lab, LabHost, ZfsreplCli, snapshot_checksums, tree_checksums, write_tree
+
+pytestmark = pytest.mark.backends("fuse", "openzfs")
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SERVICE = "testrepl"

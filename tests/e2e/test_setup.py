@@ -32,6 +32,8 @@ from test_setup_support import (
 
 from lab import Area, Lab, ZfsreplCli, snapshot_checksums, tree_checksums, write_tree
 
+pytestmark = pytest.mark.backends("fuse", "openzfs")
+
 
 @pytest.fixture
 def case(lab: Lab, area: Area, repl: ZfsreplCli) -> Iterator[SetupCase]:

@@ -9,7 +9,7 @@ import pytest
 
 from zfsrepl import diagnosis, failover
 from zfsrepl.config import parse_service
-from zfsrepl.errors import ConfigError, UsageError, ZfsreplError
+from zfsrepl.errors import CommandError, ConfigError, UsageError, ZfsreplError
 from zfsrepl.setup import authorized_keys
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.zfs import ROLE_PROPERTY, Zfs
@@ -205,3 +205,27 @@ def test_lockoutkey_removes_the_key_first_then_names_a_missing_filesystem(
     assert "p/dst/b: interlock set" in capsys.readouterr().out
     assert zfs.roles() == {"p/dst/a": diagnosis.ROLE_TAKEN_OVER,
                            "p/dst/b": diagnosis.ROLE_TAKEN_OVER}
+
+
+class RootMountsOnly(FakeZfs):
+    """A ZFS where the user's delegated rights stop at mount(2) (Linux)."""
+
+    def mount(self, filesystem: str) -> None:
+        raise CommandError("dst@dsthost: cannot mount", stderr=(
+            f"cannot mount '/m/{filesystem}': failed to create mountpoint: Permission denied"))
+
+
+def test_failover_says_to_run_as_root_where_only_root_mounts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = parse_service(definition())
+    zfs = RootMountsOnly(replicas().fs)
+    monkeypatch.setattr(failover.os, "geteuid", lambda: 1000)
+    with pytest.raises(ZfsreplError) as exc:
+        failover.failover(svc, zfs, {})
+    text = str(exc.value)
+    assert "p/dst/a is writable but could not be mounted" in text
+    assert "`zfsrepl failover svc` as root" in text and "zfs mount p/dst/a" in text
+    # as root the error is zfs's own: nothing to add
+    monkeypatch.setattr(failover.os, "geteuid", lambda: 0)
+    with pytest.raises(CommandError):
+        failover.failover(svc, RootMountsOnly(replicas().fs), {})
