@@ -87,6 +87,9 @@ class Service:
     # side (None: none); see transfer.choose_wire.
     wire_compression: str = "none"
     buffer: int | None = None
+    # How many filesystems are sent at once (each stream one ssh session over the
+    # cycle's one connection, so the destination sshd's MaxSessions bounds it).
+    parallel: int = 1
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -168,7 +171,7 @@ _TOP_KEYS = {
     "name", "interval", "retries", "keep", "keep_source", "keep_destination",
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
-    "bandwidth_limit", "wire_compression", "buffer",
+    "bandwidth_limit", "wire_compression", "buffer", "parallel",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
@@ -248,6 +251,9 @@ class _Reader:
             self.fail(key, f"{value!r} is not a full path",
                       '"none" or the full path of an executable (no arguments)')
         return value
+
+
+MAX_PARALLEL = 16
 
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?$", re.IGNORECASE)
@@ -368,6 +374,7 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     keep_destination = r.integer("keep_destination", default=keep, minimum=1)
     hook_timeout = r.integer("hook_timeout", default=300, minimum=1)
     retry_delay = r.number("retry_delay", default=5.0, minimum=0.0)
+    parallel = r.integer("parallel", default=1, minimum=1, maximum=MAX_PARALLEL)
     role = r.string("role", required=False, pattern=ROLE_RE,
                     expected='"source" or "destination"') or "source"
     metrics_port = r.integer("metrics_port", default=0, minimum=0, maximum=65535) or None
@@ -447,7 +454,7 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         hook_timeout=hook_timeout, retry_delay=retry_delay, role=role,
         metrics_port=metrics_port, metrics_address=metrics_address,
         bandwidth_limit=bandwidth_limit, wire_compression=wire_compression, buffer=buffer,
-        path=path,
+        parallel=parallel, path=path,
     )
 
 
@@ -516,6 +523,8 @@ def dump_service(svc: Service) -> str:
         lines.append(f"wire_compression = {_toml_str(svc.wire_compression)}")
     if svc.buffer is not None:
         lines.append(f"buffer = {_toml_str(format_buffer_size(svc.buffer))}")
+    if svc.parallel != 1:
+        lines.append(f"parallel = {svc.parallel}")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:
