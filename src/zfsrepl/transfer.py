@@ -12,6 +12,10 @@ With wire compression the pipeline is `zfs send | compressor | ssh ...` here and
 are spliced: the one into the compressor by a second thread (the stream's bytes,
 which the size estimate and the progress are about), the one into ssh as before (the
 bytes on the wire, which the bandwidth limit holds).
+
+Several pipelines may run at once, each in its own thread (a service's `parallel`).
+Signals reach only the main thread: a stop request there cuts the pipelines of the
+other threads through their `Cancel`, which ends every process they started.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ _CHUNK = 1 << 20
 _MIN_CHUNK = 64 << 10
 DAEMON_PROGRESS_INTERVAL = 30.0
 TTY_PROGRESS_INTERVAL = 0.5
+# On a terminal, with several streams at once: a line per stream this often.
+CONCURRENT_TTY_PROGRESS_INTERVAL = 10.0
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
@@ -94,18 +100,32 @@ def progress_text(what: str, done: int, total: int | None, elapsed: float,
 
 class Progress:
     """Reports a stream's progress: redrawn on a terminal, a log line at intervals
-    otherwise (a daemon)."""
+    otherwise (a daemon).
+
+    `concurrent`: other streams run at the same time. Then the line is never redrawn,
+    and each stream logs a line of its own (naming its filesystem) at intervals,
+    every CONCURRENT_TTY_PROGRESS_INTERVAL on a terminal: the other streams' log lines
+    (started, finished, a warning) come from other threads at any moment and would
+    land in the middle of a redrawn line, and one line cannot show several streams
+    legibly in a terminal's width."""
 
     def __init__(self, what: str, total: int | None = None, *,
                  interactive: bool | None = None, stream: TextIO | None = None,
-                 interval: float | None = None,
+                 interval: float | None = None, concurrent: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.total = total
         self.stream = stream or sys.stderr
-        self.interactive = (self.stream.isatty() if interactive is None else interactive)
-        self.interval = interval if interval is not None else (
-            TTY_PROGRESS_INTERVAL if self.interactive else DAEMON_PROGRESS_INTERVAL)
+        tty = self.stream.isatty() if interactive is None else interactive
+        self.interactive = tty and not concurrent
+        if interval is None:
+            if self.interactive:
+                interval = TTY_PROGRESS_INTERVAL
+            elif tty:
+                interval = CONCURRENT_TTY_PROGRESS_INTERVAL
+            else:
+                interval = DAEMON_PROGRESS_INTERVAL
+        self.interval = interval
         self.clock = clock
         self.started = clock()
         self._last = self.started
@@ -199,6 +219,64 @@ class _Feeder(threading.Thread):
             self.src.close()
 
 
+class TransferStopped(TransferFailed):
+    """A stream cut (or not started) because the transfers were cancelled (a stop)."""
+
+
+class Cancel:
+    """Cuts the pipelines of transfers that run in other threads.
+
+    A signal is handled in the main thread only: the exception it raises unwinds that
+    thread's own pipeline (the `finally` of `pipe`), not those of other threads. They
+    share a Cancel, with which `pipe` registers every process it starts; `cancel()`
+    terminates them all, and every later `pipe` (or process start) with it is refused,
+    so no new stream starts while a stop is under way. Each `pipe` then unwinds as on
+    any failure, waiting for its processes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> int:
+        """Terminate every process registered and refuse new ones; how many were
+        running."""
+        with self._lock:
+            self._cancelled = True
+            running = [p for p in self._procs if p.poll() is None]
+            for proc in running:
+                with contextlib.suppress(OSError):
+                    proc.terminate()
+            return len(running)
+
+    def check(self, what: str) -> None:
+        """Raise TransferStopped if cancelled."""
+        if self._cancelled:
+            raise TransferStopped(f"{what}: not started: stopping", argv=[], stderr="",
+                                  returncode=-1, sent=None)
+
+    def track(self, proc: subprocess.Popen[bytes]) -> None:
+        """Register a process just started (terminated at once when already cancelled)."""
+        with self._lock:
+            self._procs.add(proc)
+            if self._cancelled and proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.terminate()
+
+    def forget(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def running(self) -> int:
+        """Processes registered and not yet waited for (for tests)."""
+        with self._lock:
+            return len(self._procs)
+
+
 def _stderr_of(file: IO[bytes]) -> str:
     file.seek(0)
     return first_line(file.read().decode("utf-8", "replace"))
@@ -206,20 +284,31 @@ def _stderr_of(file: IO[bytes]) -> str:
 
 def pipe(sender: list[str], receiver: list[str], what: str, *,
          progress: Progress | None = None, limit: int | None = None,
-         compressor: list[str] | None = None) -> TransferResult:
+         compressor: list[str] | None = None, cancel: Cancel | None = None) -> TransferResult:
     """Run sender | [compressor |] receiver; raise CommandError naming `what` if any of
     them fails (with the receiver's own message first: zfs receive says best what went
     wrong).
 
     `progress` reports the bytes as they go, `limit` caps the rate on the wire (bytes
     per second); both need `os.splice` (without it the stream runs uncounted and
-    unlimited)."""
+    unlimited). `cancel` (a pipeline in a thread other than the main one): its
+    `cancel()` cuts this pipeline; the error raised is then a TransferStopped."""
     started = time.monotonic()
     counting = hasattr(os, "splice")
+    if cancel is not None:
+        cancel.check(what)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawned(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        procs.append(proc)
+        if cancel is not None:
+            cancel.track(proc)
+        return proc
+
     with tempfile.TemporaryFile() as send_err, tempfile.TemporaryFile() as recv_err, \
             tempfile.TemporaryFile() as comp_err:
-        send = subprocess.Popen(sender, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=send_err)
+        send = spawned(subprocess.Popen(sender, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE, stderr=send_err))
         comp: subprocess.Popen[bytes] | None = None
         recv: subprocess.Popen[bytes] | None = None
         feeder: _Feeder | None = None
@@ -231,9 +320,9 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
             upstream = send.stdout  # what goes into ssh
             if compressor is not None:
                 try:
-                    comp = subprocess.Popen(compressor,
-                                            stdin=subprocess.PIPE if counting else send.stdout,
-                                            stdout=subprocess.PIPE, stderr=comp_err)
+                    comp = spawned(subprocess.Popen(
+                        compressor, stdin=subprocess.PIPE if counting else send.stdout,
+                        stdout=subprocess.PIPE, stderr=comp_err))
                 except OSError as exc:
                     raise TransferFailed(f"{what} failed: cannot run {compressor[0]}: "
                                          f"{exc.strerror}", argv=compressor, stderr="",
@@ -248,8 +337,8 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                     feeder.start()
                 upstream = comp.stdout
             if counting:
-                recv = subprocess.Popen(receiver, stdin=subprocess.PIPE,
-                                        stdout=subprocess.DEVNULL, stderr=recv_err)
+                recv = spawned(subprocess.Popen(receiver, stdin=subprocess.PIPE,
+                                                 stdout=subprocess.DEVNULL, stderr=recv_err))
                 assert recv.stdin is not None
                 try:
                     count = _splice_all(upstream, recv.stdin, limit=limit,
@@ -259,8 +348,9 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                     upstream.close()
             else:
                 try:
-                    recv = subprocess.Popen(receiver, stdin=upstream,
-                                            stdout=subprocess.DEVNULL, stderr=recv_err)
+                    recv = spawned(subprocess.Popen(receiver, stdin=upstream,
+                                                     stdout=subprocess.DEVNULL,
+                                                     stderr=recv_err))
                 finally:
                     upstream.close()  # the receiver holds the only read end now
             recv_rc = recv.wait()
@@ -281,6 +371,9 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                 stop_process(recv)
             if feeder is not None:
                 feeder.join()  # its pipes' other ends are gone: it is done
+            if cancel is not None:
+                for proc in procs:
+                    cancel.forget(proc)
             if progress is not None:
                 progress.finish()
         if feeder is not None and feeder.error is not None and not send_rc:
@@ -302,9 +395,13 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                 reason = f"exit codes: send {send_rc}, receive {recv_rc}"
                 if compressor is not None:
                     reason += f", {compressor[0]} {comp_rc}"
-            raise TransferFailed(f"{what} failed: {reason}", argv=sender,
-                                 stderr="\n".join(m for m in (send_msg, comp_msg, recv_msg) if m),
-                                 returncode=recv_rc or send_rc or comp_rc, sent=count)
+            error: type[TransferFailed] = TransferFailed
+            if cancel is not None and cancel.cancelled:
+                # what the processes said is what being terminated made them say
+                error, reason = TransferStopped, "cut: stopping"
+            raise error(f"{what} failed: {reason}", argv=sender,
+                        stderr="\n".join(m for m in (send_msg, comp_msg, recv_msg) if m),
+                        returncode=recv_rc or send_rc or comp_rc, sent=count)
     stream = feeder.count.n if feeder is not None else None
     return TransferResult(seconds=time.monotonic() - started, bytes=count, stream_bytes=stream)
 
