@@ -9,16 +9,25 @@ the best of it used: resumable receives, bookmarks and holds of the incremental
 base, raw sends of encrypted filesystems, compressed streams, a read-only replica.
 Where the definition asks for wire compression or a buffer, which of the tools for
 them each host has is looked up once too, and what both sides have is used.
+
+With `parallel` > 1 the sends of up to that many filesystems run at once, each in a
+worker thread (a filesystem's own streams stay in order, in one thread), and so do
+the prunes afterwards; holds, releases and bookmarks still go in their batches between
+the two, from the main thread. Most of what a filesystem costs is latency (process
+starts, ssh round trips, zfs's own per-command cost), which overlaps well. A stop
+request (a signal, handled in the main thread) cuts every stream in flight.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ContextManager
+from typing import ContextManager, TypeVar
 
 from zfsrepl import diagnosis, hooks, plan, retention
 from zfsrepl.capabilities import Capabilities, compress_argv, format_buffer_size
@@ -27,12 +36,17 @@ from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplEr
 from zfsrepl.host import NO_TOOLS, Host
 from zfsrepl.log import alarm, logger
 from zfsrepl.snapshots import Snapshot
-from zfsrepl.transfer import Progress, TransferResult, Wire, choose_wire, pipe
+from zfsrepl.transfer import Cancel, Progress, TransferResult, Wire, choose_wire, pipe
 from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs, unresumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
 # another cut stream only if something else cut it meanwhile).
 _MAX_FOLLOW_UPS = 3
+# After a stop request cut the streams in flight: how long to wait for the worker
+# threads to unwind (each waits for its processes, at most host.stop_process's grace).
+_STOP_WAIT = 15.0
+
+T = TypeVar("T")
 
 
 def hold_tag(service: str) -> str:
@@ -79,6 +93,8 @@ class CyclePlan:
                  f"{svc.destination.user}@{svc.destination.host}"]
         if self.wire is not None:
             lines.append(f"wire: {wire_text(svc, self.wire)}")
+        if svc.parallel > 1:
+            lines.append(f"parallel: up to {svc.parallel} filesystems sent at once")
         if self.snapshot:
             lines.append(f"snapshot @{self.snapshot} of: "
                          + ", ".join(fp.pair.source for fp in self.filesystems))
@@ -203,7 +219,8 @@ class CycleEvents:
         """An attempt failed (the last one too, before the error is raised)."""
 
     def sent(self, pair: FilesystemPair, result: TransferResult) -> None:
-        """One stream reached the destination."""
+        """One stream reached the destination. Called from worker threads when the
+        service sends several filesystems at once (`parallel`): must be thread-safe."""
 
     def snapshot_phase(self) -> ContextManager[None]:
         """Wraps hooks and snapshots, which a stop request must not cut in half."""
@@ -222,6 +239,7 @@ class Cycle:
         self.dst = Zfs(destination, service.destination.zfs_argv, capabilities)
         self.tag = hold_tag(service.name)
         self._wire: Wire | None = None
+        self._connecting = threading.Lock()
 
     # -- survey ---------------------------------------------------------------------
 
@@ -376,9 +394,10 @@ class Cycle:
         if failure:
             raise failure
 
-    def _stream(self, fp: FilesystemPlan, s: plan.Send) -> TransferResult:
+    def _stream(self, fp: FilesystemPlan, s: plan.Send,
+                cancel: Cancel | None = None) -> TransferResult:
         """One stream from the source to the destination, with the best options both
-        sides offer."""
+        sides offer. `cancel`: the stream runs in a worker thread, beside others."""
         src_fs, dst_fs = fp.pair.source, fp.pair.destination
         src_caps, dst_caps = self.src.capabilities(), self.dst.capabilities()
         raw = fp.encrypted and src_caps.raw_send and dst_caps.raw_send
@@ -388,6 +407,8 @@ class Cycle:
         compressed = not raw and src_caps.compressed and dst_caps.compressed
         resuming = s.token is not None
         what = f"{s.describe()} of {src_fs} to {self.dst.label}:{dst_fs}"
+        if cancel is not None:
+            cancel.check(what)
         wire = self.wire()
         shown = f" (wire: {wire.describe(raw)})" if wire_configured(self.service) else ""
         logger.info("starting %s%s%s", what, " (raw)" if raw else "", shown)
@@ -401,9 +422,11 @@ class Cycle:
                       self.dst.receive_pipeline_argv(dst_fs, helpers, agent=wire.agent,
                                                      **receive)
                       if helpers else self.dst.receive_argv(dst_fs, **receive),
-                      what, progress=Progress(f"{src_fs}@{s.target or '(resumed)'}", total),
+                      what, progress=Progress(f"{src_fs}@{s.target or '(resumed)'}", total,
+                                              concurrent=cancel is not None),
                       limit=self.service.bandwidth_limit,
-                      compressor=compress_argv(compression) if compression else None)
+                      compressor=compress_argv(compression) if compression else None,
+                      cancel=cancel)
         size = "" if result.bytes is None else f", {result.bytes} bytes"
         if result.bytes is not None and result.stream_bytes is not None:
             size += f" on the wire ({result.stream_bytes} before {compression})"
@@ -411,20 +434,23 @@ class Cycle:
         self.events.sent(fp.pair, result)
         return result
 
-    def send(self, fp: FilesystemPlan) -> bool:
-        """Send what `fp` plans; True when the filesystem needs another look (a cut
-        stream was resumed, or a token that cannot be resumed was discarded). The base
-        moves afterwards, for all filesystems at once (`bases_moved`)."""
+    def send(self, fp: FilesystemPlan, cancel: Cancel | None = None) -> bool:
+        """Send what `fp` plans, stream after stream; True when the filesystem needs
+        another look (a cut stream was resumed, or a token that cannot be resumed was
+        discarded). The base moves afterwards, for all filesystems at once
+        (`bases_moved`). `cancel`: in a worker thread (see `_each`)."""
         if isinstance(fp.plan, plan.Resume):
-            return self._resume(fp, fp.plan.sends[0])
+            return self._resume(fp, fp.plan.sends[0], cancel)
         for s in fp.plan.sends:
-            self._stream(fp, s)
+            self._stream(fp, s, cancel)
         return False
 
-    def _resume(self, fp: FilesystemPlan, s: plan.Send) -> bool:
+    def _resume(self, fp: FilesystemPlan, s: plan.Send, cancel: Cancel | None) -> bool:
         try:
-            self._stream(fp, s)
+            self._stream(fp, s, cancel)
         except CommandError as exc:
+            if cancel is not None and cancel.cancelled:
+                raise  # stopping: the token stays for the next cycle
             if not unresumable(exc.stderr):
                 raise  # cut again: the next attempt resumes from the new token
             self.dst.abort_resumable(fp.pair.destination)
@@ -491,45 +517,116 @@ class Cycle:
         except ZfsreplError as exc:
             logger.warning("bookmarking @%s of %s: %s", base, src_fs, exc)
 
-    def prune(self, fp: FilesystemPlan) -> None:
+    def prune(self, fp: FilesystemPlan, cancel: Cancel | None = None) -> None:
+        """Destroy what retention chose for `fp` on each side. `cancel`: in a worker
+        thread (see `_each`); stops between two snapshots once cancelled."""
         for zfs, fs, names, held in (
                 (self.src, fp.pair.source, fp.destroy_source, fp.held_source),
                 (self.dst, fp.pair.destination, fp.destroy_destination, fp.held_destination)):
             for name in names:
+                if cancel is not None:
+                    cancel.check(f"destroying {fs}@{name} on {zfs.label}")
                 if name in held:
                     zfs.release(self.tag, [f"{fs}@{name}"])  # only this service's own hold
                 zfs.destroy_snapshot(fs, name)
                 logger.info("destroyed %s@%s on %s", fs, name, zfs.label)
 
     def send_and_prune(self, cp: CyclePlan) -> bool:
-        """Send every filesystem, even when another one fails; then move the bases of
-        those sent (holds batched across filesystems); then prune each. True when a
-        filesystem needs another look (see `send`)."""
+        """Send every filesystem, even when another one fails (up to `parallel` at
+        once); then move the bases of those sent (holds batched across filesystems);
+        then prune each (up to `parallel` at once). True when a filesystem needs another
+        look (see `send`)."""
         failures: list[str] = []
         again = False
         moved: list[tuple[FilesystemPlan, str]] = []
-        for fp in cp.filesystems:
-            try:
-                again = self.send(fp) or again
-            except ZfsreplError as exc:
+        for fp, outcome in zip(cp.filesystems, self._each(cp.filesystems, self.send)):
+            if isinstance(outcome, ZfsreplError):
                 # its base stays where it was, held as it was
-                failures.append(str(exc))
+                failures.append(str(outcome))
                 _prune(fp, self.service, sent_ok=False)
                 continue
+            again = outcome or again
             base = _new_base(fp)
             if base is not None:
                 moved.append((fp, base))
         # Before any prune: retention releases only what held_* says is still held.
         self.bases_moved(moved)
-        for fp in cp.filesystems:
-            try:
-                self.prune(fp)
-            except ZfsreplError as exc:
+        for fp, pruned in zip(cp.filesystems, self._each(cp.filesystems, self.prune)):
+            if isinstance(pruned, ZfsreplError):
                 # A snapshot left over is destroyed by a later cycle; it fails nothing.
-                logger.warning("retention on %s: %s", fp.pair.source, exc)
+                logger.warning("retention on %s: %s", fp.pair.source, pruned)
         if failures:
             raise CommandError("; ".join(failures))
         return again
+
+    def _each(self, fps: Sequence[FilesystemPlan],
+              work: Callable[[FilesystemPlan, Cancel | None], T]) -> list[T | ZfsreplError]:
+        """`work(fp, cancel)` for each of `fps`, up to `parallel` at once: what each
+        returned, or the ZfsreplError it raised, in the order of `fps` (one filesystem's
+        failure stops no other). Any other exception is raised once all are done.
+
+        One at a time, it runs in this thread with no `cancel`, as it always did: a
+        stop request raises right inside the transfer, whose `finally` ends it. Several
+        at once, each runs in a worker thread, and a stop request (which Python raises
+        in the main thread, here while it waits) cuts them all through `cancel`: every
+        process of every stream in flight is terminated and nothing new starts; the
+        workers are given time to unwind (each waits for its processes) before the
+        request goes on up, where the ssh connection is closed."""
+        width = min(self.service.parallel, len(fps))
+        if width <= 1:
+            return [_outcome(work, fp, None) for fp in fps]
+        # The ssh master already runs (the survey used it), and what the streams need
+        # to know of both hosts is probed and kept: the workers only read it.
+        self.wire()
+        self.src.capabilities()
+        self.dst.capabilities()
+        cancel = Cancel()
+
+        def one(fp: FilesystemPlan) -> T | ZfsreplError:
+            try:
+                self._connected()
+            except ZfsreplError as exc:
+                return exc
+            return _outcome(work, fp, cancel)
+
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=width, thread_name_prefix=f"zfsrepl-{self.service.name}")
+        futures: list[concurrent.futures.Future[T | ZfsreplError]] = []
+        try:
+            for fp in fps:
+                futures.append(pool.submit(one, fp))
+            concurrent.futures.wait(futures)
+        except BaseException:
+            cut = cancel.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            logger.info("stopping: cut %d process(es) of the transfers in flight", cut)
+            # (a future cancelled before it started never counts as done)
+            _, left = concurrent.futures.wait([f for f in futures if not f.cancelled()],
+                                              timeout=_STOP_WAIT)
+            if left:
+                logger.warning("stopping: %d filesystem(s) still busy after %gs",
+                               len(left), _STOP_WAIT)
+            raise
+        pool.shutdown()
+        return [f.result() for f in futures]
+
+    def _connected(self) -> None:
+        """Have each host's connection up before a worker uses it, one worker at a time:
+        should the ssh master have gone, the first worker opens a new one and the others
+        find it up, instead of each starting one of its own."""
+        with self._connecting:
+            for zfs in (self.src, self.dst):
+                connect = getattr(zfs.host, "connect", None)
+                if connect is not None:
+                    connect()
+
+
+def _outcome(work: Callable[[FilesystemPlan, Cancel | None], T], fp: FilesystemPlan,
+             cancel: Cancel | None) -> T | ZfsreplError:
+    try:
+        return work(fp, cancel)
+    except ZfsreplError as exc:
+        return exc
 
 
 def replicate(service: Service, source: Host, destination: Host,

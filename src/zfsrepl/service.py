@@ -8,9 +8,10 @@ definition's `on_alarm` runs, and the process exits with EXIT_MAINTENANCE so the
 service manager leaves it stopped until `zfsrepl clear NAME`.
 
 SIGTERM and SIGINT stop it at once, cutting a transfer in flight (transfer.pipe
-stops both halves as the exception unwinds through it): ZFS discards a partial
-receive, so the next cycle starts from the last common snapshot. Hooks and
-snapshots are let finish first. SIGHUP re-reads the definition.
+stops both halves as the exception unwinds through it; transfers running in the
+cycle's worker threads, with `parallel`, are cut through their transfer.Cancel):
+ZFS discards a partial receive, so the next cycle starts from the last common
+snapshot. Hooks and snapshots are let finish first. SIGHUP re-reads the definition.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -223,6 +225,7 @@ class Recorder(CycleEvents):
         self.guard = guard
         self.clock = clock
         self.sent_bytes = 0
+        self._lock = threading.Lock()  # sent() comes from the cycle's worker threads
 
     def attempt_failed(self, attempt: int, attempts: int, error: ZfsreplError) -> None:
         with self.guard():
@@ -230,7 +233,8 @@ class Recorder(CycleEvents):
 
     def sent(self, pair: FilesystemPair, result: TransferResult) -> None:
         if result.bytes is not None:
-            self.sent_bytes += result.bytes
+            with self._lock:
+                self.sent_bytes += result.bytes
 
     def snapshot_phase(self) -> ContextManager[None]:
         return self.guard()
