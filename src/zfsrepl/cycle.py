@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -239,7 +238,6 @@ class Cycle:
         self.dst = Zfs(destination, service.destination.zfs_argv, capabilities)
         self.tag = hold_tag(service.name)
         self._wire: Wire | None = None
-        self._connecting = threading.Lock()
 
     # -- survey ---------------------------------------------------------------------
 
@@ -563,62 +561,69 @@ class Cycle:
               work: Callable[[FilesystemPlan, Cancel | None], T]) -> list[T | ZfsreplError]:
         """`work(fp, cancel)` for each of `fps`, up to `parallel` at once: what each
         returned, or the ZfsreplError it raised, in the order of `fps` (one filesystem's
-        failure stops no other). Any other exception is raised once all are done.
+        failure stops no other). Any other exception (a stop request, a bug) is raised
+        after the others were cut, as below.
 
         One at a time, it runs in this thread with no `cancel`, as it always did: a
         stop request raises right inside the transfer, whose `finally` ends it. Several
-        at once, each runs in a worker thread, and a stop request (which Python raises
-        in the main thread, here while it waits) cuts them all through `cancel`: every
-        process of every stream in flight is terminated and nothing new starts; the
-        workers are given time to unwind (each waits for its processes) before the
-        request goes on up, where the ssh connection is closed."""
+        at once, each runs in a worker thread, handed out from this one as a worker
+        becomes free. A stop request (which Python raises in the main thread, here
+        while it waits) cuts them all through `cancel`: every process of every stream
+        in flight is terminated and nothing new starts; the workers are given time to
+        unwind (each waits for its processes) before the request goes on up, where the
+        ssh connection is closed."""
         width = min(self.service.parallel, len(fps))
         if width <= 1:
             return [_outcome(work, fp, None) for fp in fps]
-        # The ssh master already runs (the survey used it), and what the streams need
-        # to know of both hosts is probed and kept: the workers only read it.
+        # What the streams need to know of both hosts is probed and kept here: the
+        # workers only read it.
         self.wire()
         self.src.capabilities()
         self.dst.capabilities()
         cancel = Cancel()
-
-        def one(fp: FilesystemPlan) -> T | ZfsreplError:
-            try:
-                self._connected()
-            except ZfsreplError as exc:
-                return exc
-            return _outcome(work, fp, cancel)
-
+        outcomes: dict[int, T | ZfsreplError] = {}
+        running: dict[concurrent.futures.Future[T | ZfsreplError], int] = {}
         pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=width, thread_name_prefix=f"zfsrepl-{self.service.name}")
-        futures: list[concurrent.futures.Future[T | ZfsreplError]] = []
+        waiting = list(enumerate(fps))[::-1]  # popped from the end: in order
         try:
-            for fp in fps:
-                futures.append(pool.submit(one, fp))
-            concurrent.futures.wait(futures)
+            while waiting or running:
+                while waiting and len(running) < width:
+                    i, fp = waiting.pop()
+                    try:
+                        self._connected()
+                    except ZfsreplError as exc:
+                        outcomes[i] = exc
+                        continue
+                    running[pool.submit(_outcome, work, fp, cancel)] = i
+                if not running:
+                    continue
+                done, _ = concurrent.futures.wait(
+                    running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    outcomes[running.pop(future)] = future.result()
         except BaseException:
             cut = cancel.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
             logger.info("stopping: cut %d process(es) of the transfers in flight", cut)
-            # (a future cancelled before it started never counts as done)
-            _, left = concurrent.futures.wait([f for f in futures if not f.cancelled()],
-                                              timeout=_STOP_WAIT)
+            _, left = concurrent.futures.wait(running, timeout=_STOP_WAIT)
             if left:
                 logger.warning("stopping: %d filesystem(s) still busy after %gs",
                                len(left), _STOP_WAIT)
             raise
-        pool.shutdown()
-        return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=False)
+        return [outcomes[i] for i in range(len(fps))]
 
     def _connected(self) -> None:
-        """Have each host's connection up before a worker uses it, one worker at a time:
-        should the ssh master have gone, the first worker opens a new one and the others
-        find it up, instead of each starting one of its own."""
-        with self._connecting:
-            for zfs in (self.src, self.dst):
-                connect = getattr(zfs.host, "connect", None)
-                if connect is not None:
-                    connect()
+        """Have each host's ssh connection up before a filesystem is handed to a worker.
+        Done here, in the main thread: a connection lost in the middle of a cycle is
+        opened again once, not by each worker that finds it gone; and the new master
+        dies with the process, not with the worker thread that would have started it
+        (PR_SET_PDEATHSIG follows the thread that started a child)."""
+        for zfs in (self.src, self.dst):
+            connect = getattr(zfs.host, "connect", None)
+            if connect is not None:
+                connect()
 
 
 def _outcome(work: Callable[[FilesystemPlan, Cancel | None], T], fp: FilesystemPlan,
