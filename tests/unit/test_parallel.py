@@ -24,7 +24,7 @@ from zfsrepl import config, plan, service, transfer
 from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, replicate
-from zfsrepl.errors import CommandError, ConfigError
+from zfsrepl.errors import CommandError, ConfigError, ConnectionFailed
 from zfsrepl.state import StateStore
 from zfsrepl.transfer import Progress, TransferResult
 
@@ -497,3 +497,45 @@ def test_a_cancelled_pipeline_reports_the_stop(
     assert str(result[0]) == "full send of tank/fs@s1 failed: cut: stopping"
     assert cancel.running() == 0
     assert all(p.returncode is not None for p in recorded_popen)
+
+
+def test_connections_are_opened_again_from_the_main_thread_only(
+        make_world: Callable[[str], World], monkeypatch: pytest.MonkeyPatch) -> None:
+    # A master started by a worker thread would die with that thread (PR_SET_PDEATHSIG).
+    w = make_world(FUSE)
+    threads: list[str] = []
+    lost = [True]  # the connection is gone when the sends begin: the first fails
+
+    def connect() -> None:
+        threads.append(threading.current_thread().name)
+        if lost[0] and len(threads) > 2:
+            lost[0] = False
+            raise ConnectionFailed("cannot connect to dst@desthost: connection refused")
+
+    monkeypatch.setattr(w.dst, "connect", connect, raising=False)
+    with pytest.raises(CommandError, match=r"^cannot connect to dst@desthost"):
+        w.cycle(svc(3))
+    assert threads and set(threads) == {threading.main_thread().name}
+    # one filesystem failed to connect; the connection came back for the others
+    assert sum(1 for p in PAIRS if w.dst.fs.get(p.destination)) == N - 1
+
+
+def test_an_unexpected_error_in_a_worker_cuts_the_others_and_is_raised(
+        make_world: Callable[[str], World]) -> None:
+    w = make_world(FUSE)
+    w.delay = lambda fs, target: 0.0 if fs == PAIRS[0].source else 0.05
+    cycle = Cycle(svc(3), w.src, w.dst)
+    cp = cycle.survey(take_snapshot=True)
+    cycle.take_snapshots(cp)
+    real = cycle.send
+
+    def send(fp: FilesystemPlan, cancel: Any = None) -> bool:
+        if fp.pair == PAIRS[0]:
+            raise RuntimeError("a bug")
+        return real(fp, cancel)
+
+    cycle.send = send  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug"):
+        cycle.send_and_prune(cp)
+    # nothing was handed out after it: at most the two in flight beside it streamed
+    assert len(w.journal.of("stream")) <= 2
