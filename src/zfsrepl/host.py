@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import IO, Callable, Protocol
@@ -154,6 +155,8 @@ class SshHost:
         self._dir: str | None = None
         self._master: subprocess.Popen[bytes] | None = None
         self._master_err: IO[bytes] | None = None
+        # parallel transfers share the host: one of them opens a lost master again
+        self._connect_lock = threading.Lock()
 
     # -- ssh argv ---------------------------------------------------------------
 
@@ -180,6 +183,10 @@ class SshHost:
 
     def connect(self) -> None:
         """Open the master connection, or raise ConnectionFailed saying why not."""
+        with self._connect_lock:
+            self._connect()
+
+    def _connect(self) -> None:
         if self._master is not None and self._master.poll() is None:
             return
         path = self.control_path
