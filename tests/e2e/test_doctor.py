@@ -19,7 +19,9 @@ from test_failover import (
 
 from lab import Area, Lab, ZfsreplCli, tree_checksums, write_tree
 
-pytestmark = pytest.mark.backends("fuse", "openzfs")
+# zfs-fuse only: the doctor reads listings both ZFSs give alike; its OpenZFS specifics
+# (holds, bookmarks) are in the unit tests, and the emulated VM's time goes to failover.
+pytestmark = pytest.mark.backends("fuse")
 
 
 def prefix(lab: Lab) -> str:

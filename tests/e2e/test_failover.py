@@ -135,6 +135,9 @@ def remounted(host: LabHost, fs: str) -> Path:
     return host.mountpoint(fs)
 
 
+# Not on the OpenZFS VM: backend-neutral, and minutes of emulated time (the e2e run
+# there is kept to what OpenZFS changes).
+@pytest.mark.backends("fuse")
 def test_failover_for_tests_then_overwrite_the_destination(lab: Lab, area: Area,
                                                            repl: ZfsreplCli) -> None:
     s = replicate_twice(start(lab, area, repl))
@@ -311,6 +314,9 @@ def test_lockoutkey_then_the_source_cannot_replicate(lab: Lab, area: Area,
         s.close()
 
 
+# Not on the OpenZFS VM: backend-neutral, and minutes of emulated time (the e2e run
+# there is kept to what OpenZFS changes).
+@pytest.mark.backends("fuse")
 def test_interlock_stops_a_returning_source_and_doctor_names_it(lab: Lab, area: Area,
                                                                 repl: ZfsreplCli) -> None:
     """6.2.1 then a source that comes back still able to log in (here with src's own

@@ -143,6 +143,9 @@ def check_replication(case: SetupCase, seed: int) -> str:
     return newest
 
 
+# Not on the OpenZFS VM: backend-neutral, and minutes of emulated time (the e2e run
+# there is kept to what OpenZFS changes).
+@pytest.mark.backends("fuse")
 def test_wizard_sets_up_a_service_that_replicates_through_the_agent(case: SetupCase) -> None:
     lab = case.lab
     keys_before = without_other_services(authorized_keys(lab), case.marker)
