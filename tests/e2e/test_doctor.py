@@ -17,15 +17,12 @@ from test_failover import (
     text,
 )
 
-from lab import Area, Lab, ZfsreplCli, tree_checksums, write_tree
+from lab import Area, Lab, ZfsreplCli, snapshot_prefix, tree_checksums, write_tree
 
 # zfs-fuse only: the doctor reads listings both ZFSs give alike; its OpenZFS specifics
 # (holds, bookmarks) are in the unit tests, and the emulated VM's time goes to failover.
 pytestmark = pytest.mark.backends("fuse")
 
-
-def prefix(lab: Lab) -> str:
-    return f"zfsrepl-{lab.src.user}-{lab.dst.user}-{lab.dst.address}-"
 
 
 def seq(name: str) -> int:
@@ -42,7 +39,7 @@ def test_7_1_maintenance_with_the_source_ahead(lab: Lab, area: Area, repl: Zfsre
         top = seq(snapshots(lab.src, s.src_fs)[-1])
         for n in range(top + 1, top + 4):
             write_tree(lab.src.mountpoint(s.src_fs), seed=n)
-            lab.src.zfs("snapshot", f"{s.src_fs}@{prefix(lab)}{n}")
+            lab.src.zfs("snapshot", f"{s.src_fs}@{snapshot_prefix(lab)}{n}")
         reason = "could not replicate testrepl after 1 attempt(s): cannot receive"
         st = state.enter_maintenance(state.ServiceState(), time.time(), reason)
         repl.put(repl.state_dir / "services" / NAME / "state.json",
@@ -52,8 +49,8 @@ def test_7_1_maintenance_with_the_source_ahead(lab: Lab, area: Area, repl: Zfsre
         out = text(proc)
         assert proc.returncode == 1, out
         assert "SERVICE IN MAINTENANCE" in out and reason in out, out
-        assert "SENDING SIDE AHEAD" in out and f"@{prefix(lab)}{top + 3}" in out, out
-        assert f"newest common snapshot: @{prefix(lab)}{top}" in out, out
+        assert "SENDING SIDE AHEAD" in out and f"@{snapshot_prefix(lab)}{top + 3}" in out, out
+        assert f"newest common snapshot: @{snapshot_prefix(lab)}{top}" in out, out
 
         out = text(repl.run("doctor", NAME, "--fix", "--yes"))
         assert "cleared the maintenance state" in out, out
@@ -75,7 +72,7 @@ def test_7_2_fallback_blocked_by_snapshots_the_sender_lacks(lab: Lab, area: Area
 
         # The source took a snapshot of its own meanwhile: it is not on the destination.
         write_tree(remounted(lab.src, s.src_fs), seed=91)
-        stray = f"{prefix(lab)}{seq(common) + 1}"
+        stray = f"{snapshot_prefix(lab)}{seq(common) + 1}"
         lab.src.zfs("snapshot", f"{s.src_fs}@{stray}")
         write_tree(mnt, seed=92)
         proc = s.back.run("runonce", NAME, "--yes", check=False)

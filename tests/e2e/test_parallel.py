@@ -10,13 +10,22 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from lab import Area, Lab, LabHost, ZfsreplCli, snapshot_checksums, tree_checksums, write_tree
+from lab import (
+    Area,
+    Lab,
+    ZfsreplCli,
+    own_snapshots,
+    snapshot_checksums,
+    snapshot_prefix,
+    tree_checksums,
+    wait_for,
+    write_tree,
+)
 
 T = TypeVar("T")
 
@@ -27,27 +36,7 @@ pytestmark = pytest.mark.backends("fuse")
 SERVICE = "testrepl"
 
 
-def wait_for(what: str, condition: Callable[[], T], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = condition()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
-
-def prefix(lab: Lab) -> str:
-    return f"zfsrepl-{lab.src.user}-{lab.dst.user}-{lab.dst.address}-"
-
-
-def own_snapshots(lab: Lab, host: LabHost, fs: str) -> list[str]:
-    """This service's snapshots of `fs` (after '@'), oldest first; [] if there is no fs."""
-    proc = host.root(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg",
-                      "-d", "1", fs], check=False)
-    names = [ln.split("@", 1)[1] for ln in proc.stdout.decode().splitlines() if "@" in ln]
-    return [n for n in names if n.startswith(prefix(lab))]
 
 
 def pairs_of(area: Area, n: int) -> list[tuple[str, str]]:
@@ -94,7 +83,7 @@ def test_six_filesystems_three_at_a_time_full_then_incremental(
         assert "\r" not in out  # no redrawn progress line in between
 
         snap = own_snapshots(lab, lab.src, pairs[0][0])[-1]
-        assert snap == f"{prefix(lab)}{cycle + 1}"
+        assert snap == f"{snapshot_prefix(lab)}{cycle + 1}"
         seen.append(snap)
         for src, dst in pairs:
             assert snapshot_checksums(lab.src, f"{src}@{snap}") == expected[src]

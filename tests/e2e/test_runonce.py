@@ -20,6 +20,7 @@ from lab import (
     ZfsreplCli,
     exists,
     snapshot_checksums,
+    snapshot_prefix,
     tree_checksums,
     write_tree,
 )
@@ -32,9 +33,6 @@ def snapshots(host: LabHost, fs: str) -> list[str]:
     out = host.zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-d", "1", fs)
     return [line.split("@", 1)[1] for line in out.splitlines() if "@" in line]
 
-
-def prefix(lab: Lab) -> str:
-    return f"zfsrepl-{lab.src.user}-{lab.dst.user}-{lab.dst.address}-"
 
 
 def text(proc: subprocess.CompletedProcess[bytes]) -> str:
@@ -85,7 +83,7 @@ def test_full_then_incremental_for_two_filesystems(lab: Lab, area: Area,
         assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO ", out, re.M), out
 
         snap = snapshots(lab.src, pairs[0][0])[-1]
-        assert snap == f"{prefix(lab)}{cycle + 1}"
+        assert snap == f"{snapshot_prefix(lab)}{cycle + 1}"
         seen.append(snap)
         for src, dst in pairs:
             assert_replica_equals(lab, src, dst, snap, expected[src])
@@ -140,7 +138,7 @@ def test_source_ahead_heals_without_help(lab: Lab, area: Area, repl: ZfsreplCli)
     missed = {}
     for seq in (2, 3, 4):
         write_tree(lab.src.mountpoint(src), seed=70 + seq)
-        name = f"{prefix(lab)}{seq}"
+        name = f"{snapshot_prefix(lab)}{seq}"
         lab.src.zfs("snapshot", f"{src}@{name}")
         missed[name] = tree_checksums(lab.src.mountpoint(src))
     mount_read_write(lab.dst, dst)
@@ -149,7 +147,7 @@ def test_source_ahead_heals_without_help(lab: Lab, area: Area, repl: ZfsreplCli)
 
     repl.run("runonce", "testrepl")
     names = snapshots(lab.dst, dst)
-    assert names == [first, *missed, f"{prefix(lab)}5"]
+    assert names == [first, *missed, f"{snapshot_prefix(lab)}5"]
     for name, expected in missed.items():
         assert snapshot_checksums(lab.dst, f"{dst}@{name}") == expected
 
@@ -213,7 +211,7 @@ def test_hooks_run_in_order_around_the_snapshot(lab: Lab, area: Area,
     repl.write_service(filesystems=[(src, dst)], retries=1,
                        pre_snapshot=str(pre), post_snapshot=str(post))
     repl.run("runonce", "testrepl")
-    snap = f"{prefix(lab)}1"
+    snap = f"{snapshot_prefix(lab)}1"
     assert hook_log(repl, pre) == [
         f"pre_snapshot testrepl {snap} ", f"fs {src}",
         f"post_snapshot testrepl {snap} ok", f"fs {src}",
@@ -306,7 +304,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(lab: Lab, area: Area,
     repl.run("runonce", "testrepl")
     before = _listing(lab, area)
     out = repl.run("runonce", "--dry-run", "testrepl").stdout.decode()
-    p = prefix(lab)
+    p = snapshot_prefix(lab)
     assert f"snapshot @{p}2 of: {src}" in out
     assert f"{src} -> {dst}: incremental -i @{p}1 -> @{p}2" in out
     assert f"destroy on source: {src}@{p}1" in out

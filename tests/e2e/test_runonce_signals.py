@@ -11,13 +11,12 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
-from lab import Area, Lab, ZfsreplCli, write_tree
+from lab import Area, Lab, ZfsreplCli, wait_for, write_tree
 
 T = TypeVar("T")
 
@@ -34,15 +33,6 @@ def ssh_processes(lab: Lab) -> list[str]:
 def control_paths(lines: list[str]) -> set[str]:
     return {m.group(1) for line in lines for m in [re.search(r"-S (\S+)", line)] if m}
 
-
-def wait_for(what: str, condition: Callable[[], T], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

@@ -16,12 +16,22 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lab import Area, Lab, LabHost, ZfsreplCli, snapshot_checksums, tree_checksums, write_tree
+from lab import (
+    Area,
+    Lab,
+    ZfsreplCli,
+    own_snapshots,
+    snapshot_checksums,
+    snapshot_prefix,
+    tree_checksums,
+    wait_for,
+    write_tree,
+)
 
 # zfs-fuse only: these tests read the service's state and metrics files and the pids of
 # its processes on this machine ("local-processes"); in the OpenZFS VM those live in
@@ -35,25 +45,7 @@ EXIT_MAINTENANCE = 96
 THROTTLE_RATE = 2_000_000
 
 
-def wait_for(what: str, condition: Callable[[], Any], timeout: float = 120.0) -> None:
-    """Poll until `condition()` holds; a bound against hanging, not a timing check."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
 
-
-def prefix(lab: Lab) -> str:
-    return f"zfsrepl-{lab.src.user}-{lab.dst.user}-{lab.dst.address}-"
-
-
-def own_snapshots(lab: Lab, host: LabHost, fs: str) -> list[str]:
-    """This service's snapshots of `fs` (the part after '@'), oldest first; [] if no fs."""
-    proc = host.root(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg",
-                      "-d", "1", fs], check=False)
-    names = [ln.split("@", 1)[1] for ln in proc.stdout.decode().splitlines() if "@" in ln]
-    return [n for n in names if n.startswith(prefix(lab))]
 
 
 def assert_replicas_equal_sources(lab: Lab, src: str, dst: str) -> list[str]:
@@ -182,7 +174,7 @@ def test_daemon_replicates_cycle_after_cycle_with_status_and_metrics(
     assert running["sent_bytes_total"] > 0
     (fs,) = running["filesystems"]
     assert (fs["source"], fs["destination"], fs["cached"]) == (src, dst, False)
-    assert fs["lag_seconds"] >= 0 and fs["newest_snapshot"].startswith(prefix(lab))
+    assert fs["lag_seconds"] >= 0 and fs["newest_snapshot"].startswith(snapshot_prefix(lab))
     assert fs["pending"] in (0, 1)  # a cycle may be sending right now
 
     for text in (scraped, textfile):
@@ -352,9 +344,9 @@ def test_runonce_while_run_is_in_a_cycle_waits_and_both_succeed(
     # One after the other: run's cycle ended before runonce took its snapshot.
     log = (daemon.log_dir / f"{SERVICE}.log").read_text()
     run_done = log.index("cycle of testrepl finished")
-    runonce_snapshot = log.index(f"snapshot {src}@{prefix(lab)}2 taken")
+    runonce_snapshot = log.index(f"snapshot {src}@{snapshot_prefix(lab)}2 taken")
     assert run_done < runonce_snapshot
     replicated = assert_replicas_equal_sources(lab, src, dst)
-    assert replicated == [f"{prefix(lab)}1", f"{prefix(lab)}2"]
+    assert replicated == [f"{snapshot_prefix(lab)}1", f"{snapshot_prefix(lab)}2"]
     st = status_json(repl)
     assert st["cycles_total"] == 2 and st["cycle_failures_total"] == 0

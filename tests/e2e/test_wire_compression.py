@@ -28,6 +28,7 @@ from lab import (
     claim_area,
     snapshot_checksums,
     tree_checksums,
+    wait_for,
     write_tree,
 )
 
@@ -119,15 +120,6 @@ def test_auto_takes_zstd_where_both_hosts_have_it(lab: Lab, area: Area,
 
 # ---------------------------------------------------------------------------- stopped mid-way
 
-
-def wait_for(what: str, condition: Callable[[], T], timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pipeline_processes(lab: Lab, area: Area) -> list[str]:

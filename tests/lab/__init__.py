@@ -25,8 +25,11 @@ from .zfs import (
     DELEGATED_PERMISSIONS,
     destroy,
     exists,
+    own_snapshots,
     retry_busy,
     snapshot_checksums,
+    snapshot_prefix,
+    wait_for,
 )
 
 BACKENDS = ("fuse", "openzfs")
@@ -44,12 +47,15 @@ __all__ = [
     "destroy",
     "exists",
     "lab_session",
+    "own_snapshots",
     "release_area",
     "retry_busy",
     "service_definition",
     "snapshot_checksums",
+    "snapshot_prefix",
     "toml_dumps",
     "tree_checksums",
+    "wait_for",
     "write_tree",
 ]
 

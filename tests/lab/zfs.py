@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from .base import LabCommandError, LabHost
+from .base import Lab, LabCommandError, LabHost
 from .content import tree_checksums
 
 T = TypeVar("T")
@@ -75,3 +75,29 @@ def snapshot_checksums(host: LabHost, snapshot: str) -> dict[str, str]:
         return tree_checksums(host.mountpoint(clone))
     finally:
         destroy(host, clone)
+
+
+def wait_for(what: str, condition: Callable[[], T], timeout: float = 120.0) -> T:
+    """Poll until ``condition()`` gives something true, and return it; the timeout is a
+    bound against hanging, not a timing check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = condition()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def snapshot_prefix(lab: Lab) -> str:
+    """What the names of a service's snapshots start with in this lab (src -> dst)."""
+    return f"zfsrepl-{lab.src.user}-{lab.dst.user}-{lab.dst.address}-"
+
+
+def own_snapshots(lab: Lab, host: LabHost, fs: str) -> list[str]:
+    """A service's snapshots of ``fs`` (the part after '@'), oldest first; [] if no fs."""
+    proc = host.root(["zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg",
+                      "-d", "1", fs], check=False)
+    names = [ln.split("@", 1)[1] for ln in proc.stdout.decode().splitlines() if "@" in ln]
+    return [n for n in names if n.startswith(snapshot_prefix(lab))]
