@@ -20,6 +20,7 @@ from lab import (
     ZfsreplCli,
     destroy,
     exists,
+    release_holds,
     retry_busy,
     service_definition,
     snapshot_checksums,
@@ -201,7 +202,9 @@ def test_fallback_to_a_recreated_source(lab: Lab, area: Area, repl: ZfsreplCli) 
         # The source is gone for good: take over without a key to lock out.
         mnt = fail_over(s, "--takeover", interlocked=True)
         write_tree(mnt, seed=80)
-        destroy(lab.src, s.src_fs, "-r")  # the disaster: the source is rebuilt empty
+        # the disaster: the source is rebuilt empty (zfsrepl's holds go with the old pool)
+        release_holds(lab, lab.src, s.src_fs)
+        destroy(lab.src, s.src_fs, "-r")
         assert not exists(lab.src, s.src_fs)
 
         # The interlock protects the destination; replicating back is not stopped by it.

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Iterator
 
 from .base import Lab, LabCommandError
-from .zfs import destroy, exists
+from .zfs import destroy, exists, release_holds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +61,10 @@ def _create(lab: Lab) -> Area:
         return Area(name=name, src=src, dst=dst)
 
 
-# Releases every user hold on the snapshots below "$1" (zfs holds lists them on OpenZFS;
-# zfs-fuse has hold and release but no listing).
-_RELEASE_HOLDS = """
-zfs list -H -t snapshot -o name -r "$1" | while IFS= read -r snap; do zfs holds -H "$snap"; done |
-while IFS='	' read -r snap tag _; do zfs release "$tag" "$snap"; done
-"""
-
-
 def release_area(lab: Lab, area: Area) -> None:
     """Destroy both parents recursively, with clones of their snapshots (``-R``) and
     whatever holds a tool left on them."""
     for host, fs in ((lab.src, area.src), (lab.dst, area.dst)):
         if exists(host, fs):
-            if "openzfs" in lab.features:
-                host.root(["sh", "-c", _RELEASE_HOLDS, "sh", fs])
+            release_holds(lab, host, fs)
             destroy(host, fs, "-R")

@@ -101,3 +101,17 @@ def own_snapshots(lab: Lab, host: LabHost, fs: str) -> list[str]:
                       "-d", "1", fs], check=False)
     names = [ln.split("@", 1)[1] for ln in proc.stdout.decode().splitlines() if "@" in ln]
     return [n for n in names if n.startswith(snapshot_prefix(lab))]
+
+
+# Releases every user hold on the snapshots below "$1".
+_RELEASE_HOLDS = """
+zfs list -H -t snapshot -o name -r "$1" | while IFS= read -r snap; do zfs holds -H "$snap"; done |
+while IFS='	' read -r snap tag _; do zfs release "$tag" "$snap"; done
+"""
+
+
+def release_holds(lab: Lab, host: LabHost, fs: str) -> None:
+    """Release whatever holds a tool left on the snapshots of ``fs`` and below, so that
+    they can be destroyed (OpenZFS; zfs-fuse has hold and release but cannot list them)."""
+    if "openzfs" in lab.features:
+        host.root(["sh", "-c", _RELEASE_HOLDS, "sh", fs])
