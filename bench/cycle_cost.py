@@ -166,11 +166,9 @@ def main() -> int:
              "with zfsrepl's cipher. 'small change': 64 KiB of new data in every filesystem. "
              "Calls counted in one further cycle of each, with logging wrappers; `ssh` "
              "includes the ControlMaster process (and, for raw, its `-O exit`).", "",
-             "Peer tools: not measured here. syncoid 2.1.0 works on zfs-fuse only for a "
-             "first full send, zfs-autobackup 3.3 fails at its first command (`zfs get -t`, "
-             "which zfs-fuse lacks): see /work/shared/LAB-NOTES.md. They need the OpenZFS "
-             "VM backend, which is not ready yet; the 'at least 5 times less than the best "
-             "peer' target of issue 7 is therefore open.", ""]
+             "Peer tools do not run on zfs-fuse (syncoid manages a first full send only, "
+             "zfs-autobackup stops at `zfs get -t`, which zfs-fuse lacks): they are compared "
+             "on current OpenZFS in section 7 (peers.py).", ""]
     rows = []
     for (n, change), (times, calls) in results.items():
         zr, raw = bl.median(times["zfsrepl"]), bl.median(times["raw"])

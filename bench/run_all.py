@@ -7,7 +7,8 @@ Run as root from the repository root:
 Each benchmark runs as its own process (and each can be run alone, see its --help);
 they share one lab: if no lab was up when this started, the one they set up is torn
 down at the end. --quick runs them small (a smoke test of the benchmarks themselves,
-not figures to publish). About 20 minutes in full on a 2-core machine.
+not figures to publish). About 20 minutes in full on a 2-core machine, plus the
+peers (peers.py), which boot the OpenZFS VM lab (building its image if needed).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ QUICK = {
     "catchup": ["--pending", "20", "--rounds", "2"],
     "memory": ["--cycles", "10"],
     "recursive": ["--counts", "1,3", "--rounds", "2"],
+    "peers": ["--counts", "1,2", "--rounds", "1", "--size-mib", "4"],
 }
 
 
@@ -58,7 +60,9 @@ def main() -> int:
     failed: list[str] = []
     try:
         for name in names:
-            argv = [sys.executable, str(bl.BENCH / f"{name}.py"), "--keep-lab",
+            # the peers run on the VM lab, which peers.py sets up and removes by itself
+            keep = [] if name == "peers" else ["--keep-lab"]
+            argv = [sys.executable, str(bl.BENCH / f"{name}.py"), *keep,
                     *(QUICK[name] if args.quick else [])]
             print(f"=== {name}: {' '.join(argv[1:])}", flush=True)
             started = time.monotonic()

@@ -1,0 +1,279 @@
+"""Peers on current OpenZFS: zfsrepl against the raw pipeline, syncoid and zfs-autobackup.
+
+Runs on the OpenZFS lab backend (the VM; ``ZFSREPL_LAB_BACKEND=openzfs`` is set here),
+whose image carries syncoid (Debian's sanoid package) and zfs-autobackup (PyPI). All
+four run as the lab's delegated non-root user ``src`` on the source host and reach
+``dst`` over ssh with the same cipher list, each on a tree of its own (so that no
+tool ever sees another's snapshots), in the same run and alternating:
+
+    zfsrepl          zfsrepl runonce, keep = 3
+    raw              the minimal script of cycle_cost.py: per filesystem snapshot,
+                     send -i | ssh receive -u -F, destroy the oldest on each side
+    syncoid          syncoid --recursive --skip-parent over the tree's children (one
+                     invocation for all of them: syncoid's cheapest form), no
+                     compression, --no-privilege-elevation
+    zfs-autobackup   one zfs-autobackup run selecting the children
+                     (autobackup:NAME=child), --keep-source=3 --keep-target=3
+
+Two figures:
+
+1. cycle cost with 1 and 10 (and, with --counts, more) filesystems, nothing changed
+   and a small change (64 KiB in every filesystem), in a steady state; wall time,
+   and the local `zfs` and `ssh` processes of one further cycle, counted by
+   logging wrappers first on the user's PATH;
+2. throughput: a full and an incremental replication of one filesystem
+   (--size-mib of incompressible data, then as much again).
+
+The VM is emulated (TCG): absolute times are far from a real machine's; the ratios
+between tools in the same run are the result.
+
+Run as root from the repository root:
+
+    python bench/peers.py [--counts 1,10] [--rounds 3] [--warmup 3] [--size-mib 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ["ZFSREPL_LAB_BACKEND"] = "openzfs"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as bl
+from cycle_cost import RAW_CYCLE
+
+from lab import Lab, LabHost, ZfsreplCli, claim_area, lab_session
+
+KEEP = 3
+WARMUP = 3
+CHANGE_KIB = 64
+VARIANTS = ("zfsrepl", "raw", "syncoid", "zfs-autobackup")
+CIPHERS = bl.SSH_DEFAULT_OPTIONS[0].split("=", 1)[1]
+
+
+class VmCounter:
+    """Logging `zfs` and `ssh` wrappers in the lab (in the VM), first on the source
+    user's PATH: they count the processes a cycle starts there."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.host = lab.src
+        self.dir = f"{lab.work_dir}/bench-count"
+        self.log = f"{self.dir}/calls.log"
+        self.host.root(["install", "-d", "-m", "0755", self.dir])
+        for name, real in (("zfs", f"{lab.bin_dir}/zfs"), ("ssh", "/usr/bin/ssh")):
+            # one write per call (the line built first): concurrent calls do not interleave
+            script = (f"#!/bin/sh\nline={name}\n"
+                      'for a in "$@"; do line="$line $a"; done\n'
+                      f"printf '%s\\n' \"$line\" >> {self.log}\n"
+                      f'exec {real} "$@"\n')
+            path = f"{self.dir}/{name}"
+            self.host.root(["sh", "-c", 'cat > "$1" && chmod 0755 "$1"', "sh", path],
+                           input=script.encode())
+        self.path = f"{self.dir}:{bl.user_path(lab)}"
+        self.reset()
+
+    def reset(self) -> None:
+        bl.root_script(self.host, ': > "$1" && chmod 0666 "$1"', self.log)
+
+    def read(self) -> tuple[int, int]:
+        """(local zfs, ssh) processes since the last reset."""
+        lines = bl.root_script(self.host, 'cat "$1"', self.log).splitlines()
+        return (sum(1 for ln in lines if ln.startswith("zfs")),
+                sum(1 for ln in lines if ln.startswith("ssh")))
+
+    def close(self) -> None:
+        bl.root_script(self.host, 'rm -rf "$1"', self.dir)
+
+
+class Trees:
+    """One source tree of N filesystems per variant, a destination parent for each,
+    and the command that runs one cycle of each variant."""
+
+    def __init__(self, lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, n: int,
+                 tag: str) -> None:
+        self.lab, self.repl, self.n = lab, repl, n
+        self.name = f"{tag}{n}"
+        self.src = {v: f"{area_src}/{self.name}-{v}" for v in VARIANTS}
+        self.dst = {v: f"{area_dst}/{self.name}-{v}" for v in VARIANTS}
+        for v in VARIANTS:
+            lab.src.zfs("create", self.src[v])
+            bl.root_script(lab.src, 'i=1; while [ "$i" -le "$2" ]; do zfs create "$1/fs$i"; '
+                           "i=$((i + 1)); done", self.src[v], str(n))
+            lab.dst.zfs("create", self.dst[v])
+        # zfs-autobackup replicates the children of the tree marked for its backup name
+        lab.src.zfs("set", f"autobackup:{self.name}=child", self.src["zfs-autobackup"])
+        pairs = [(f"{self.src['zfsrepl']}/fs{i}", f"{self.dst['zfsrepl']}/fs{i}")
+                 for i in range(1, n + 1)]
+        repl.write_service(name=self.name, filesystems=pairs, keep=KEEP, retries=1)
+        self.raw_k = 0
+        self.target = f"{lab.dst.user}@{lab.dst.address}"
+        self.ssh_config = f"{repl.base}/{self.name}-ssh_config"  # the user's own dir
+        repl.put(Path(self.ssh_config),
+                 f"Host *\n  Ciphers {CIPHERS}\n  BatchMode yes\n  LogLevel ERROR\n".encode())
+
+    def change(self, seed: int, size_kib: int = CHANGE_KIB) -> None:
+        for v in VARIANTS:
+            mnt = self.lab.src.mountpoint(self.src[v])
+            for i in range(1, self.n + 1):
+                bl.write_random(mnt / f"fs{i}" / f"change-{seed % 2}.bin", size_kib)
+
+    def run(self, variant: str, path: str | None = None) -> float:
+        env = {"PATH": path} if path else None
+        host: LabHost = self.lab.src
+        if variant == "zfsrepl":
+            return bl.timed(lambda: self.repl.run("runonce", self.name, env=env, timeout=7200))
+        if variant == "raw":
+            self.raw_k += 1
+            args = [str(self.n), self.src["raw"], self.dst["raw"], str(self.raw_k), str(KEEP),
+                    "zfs", self.target]
+            raw_env = {**(env or {}), "SSHOPTS": f"-o BatchMode=yes -o LogLevel=ERROR "
+                                                 f"{bl.ZFSREPL_CIPHER_OPTIONS}"}
+            return bl.timed(lambda: bl.user_script(host, RAW_CYCLE, *args, env=raw_env,
+                                                   timeout=7200))
+        if variant == "syncoid":
+            argv = ["syncoid", "--recursive", "--skip-parent", "--no-privilege-elevation",
+                    "--compress=none", f"--sshcipher={CIPHERS}", "--quiet",
+                    self.src["syncoid"], f"{self.target}:{self.dst['syncoid']}"]
+        else:
+            # the received datasets land at TARGET/<source path minus its first parts>
+            strip = self.src["zfs-autobackup"].count("/") + 1
+            argv = ["zfs-autobackup", "--ssh-target", self.target, "--ssh-config",
+                    self.ssh_config, f"--keep-source={KEEP}", f"--keep-target={KEEP}",
+                    f"--strip-path={strip}", self.name, self.dst["zfs-autobackup"]]
+        return bl.timed(lambda: host.run(argv, env=env, timeout=7200))
+
+
+def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts: list[int],
+               rounds: int, warmup: int, counter: VmCounter) -> list[str]:
+    rows = []
+    summary: dict[tuple[int, bool], dict[str, float]] = {}
+    for n in counts:
+        print(f"cycle cost, {n} filesystems: setting up (load {bl.load()})", flush=True)
+        t = Trees(lab, repl, area_src, area_dst, n, "cyc")
+        for _ in range(warmup):
+            for v in VARIANTS:
+                t.run(v)
+        for change in (False, True):
+            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            for i in range(rounds):
+                if change:
+                    t.change(seed=i + 1)
+                for v in bl.alternate(i, VARIANTS):
+                    times[v].append(t.run(v))
+                print(f"  {n} fs, {'small change' if change else 'no change'}, round {i + 1}: "
+                      + "  ".join(f"{v} {times[v][-1]:.1f}s" for v in VARIANTS), flush=True)
+            calls = {}
+            for v in VARIANTS:
+                if change:
+                    t.change(seed=rounds + 1)
+                counter.reset()
+                t.run(v, path=counter.path)
+                calls[v] = counter.read()
+            med = {v: bl.median(times[v]) for v in VARIANTS}
+            summary[(n, change)] = med
+            best_peer = min(med["syncoid"], med["zfs-autobackup"])
+            rows.append([n, "small change" if change else "no change",
+                         *(f"{med[v]:.2f}" for v in VARIANTS),
+                         f"{med['zfsrepl'] / med['raw']:.2f}",
+                         f"{best_peer / med['zfsrepl']:.2f}",
+                         " · ".join(f"{v}: {calls[v][0]} / {calls[v][1]}" for v in VARIANTS)])
+    lines = bl.table(["filesystems", "situation", *(f"{v} median (s)" for v in VARIANTS),
+                      "zfsrepl / raw", "best peer / zfsrepl",
+                      "local zfs / ssh processes per cycle"], rows)
+    lo, hi = min(counts), max(counts)
+    if lo != hi:
+        lines.append("")
+        for change in (False, True):
+            a, b = summary[(lo, change)], summary[(hi, change)]
+            lines.append(f"- {'small change' if change else 'no change'}: {hi} filesystems cost "
+                         + ", ".join(f"{v} {b[v] / a[v]:.1f} x" for v in VARIANTS)
+                         + f" of {lo}")
+    return lines
+
+
+def throughput(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, size_mib: int,
+               rounds: int) -> list[str]:
+    """Each round: a fresh tree per variant, full of `size_mib`, then as much again
+    written and replicated incrementally."""
+    full: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    incr: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for i in range(rounds):
+        print(f"throughput round {i + 1}: setting up (load {bl.load()})", flush=True)
+        t = Trees(lab, repl, area_src, area_dst, 1, f"tp{i}r")
+        t.change(seed=0, size_kib=size_mib * 1024)
+        for v in bl.alternate(i, VARIANTS):
+            full[v].append(t.run(v))
+        t.change(seed=1, size_kib=size_mib * 1024)
+        for v in bl.alternate(i, VARIANTS):
+            incr[v].append(t.run(v))
+        print("  full: " + "  ".join(f"{v} {full[v][-1]:.1f}s" for v in VARIANTS)
+              + "\n  incremental: " + "  ".join(f"{v} {incr[v][-1]:.1f}s" for v in VARIANTS),
+              flush=True)
+    rows = []
+    for what, times in (("full", full), ("incremental", incr)):
+        med = {v: bl.median(times[v]) for v in VARIANTS}
+        rows.append([what, *(f"{med[v]:.1f}" for v in VARIANTS),
+                     f"{med['raw'] / med['zfsrepl']:.2f}",
+                     f"{med['syncoid'] / med['zfsrepl']:.2f}",
+                     f"{med['zfs-autobackup'] / med['zfsrepl']:.2f}"])
+    return bl.table(["stream", *(f"{v} median (s)" for v in VARIANTS), "raw / zfsrepl",
+                     "syncoid / zfsrepl", "zfs-autobackup / zfsrepl"], rows)
+
+
+def versions(lab: Lab) -> str:
+    def first_line(argv: list[str]) -> str:
+        out = lab.src.run(argv, check=False)
+        text = (out.stdout + out.stderr).decode("utf-8", "replace").strip()
+        return text.splitlines()[0] if text else "?"
+    zfs = " ".join(first_line(["zfs", "version"]).split())
+    syncoid = first_line(["sh", "-c", "dpkg-query -W -f='${Version}' sanoid"])
+    zab = first_line(["zfs-autobackup", "--version"])
+    return f"In the VM: {zfs}; syncoid (sanoid {syncoid}); {zab}."
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="1,10", help="numbers of filesystems, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=WARMUP,
+                        help="cycles of each variant before measuring")
+    parser.add_argument("--keep-lab", action="store_true")
+    args = parser.parse_args()
+    bl.require_root()
+    counts = [int(c) for c in args.counts.split(",")]
+
+    with lab_session(keep=args.keep_lab) as lab, claim_area(lab) as area, \
+            bl.service_cli(lab, f"bench-{area.name}") as repl:
+        counter = VmCounter(lab)
+        try:
+            head = versions(lab)
+            load = bl.load()
+            tp = throughput(lab, repl, area.src, area.dst, args.size_mib, args.rounds)
+            cc = cycle_cost(lab, repl, area.src, area.dst, counts, args.rounds, args.warmup,
+                            counter)
+        finally:
+            counter.close()
+
+    lines = ["## 7. Peers on current OpenZFS (the VM lab): syncoid and zfs-autobackup", "",
+             f"{head} Load average at the start: {load}. All four variants run as the "
+             "delegated non-root user `src`, each on its own tree, alternating, with "
+             f"zfsrepl's cipher list. The VM is emulated (TCG, 2 vCPUs): absolute times "
+             "are slow and only the ratios of the same run say something.", "",
+             f"### Throughput: one filesystem, {args.size_mib} MiB full, then "
+             f"{args.size_mib} MiB more incrementally ({args.rounds} rounds)", "", *tp, "",
+             f"### Cycle cost ({args.rounds} rounds after {args.warmup} warm-up cycles, keep = "
+             f"{KEEP}; syncoid keeps only its newest sync snapshot)", "",
+             "Target: zfsrepl at least 5 times cheaper than the best peer "
+             "(best peer / zfsrepl >= 5).", "", *cc, ""]
+    bl.write_section("peers", lines)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
