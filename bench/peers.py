@@ -63,7 +63,8 @@ class VmCounter:
         self.dir = f"{lab.work_dir}/bench-count"
         self.log = f"{self.dir}/calls.log"
         self.host.root(["install", "-d", "-m", "0755", self.dir])
-        for name, real in (("zfs", f"{lab.bin_dir}/zfs"), ("ssh", "/usr/bin/ssh")):
+        # the users' zfs: /usr/sbin/zfs itself where `zfs allow` gives the rights
+        for name, real in (("zfs", lab.zfs_command), ("ssh", "/usr/bin/ssh")):
             # one write per call (the line built first): concurrent calls do not interleave
             script = (f"#!/bin/sh\nline={name}\n"
                       'for a in "$@"; do line="$line $a"; done\n'
