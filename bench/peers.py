@@ -73,7 +73,7 @@ class VmCounter:
             path = f"{self.dir}/{name}"
             self.host.root(["sh", "-c", 'cat > "$1" && chmod 0755 "$1"', "sh", path],
                            input=script.encode())
-        self.path = f"{self.dir}:{bl.user_path(lab)}"
+        self.path = f"{self.dir}:{bl.user_path(lab)}:/usr/sbin:/sbin"  # syncoid is in sbin
         self.reset()
 
     def reset(self) -> None:
