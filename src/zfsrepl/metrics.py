@@ -18,7 +18,6 @@ import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
@@ -128,6 +127,9 @@ class MetricsServer:
     """Serves `render_text()` at /metrics on a port, from a background thread."""
 
     def __init__(self, address: str, port: int, render_text: Callable[[], str]) -> None:
+        # here, not at the top: only a service with metrics_port pays for http.server
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

@@ -3,20 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from zfsrepl import __version__, log
-from zfsrepl.cli import agent, doctor, failover, managers, runonce, service, setup, status
-from zfsrepl.cli.common import Context, add_common_options
+from zfsrepl import __version__
 from zfsrepl.errors import ZfsreplError
 
-# Each module has register(subparsers, parents) adding its commands; a command's
-# handler is stored as the parser default `handler(args, ctx) -> exit code`.
-COMMAND_MODULES = [runonce, setup, agent, service, status, managers, failover, doctor]
+# Each module of zfsrepl.cli has register(subparsers, parents) adding its commands; a
+# command's handler is stored as the parser default `handler(args, ctx) -> exit code`.
+# The modules, in the order of the help, with the commands each registers: a command
+# line imports only its command's module, because importing all of them costs more
+# than the Python start itself, on every `runonce` and every remote agent call.
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "runonce": ("runonce",),
+    "setup": ("setup", "setup-remote"),
+    "agent": ("agent",),
+    "service": ("run", "clear"),
+    "status": ("status", "list", "metrics"),
+    "managers": ("enable", "disable", "smf-manifest", "rc-script"),
+    "failover": ("failover", "lockoutkey"),
+    "doctor": ("doctor",),
+}
+MODULE_OF = {command: module for module, names in COMMANDS.items() for command in names}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command `argv` names, found the way the full parser would find it (the same
+    options before it); None when there is none."""
+    from zfsrepl.cli.common import add_common_options
+
+    pre = argparse.ArgumentParser(add_help=False)
+    add_common_options(pre, suppress=False)
+    pre.add_argument("-h", "--help", action="store_true")
+    pre.add_argument("--version", action="store_true")
+    pre.add_argument("command", nargs="?")
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except SystemExit:  # a malformed option: the full parser says what is wrong
+        return None
+    command: str | None = known.command
+    return command
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `command` (only its module), or for every command."""
+    from zfsrepl.cli.common import add_common_options
+
     parser = argparse.ArgumentParser(
         prog="zfsrepl",
         description="Replicate ZFS filesystems to another host over SSH, as named services.")
@@ -26,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in COMMAND_MODULES:
+    wanted = [MODULE_OF[command]] if command in MODULE_OF else list(COMMANDS)
+    for name in wanted:
+        module = importlib.import_module(f"zfsrepl.cli.{name}")
         module.register(sub, [common])
     return parser
 
@@ -39,8 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from zfsrepl import agent as remote_agent
 
         return remote_agent.main(words[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    # Imported here, after the agent has gone its way: it needs neither.
+    from zfsrepl import log
+    from zfsrepl.cli.common import Context
+
+    parser = build_parser(command_word(words))
+    args = parser.parse_args(words)
     log.setup()
     ctx = Context.from_args(args)
     try:

@@ -1,0 +1,99 @@
+"""The command line imports only the module of the command it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from zfsrepl import agent, cli
+
+
+def registered(module_name: str) -> set[str]:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    importlib.import_module(f"zfsrepl.cli.{module_name}").register(sub, [])
+    return set(sub.choices)
+
+
+@pytest.mark.parametrize("module_name", list(cli.COMMANDS))
+def test_the_table_names_what_each_module_registers(module_name: str) -> None:
+    assert registered(module_name) == set(cli.COMMANDS[module_name])
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["runonce", "svc"], "runonce"),
+    (["--config-dir", "runonce", "status", "svc"], "status"),
+    (["--config-dir=/x", "--state-dir", "/y", "doctor", "svc", "--fix"], "doctor"),
+    (["--conf", "/x", "list"], "list"),  # an abbreviated option takes its value
+    (["runonce", "--config-dir", "/x", "svc"], "runonce"),
+    (["--help"], None),
+    ([], None),
+    (["--config-dir"], None),  # malformed: the full parser says what is wrong
+    (["nosuchcommand"], "nosuchcommand"),
+])
+def test_command_word(argv: list[str], command: str | None) -> None:
+    assert cli.command_word(argv) == command
+
+
+def test_a_partial_parser_parses_like_the_full_one() -> None:
+    argv = ["--config-dir", "/c", "runonce", "--dry-run", "--state-dir", "/s", "svc"]
+    full = vars(cli.build_parser().parse_args(argv))
+    only = vars(cli.build_parser(cli.command_word(argv)).parse_args(argv))
+    assert only == full
+
+
+def test_an_unknown_command_gets_the_full_choice_of_commands(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["nosuchcommand"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nosuchcommand'" in err and "runonce" in err and "doctor" in err
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for command in cli.MODULE_OF:
+        if command != "setup-remote":  # internal, not shown
+            assert command in out
+
+
+def imported_by(*argv: str) -> set[str]:
+    """The zfsrepl modules a fresh interpreter has imported once `zfsrepl ARGV` is parsed."""
+    code = ("import sys\nfrom zfsrepl import cli\n"
+            f"cli.build_parser(cli.command_word({list(argv)!r})).parse_args({list(argv)!r})\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('zfsrepl')))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    return set(out.split())
+
+
+def test_runonce_does_not_import_the_other_commands() -> None:
+    modules = imported_by("runonce", "svc")
+    assert "zfsrepl.cli.runonce" in modules
+    assert not {"zfsrepl.cli.setup", "zfsrepl.setup.wizard", "zfsrepl.doctor",
+                "zfsrepl.cli.doctor"} & modules
+
+
+def test_the_agent_imports_nothing_of_the_command_line() -> None:
+    """Every remote command of a cycle starts `zfsrepl agent`: it pays for no more
+    than the agent."""
+    code = ("import sys\nfrom zfsrepl import cli\n"
+            "rc = cli.main(['agent', '--service', 's', '--filesystem', 'p/a', '--source-user',"
+            " 'u', '--destination-user', 'v', '--destination-host', 'h'])\n"
+            "print(rc, ' '.join(m for m in sys.modules if m.startswith('zfsrepl')))")
+    env = {**os.environ, "SSH_ORIGINAL_COMMAND": "zfs frobnicate"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out[0] == str(agent.EXIT_REFUSED)
+    modules = set(out[1:])
+    assert "zfsrepl.agent" in modules
+    assert not {m for m in modules if m.startswith("zfsrepl.cli.")}
+    assert not {"zfsrepl.config", "zfsrepl.log", "zfsrepl.cycle"} & modules
