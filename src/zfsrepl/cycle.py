@@ -410,8 +410,10 @@ class Cycle:
         wire = self.wire()
         shown = f" (wire: {wire.describe(raw)})" if wire_configured(self.service) else ""
         logger.info("starting %s%s%s", what, " (raw)" if raw else "", shown)
-        total = (self.src.estimate(src_fs, s, raw=raw, compressed=compressed)
-                 if src_caps.estimate else None)
+
+        def estimate() -> int | None:
+            return self.src.estimate(src_fs, s, raw=raw, compressed=compressed)
+
         receive = {"incremental": s.base is not None, "resumable": self._resumable(),
                    "readonly": self._readonly_replica(dst_caps) and not resuming}
         helpers = wire.helpers(raw)
@@ -420,7 +422,8 @@ class Cycle:
                       self.dst.receive_pipeline_argv(dst_fs, helpers, agent=wire.agent,
                                                      **receive)
                       if helpers else self.dst.receive_argv(dst_fs, **receive),
-                      what, progress=Progress(f"{src_fs}@{s.target or '(resumed)'}", total,
+                      what, progress=Progress(f"{src_fs}@{s.target or '(resumed)'}",
+                                              estimate=estimate if src_caps.estimate else None,
                                               concurrent=cancel is not None),
                       limit=self.service.bandwidth_limit,
                       compressor=compress_argv(compression) if compression else None,

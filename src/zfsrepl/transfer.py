@@ -110,11 +110,15 @@ class Progress:
     legibly in a terminal's width."""
 
     def __init__(self, what: str, total: int | None = None, *,
+                 estimate: Callable[[], int | None] | None = None,
                  interactive: bool | None = None, stream: TextIO | None = None,
                  interval: float | None = None, concurrent: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.total = total
+        # Asked for the size when the first line is due, not before: most streams of a
+        # cycle are small incrementals that end before it, and asking costs a process.
+        self._estimate = estimate
         self.stream = stream or sys.stderr
         tty = self.stream.isatty() if interactive is None else interactive
         self.interactive = tty and not concurrent
@@ -136,6 +140,9 @@ class Progress:
         if now - self._last < self.interval:
             return
         self._last = now
+        if self._estimate is not None:
+            estimate, self._estimate = self._estimate, None
+            self.total = estimate()
         text = progress_text(self.what, done, self.total, now - self.started, wire)
         if self.interactive:
             self.stream.write("\r\033[K" + text)

@@ -86,6 +86,27 @@ def test_progress_on_a_terminal_and_in_a_log(caplog: pytest.LogCaptureFixture) -
     assert len(lines) == 1
 
 
+def test_the_size_is_asked_for_once_and_only_when_a_line_is_due() -> None:
+    now = [0.0]
+    asked: list[int] = []
+
+    def estimate() -> int:
+        asked.append(1)
+        return 200
+
+    out = io.StringIO()
+    p = Progress("fs@1", estimate=estimate, interactive=True, stream=out,
+                 clock=lambda: now[0])
+    p.update(10)  # a stream that ends before the first line never asks
+    assert asked == []
+    now[0] = 1.0
+    p.update(50)
+    now[0] = 2.0
+    p.update(100)
+    assert asked == [1]
+    assert "fs@1: 100 B of ~200 B (50%)" in out.getvalue()
+
+
 @pytest.mark.skipif(not hasattr(os, "splice"), reason="no os.splice here")
 def test_the_limit_holds_the_rate_without_python_buffers() -> None:
     size = 600 << 10
