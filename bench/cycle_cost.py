@@ -6,6 +6,8 @@ written to every filesystem before the cycle). Both tools are in a steady state
 filesystem and side each cycle, keep = 3). In the same run, alternating:
 
     zfsrepl:  zfsrepl runonce for the service of N filesystems
+    parallel: the same service with `parallel = K` (--parallel; the same chains: only
+              how many filesystems it sends and prunes at once differs)
     raw:      the minimal shell script that does the same job: one ssh ControlMaster
               for the cycle; per filesystem `zfs snapshot`, `zfs send -i | ssh zfs
               receive -u -F`, `zfs destroy` of the oldest snapshot on each side
@@ -19,6 +21,7 @@ sets its own PATH), counting the `zfs` and `ssh` processes a cycle starts.
 Run as root from the repository root:
 
     python bench/cycle_cost.py [--counts 1,10,100] [--rounds 5] [--rounds-large 3]
+                               [--parallel 4]
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ class Setup:
     """N source filesystems, a zfsrepl service and a raw chain for them."""
 
     def __init__(self, lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, n: int,
-                 counter: bl.CallCounter) -> None:
+                 counter: bl.CallCounter, parallel: int) -> None:
         self.lab, self.repl, self.n, self.counter = lab, repl, n, counter
         self.src = f"{area_src}/n{n}"
         self.dst_zr = f"{area_dst}/n{n}-zfsrepl"
@@ -87,14 +90,17 @@ class Setup:
         # the same service (same snapshot names, same chains), its remote zfs counted
         repl.write_service(name=f"{self.name}count", filesystems=pairs, keep=KEEP, retries=1,
                            destination={"zfs_command": counter.dst_zfs})
+        if parallel > 1:
+            repl.write_service(name=f"{self.name}par", filesystems=pairs, keep=KEEP,
+                               retries=1, parallel=parallel)
         self.k = 0
 
     def change(self, seed: int) -> None:
         for i in range(1, self.n + 1):
             bl.write_random(self.mnt / f"fs{i}" / f"change-{seed % 2}.bin", CHANGE_KIB)
 
-    def zfsrepl(self, counted: bool = False) -> float:
-        name = f"{self.name}count" if counted else self.name
+    def zfsrepl(self, counted: bool = False, parallel: bool = False) -> float:
+        name = f"{self.name}count" if counted else f"{self.name}par" if parallel else self.name
         env = self.counter.source_env() if counted else None
         return bl.timed(lambda: self.repl.run("runonce", name, env=env, timeout=1800))
 
@@ -108,16 +114,17 @@ class Setup:
         return bl.timed(lambda: bl.user_script(self.lab.src, RAW_CYCLE, *args, env=env))
 
 
-def measure(s: Setup, rounds: int, change: bool) -> tuple[dict[str, list[float]],
-                                                         dict[str, bl.Calls]]:
-    times: dict[str, list[float]] = {"zfsrepl": [], "raw": []}
+def measure(s: Setup, rounds: int, change: bool, variants: tuple[str, ...]
+            ) -> tuple[dict[str, list[float]], dict[str, bl.Calls]]:
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    run = {"zfsrepl": s.zfsrepl, "raw": s.raw, "parallel": lambda: s.zfsrepl(parallel=True)}
     for i in range(rounds):
         if change:
             s.change(seed=i + 1)
-        for v in bl.alternate(i, ("zfsrepl", "raw")):
-            times[v].append(s.zfsrepl() if v == "zfsrepl" else s.raw())
+        for v in bl.alternate(i, variants):
+            times[v].append(run[v]())
         print(f"  {s.n} fs, {'small change' if change else 'no change'}, round {i + 1}: "
-              f"zfsrepl {times['zfsrepl'][-1]:.2f}s  raw {times['raw'][-1]:.2f}s", flush=True)
+              + "  ".join(f"{v} {times[v][-1]:.2f}s" for v in variants), flush=True)
     calls: dict[str, bl.Calls] = {}
     for v in ("zfsrepl", "raw"):
         if change:
@@ -136,10 +143,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rounds-large", type=int, default=3,
                         help="rounds for 100 filesystems or more")
+    parser.add_argument("--parallel", type=int, default=4,
+                        help="also measure the service with this `parallel` (1: not)")
     parser.add_argument("--keep-lab", action="store_true")
     args = parser.parse_args()
     bl.require_root()
     counts = [int(c) for c in args.counts.split(",")]
+    variants = ("zfsrepl", "raw", *(("parallel",) if args.parallel > 1 else ()))
 
     results: dict[tuple[int, bool], tuple[dict[str, list[float]], dict[str, bl.Calls]]] = {}
     loads: dict[int, str] = {}
@@ -148,13 +158,13 @@ def main() -> int:
         for n in counts:
             loads[n] = bl.load()
             print(f"{n} filesystems: setting up (load {loads[n]})", flush=True)
-            s = Setup(lab, repl, area.src, area.dst, n, counter)
+            s = Setup(lab, repl, area.src, area.dst, n, counter, args.parallel)
             for _ in range(WARMUP):
                 s.zfsrepl()
                 s.raw()
             rounds = args.rounds_large if n >= 100 else args.rounds
             for change in (False, True):
-                results[(n, change)] = measure(s, rounds, change)
+                results[(n, change)] = measure(s, rounds, change, variants)
 
     lines = ["## 2. Cycle cost: 1, 10 and 100 filesystems in one service", "",
              "Load average at the start of each size: "
@@ -165,7 +175,10 @@ def main() -> int:
              "snapshot, `send -i | ssh receive -u -F`, destroy the oldest on each side), "
              "with zfsrepl's cipher. 'small change': 64 KiB of new data in every filesystem. "
              "Calls counted in one further cycle of each, with logging wrappers; `ssh` "
-             "includes the ControlMaster process (and, for raw, its `-O exit`).", "",
+             "includes the ControlMaster process (and, for raw, its `-O exit`)."
+             + (f" `parallel`: the same zfsrepl service with `parallel = {args.parallel}` "
+                "(same chains, same calls; up to that many filesystems sent and pruned at "
+                "once)." if "parallel" in variants else ""), "",
              "Peer tools do not run on zfs-fuse (syncoid manages a first full send only, "
              "zfs-autobackup stops at `zfs get -t`, which zfs-fuse lacks): they are compared "
              "on current OpenZFS in section 7 (peers.py).", ""]
@@ -173,12 +186,14 @@ def main() -> int:
     for (n, change), (times, calls) in results.items():
         zr, raw = bl.median(times["zfsrepl"]), bl.median(times["raw"])
         c, r = calls["zfsrepl"], calls["raw"]
+        par = ([f"{bl.median(times['parallel']):.2f}"] if "parallel" in variants else [])
         rows.append([n, "small change" if change else "no change",
-                     f"{zr:.2f}", f"{raw:.2f}", f"{zr / raw:.2f}",
+                     f"{zr:.2f}", f"{raw:.2f}", *par, f"{zr / raw:.2f}",
                      f"{c.local_zfs} / {c.ssh} / {c.remote_zfs}",
                      f"{r.local_zfs} / {r.ssh} / {r.remote_zfs}"])
+    par_head = ([f"parallel = {args.parallel} median (s)"] if "parallel" in variants else [])
     lines += bl.table(["filesystems", "situation", "zfsrepl median (s)", "raw median (s)",
-                       "zfsrepl / raw", "zfsrepl calls: local zfs / ssh / remote zfs",
+                       *par_head, "zfsrepl / raw", "zfsrepl calls: local zfs / ssh / remote zfs",
                        "raw calls: local zfs / ssh / remote zfs"], rows)
     lines.append("")
     lo, hi = min(counts), max(counts)
@@ -186,9 +201,15 @@ def main() -> int:
         if (lo, change) in results and (hi, change) in results and lo != hi:
             zr_by = {n: bl.median(results[(n, change)][0]["zfsrepl"]) for n in (lo, hi)}
             raw_by = {n: bl.median(results[(n, change)][0]["raw"]) for n in (lo, hi)}
-            lines.append(f"- {'small change' if change else 'no change'}: {hi} filesystems "
-                         f"cost **{zr_by[hi] / zr_by[lo]:.1f} x** {lo} with zfsrepl (target < 3), "
-                         f"{raw_by[hi] / raw_by[lo]:.1f} x with the raw script")
+            text = (f"- {'small change' if change else 'no change'}: {hi} filesystems "
+                    f"cost **{zr_by[hi] / zr_by[lo]:.1f} x** {lo} with zfsrepl (target < 3), "
+                    f"{raw_by[hi] / raw_by[lo]:.1f} x with the raw script")
+            if "parallel" in variants:
+                par_hi = bl.median(results[(hi, change)][0]["parallel"])
+                text += (f"; with parallel = {args.parallel}, {hi} filesystems cost "
+                         f"**{par_hi / zr_by[lo]:.1f} x** {lo} (of zfsrepl at {lo}, "
+                         f"parallel = 1)")
+            lines.append(text)
     lines += ["", "Calls per cycle, by command:", ""]
     for (n, change), (_, calls) in results.items():
         for v in ("zfsrepl", "raw"):
