@@ -247,7 +247,11 @@ class Cycle:
         hooks.check_executable("pre_snapshot", svc.pre_snapshot)
         hooks.check_executable("post_snapshot", svc.post_snapshot)
         pairs = list(svc.filesystems)
+        # the source first: its listing is local, done while the destination's ssh
+        # connection may still be opening
         src_caps = self.src.capabilities()
+        src_states = self.src.states([p.source for p in pairs],
+                                     (ENCRYPTION,) if src_caps.raw_send else ())
         dst_states = self.dst.states([p.destination for p in pairs],
                                      (RESUME_TOKEN,) if self._resumable() else ())
         dst_lists = {fs: (st.snapshots if st else None) for fs, st in dst_states.items()}
@@ -259,8 +263,6 @@ class Cycle:
             raise ReplicationError(diagnosis.interlock_problem(
                 taken, svc.name, diagnosis.Side("destination", svc.destination.host,
                                                 svc.destination.user)))
-        src_states = self.src.states([p.source for p in pairs],
-                                     (ENCRYPTION,) if src_caps.raw_send else ())
         src_lists = {fs: (st.snapshots if st else None) for fs, st in src_states.items()}
 
         missing_src = [p.source for p in pairs if src_lists[p.source] is None]

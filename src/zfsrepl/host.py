@@ -181,23 +181,39 @@ class SshHost:
             self._dir = tempfile.mkdtemp(prefix="zfsrepl-ssh-")
         return os.path.join(self._dir, "cm")
 
+    def start(self) -> None:
+        """Begin opening the master connection and return at once: the handshake runs
+        while the caller does local work; the first command waits for it (`connect`)."""
+        with self._connect_lock:
+            self._spawn_master()
+
     def connect(self) -> None:
         """Open the master connection, or raise ConnectionFailed saying why not."""
         with self._connect_lock:
             self._connect()
 
-    def _connect(self) -> None:
-        if self._master is not None and self._master.poll() is None:
-            return
+    def _spawn_master(self) -> list[str]:
+        """Start the master process unless one is running; its argv."""
         path = self.control_path
-        self._master_err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the master
         argv = [*self._base(), "-M", "-N", "-S", path, "-o", "ControlPersist=no",
                 self.endpoint.host]
+        if self._master is not None and self._master.poll() is None:
+            return argv
+        self._master_err = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the master
         # The master dies with this process even when it is killed outright (SIGKILL,
         # OOM): no connection is left behind, reparented to init.
         self._master = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=self._master_err,
                                         preexec_fn=die_with_parent())
+        return argv
+
+    def _connect(self) -> None:
+        if (self._master is not None and self._master.poll() is None
+                and os.path.exists(self.control_path)):
+            return
+        argv = self._spawn_master()
+        assert self._master is not None
+        path = self.control_path
         deadline = time.monotonic() + self.connect_timeout + 5
         while not os.path.exists(path):
             if self._master.poll() is not None or time.monotonic() > deadline:

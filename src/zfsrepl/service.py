@@ -211,6 +211,7 @@ def replicate_and_survey(svc: Service, events: CycleEvents, sleep: Sleep) -> dic
     (no second listing of the destination)."""
     source = LocalHost(f"{svc.source.user}@{svc.source.host}")
     with SshHost(svc.destination) as destination:
+        destination.start()  # the handshake runs while the source is listed
         cp = replicate(svc, source, destination, sleep=sleep, events=events,
                        capabilities=CAPABILITIES)
     return newest_by_destination(

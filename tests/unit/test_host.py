@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from zfsrepl.host import die_with_parent
+from zfsrepl.config import Endpoint
+from zfsrepl.host import SshHost, die_with_parent
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="PR_SET_PDEATHSIG is Linux's")
@@ -90,3 +92,42 @@ def test_a_child_whose_parent_lives_on_keeps_running() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+# A stand-in for ssh: the master (-M) makes its control socket only when the file
+# named by GO exists (the handshake "ends"), then waits; a command through the master
+# prints its last word.
+FAKE_SSH = """#!/bin/sh
+case " $* " in
+*" -M "*)
+    while [ "$1" != -S ]; do shift; done
+    while [ ! -e "$GO" ]; do sleep 0.01; done
+    : > "$2"
+    exec sleep 60 ;;
+*)
+    for last; do :; done
+    echo "ran $last" ;;
+esac
+"""
+
+
+def test_start_opens_the_master_without_waiting_for_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(FAKE_SSH)
+    (bin_dir / "ssh").chmod(0o755)
+    go = tmp_path / "go"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("GO", str(go))
+    with SshHost(Endpoint("h", "u")) as host:
+        host.start()  # returns although the handshake has not ended
+        master = host._master
+        assert master is not None and master.poll() is None
+        assert not os.path.exists(host.control_path)
+        host.start()  # a second start reuses the master under way
+        assert host._master is master
+        go.touch()
+        assert host.run(["echo"]).stdout.strip() == "ran echo"  # waited for the socket
+        assert host._master is master
+    assert wait_gone(master.pid)

@@ -17,17 +17,21 @@ from .test_capabilities import OPENZFS
 class ScriptedHost:
     """Answers `zfs` (the probe) with OpenZFS's usage; fails everything else."""
 
-    def __init__(self, label: str, port: int | None = None) -> None:
+    def __init__(self, label: str, port: int | None = None, *,
+                 empty_listing: bool = False) -> None:
         self.label = label
         self.endpoint = Endpoint("h", "u", port=port)
         self.probes = 0
         self.others = 0
+        self.empty_listing = empty_listing  # a listing answers: no such dataset
 
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
             timeout: float | None = None) -> Result:
         if argv[-1] == "zfs" or argv == ["sudo", "-n", "zfs"]:
             self.probes += 1
             return Result(argv, 2, "", OPENZFS)
+        if self.empty_listing and "get" in argv:
+            return Result(argv, 0, "", "")
         self.others += 1
         return Result(argv, 1, "", "internal error: out of luck")
 
@@ -71,10 +75,11 @@ def test_the_cache_is_keyed_by_host_user_and_zfs_command(
 
 
 def test_a_failed_attempt_has_the_next_one_probe_again() -> None:
-    # Every listing fails: each of the 3 attempts probes each side again (a host's ZFS
-    # may have changed: an upgrade, a failover to another machine).
+    # The source's filesystem is missing, the destination's listing fails: each of the 3
+    # attempts probes each side again (a host's ZFS may have changed: an upgrade, a
+    # failover to another machine).
     cache = CapabilityCache()
-    src, dst = ScriptedHost("src@a"), ScriptedHost("dst@b")
+    src, dst = ScriptedHost("src@a", empty_listing=True), ScriptedHost("dst@b")
     svc = Service(name="t", source=Endpoint("a", "src"), destination=Endpoint("b", "dst"),
                   filesystems=(FilesystemPair("tank/a", "backup/a"),), retries=3,
                   retry_delay=0.0)
