@@ -155,8 +155,8 @@ def main() -> int:
              "in an order rotated each round. `raw`: `zfs send | ssh | zfs receive -u` with "
              "ssh's default cipher (chacha20-poly1305 on OpenSSH 9.2); `raw-aes`: the same "
              "with zfsrepl's `-o Ciphers=...`; `zfsrepl`: a whole `zfsrepl runonce` "
-             "(process start, ssh ControlMaster handshake, two listings, snapshot, send, "
-             "retention, the listing after the cycle). Incremental: an 8 MiB base already "
+             "(process start, ssh ControlMaster handshake, a probe and a listing of each "
+             "side, snapshot, send, retention). Incremental: an 8 MiB base already "
              "on the destination, then one incremental stream of new random data.", "",
              *report("Full replication", args.size_mib, full),
              *report("Large incremental", args.inc_mib, inc)]
