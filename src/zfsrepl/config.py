@@ -96,6 +96,12 @@ class Service:
     def naming(self) -> SnapshotNaming:
         return SnapshotNaming(self.source.user, self.destination.user, self.destination.host)
 
+    @property
+    def is_destination_copy(self) -> bool:
+        """The copy of the definition setup stores on the destination host: `runonce`
+        from it replicates back (failback)."""
+        return self.role == "destination"
+
 
 # ---------------------------------------------------------------------------- paths
 

@@ -58,7 +58,7 @@ def sides(svc: Service) -> tuple[Service, Side, Side, bool]:
     """(service as replicated from here, sending side, receiving side, via the agent)."""
     src = Side("source", svc.source.host, svc.source.user)
     dst = Side("destination", svc.destination.host, svc.destination.user)
-    if failover.is_destination_copy(svc):
+    if svc.is_destination_copy:
         return failover.reversed_service(svc), dst, src, False
     return svc, src, dst, True
 

@@ -54,10 +54,6 @@ class ReversedService(Service):
         return self.forward_naming
 
 
-def is_destination_copy(svc: Service) -> bool:
-    return svc.role == "destination"
-
-
 def reversed_service(svc: Service) -> ReversedService:
     """`svc` replicating destination -> source, with the same snapshot names."""
     fields = {f.name: getattr(svc, f.name) for f in dataclasses.fields(Service)}

@@ -100,27 +100,6 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM in a one-shot command (`runonce`): unwinds like Ctrl-C, so every
-    `with` (the ssh ControlMaster, the lock, a transfer's two halves) is closed."""
-
-
-@contextlib.contextmanager
-def sigterm_unwinds() -> Iterator[None]:
-    """Within the block, SIGTERM raises `Terminated` (once: a second SIGTERM does not
-    cut the clean-up of the first). The previous handler is given back after."""
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class _Wake(Exception):
     """SIGHUP while waiting for the next cycle: look at the definition again now."""
 
@@ -205,12 +184,16 @@ class Signals:
 CAPABILITIES = CapabilityCache()
 
 
-def replicate_and_survey(svc: Service, events: CycleEvents, sleep: Sleep) -> dict[str, Newest]:
+def replicate_and_survey(svc: Service, events: CycleEvents, sleep: Sleep, *,
+                         destination: SshHost | None = None) -> dict[str, Newest]:
     """One cycle over SSH (retries included); the newest snapshot on each destination
     filesystem afterwards, for the lag, derived from what the cycle listed and sent
-    (no second listing of the destination)."""
+    (no second listing of the destination). `destination`: a connection to it the
+    caller opened already (and closes); otherwise one for this cycle."""
     source = LocalHost(f"{svc.source.user}@{svc.source.host}")
-    with SshHost(svc.destination) as destination:
+    with contextlib.ExitStack() as stack:
+        if destination is None:
+            destination = stack.enter_context(SshHost(svc.destination))
         destination.start()  # the handshake runs while the source is listed
         cp = replicate(svc, source, destination, sleep=sleep, events=events,
                        capabilities=CAPABILITIES)

@@ -35,8 +35,8 @@ def test_reversed_service_keeps_the_names_and_swaps_the_sides() -> None:
         ("p/dst/a", "p/src/a"), ("p/dst/b", "p/src/b")]
     assert (back.keep_source, back.keep_destination) == (5, 2)
     assert back.pre_snapshot is None
-    assert failover.is_destination_copy(svc)
-    assert not failover.is_destination_copy(parse_service(definition()))
+    assert svc.is_destination_copy
+    assert not parse_service(definition()).is_destination_copy
 
 
 def test_mountpoint_key_is_validated() -> None:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from zfsrepl import config, plan, service, transfer
+from zfsrepl import config, interrupts, plan, service, transfer
 from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, replicate
@@ -441,7 +441,7 @@ def test_a_stop_cuts_every_stream_in_flight_and_starts_no_other(
 
     killer = threading.Thread(target=stop_when_three_run)
     started = time.monotonic()
-    with service.sigterm_unwinds(), pytest.raises(service.Terminated):
+    with interrupts.sigterm_unwinds(), pytest.raises(interrupts.Terminated):
         killer.start()
         try:
             cycle.send_and_prune(cp)

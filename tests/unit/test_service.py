@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zfsrepl import lock, log, service, state
+from zfsrepl import interrupts, lock, log, service, state
 from zfsrepl.config import Endpoint, FilesystemPair, Service, dump_service
 from zfsrepl.cycle import CycleEvents
 from zfsrepl.errors import CommandError, ConfigError, ZfsreplError
@@ -568,7 +568,7 @@ class ClosableHost:
 def test_sigterm_in_runonce_unwinds_through_every_with_and_gives_the_handler_back() -> None:
     before = signal.getsignal(signal.SIGTERM)
     host = ClosableHost()
-    with pytest.raises(service.Terminated), service.sigterm_unwinds(), host:
+    with pytest.raises(interrupts.Terminated), interrupts.sigterm_unwinds(), host:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler raises here
         raise AssertionError("SIGTERM did not unwind")
@@ -578,7 +578,7 @@ def test_sigterm_in_runonce_unwinds_through_every_with_and_gives_the_handler_bac
 
 def test_a_second_sigterm_does_not_cut_the_clean_up_of_the_first() -> None:
     cleaned: list[str] = []
-    with pytest.raises(service.Terminated), service.sigterm_unwinds():
+    with pytest.raises(interrupts.Terminated), interrupts.sigterm_unwinds():
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
@@ -591,8 +591,8 @@ def test_a_second_sigterm_does_not_cut_the_clean_up_of_the_first() -> None:
 
 def test_terminated_is_a_keyboard_interrupt_not_an_error() -> None:
     # No `except Exception` (nor the retry loop) may swallow it.
-    assert issubclass(service.Terminated, KeyboardInterrupt)
-    assert not issubclass(service.Terminated, Exception)
+    assert issubclass(interrupts.Terminated, KeyboardInterrupt)
+    assert not issubclass(interrupts.Terminated, Exception)
 
 
 def test_runonce_exits_143_on_sigterm_while_waiting_for_the_lock(

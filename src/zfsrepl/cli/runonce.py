@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
-from zfsrepl import config, failover, service
+from zfsrepl import config
 from zfsrepl.cli.common import Context
-from zfsrepl.cli.failover import confirm
-from zfsrepl.cycle import dry_run
 from zfsrepl.errors import ReplicationError
 from zfsrepl.host import LocalHost, SshHost
+from zfsrepl.interrupts import Terminated, sigterm_unwinds
+
+# The rest of zfsrepl (the cycle, the service's state and lock, failover) is imported
+# once the connection to the destination is opening: its handshake and the imports,
+# each a good part of a short cycle's cost, then take the time of one.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -40,36 +44,35 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     # SIGTERM (a service manager's stop, a timeout) unwinds like Ctrl-C: the ssh
     # ControlMaster is closed, not left running.
     try:
-        with service.sigterm_unwinds():
+        with sigterm_unwinds():
             return _run(args, ctx)
-    except service.Terminated:
+    except Terminated:
         print("zfsrepl: terminated", file=sys.stderr)
         return EXIT_TERMINATED
 
 
 def _run(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)
-    if failover.is_destination_copy(svc):
-        # The destination's copy of the definition: replicate back (failback).
-        back = failover.reversed_service(svc)
-        print(failover.failback_warning(svc), file=sys.stderr)
-        if args.dry_run:
-            with SshHost(back.destination, extra_options=("BatchMode=no",)) as remote:
-                cp = dry_run(back, LocalHost(svc.destination.host), remote)
-            print("\n".join(cp.describe()))
-            print("dry run: nothing was changed")
-            return 0
-        confirm(f"Replicate {svc.name} back to {svc.source.host}, overwriting its filesystems?",
-                args.yes)
-        service.run_once(back, ctx.state_dir, ctx.log_dir, wait=not args.no_wait,
-                         metrics_file=args.metrics_file, runner=failover.failback_runner)
-        return 0
-    if not args.dry_run:
+    if svc.is_destination_copy:
+        return _failback(args, ctx, svc)
+    if args.dry_run:
+        return _dry_run(svc)
+    with SshHost(svc.destination) as destination:
+        destination.start()
+        from zfsrepl import service
+
         # Under the service's lock (one cycle at a time, with `run` too), recorded for
         # status and metrics.
         service.run_once(svc, ctx.state_dir, ctx.log_dir, wait=not args.no_wait,
-                         metrics_file=args.metrics_file)
-        return 0
+                         metrics_file=args.metrics_file,
+                         runner=functools.partial(service.replicate_and_survey,
+                                                  destination=destination))
+    return 0
+
+
+def _dry_run(svc: config.Service) -> int:
+    from zfsrepl.cycle import dry_run
+
     source = LocalHost(f"{svc.source.user}@{svc.source.host}")
     with SshHost(svc.destination) as destination:
         cp = dry_run(svc, source, destination)
@@ -78,4 +81,25 @@ def _run(args: argparse.Namespace, ctx: Context) -> int:
     conflicts = cp.conflicts()
     if conflicts:
         raise ReplicationError("; ".join(conflicts))
+    return 0
+
+
+def _failback(args: argparse.Namespace, ctx: Context, svc: config.Service) -> int:
+    """The destination's copy of the definition: replicate back."""
+    from zfsrepl import failover, service
+    from zfsrepl.cli.failover import confirm
+    from zfsrepl.cycle import dry_run
+
+    back = failover.reversed_service(svc)
+    print(failover.failback_warning(svc), file=sys.stderr)
+    if args.dry_run:
+        with SshHost(back.destination, extra_options=("BatchMode=no",)) as remote:
+            cp = dry_run(back, LocalHost(svc.destination.host), remote)
+        print("\n".join(cp.describe()))
+        print("dry run: nothing was changed")
+        return 0
+    confirm(f"Replicate {svc.name} back to {svc.source.host}, overwriting its filesystems?",
+            args.yes)
+    service.run_once(back, ctx.state_dir, ctx.log_dir, wait=not args.no_wait,
+                     metrics_file=args.metrics_file, runner=failover.failback_runner)
     return 0
