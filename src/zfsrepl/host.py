@@ -25,7 +25,7 @@ from typing import IO, Callable, Protocol
 
 from zfsrepl.capabilities import WIRE_TOOLS
 from zfsrepl.config import Endpoint
-from zfsrepl.errors import CommandError, ConnectionFailed
+from zfsrepl.errors import CommandError, ConnectionFailed, ZfsreplError
 
 SSH_CONNECT_TIMEOUT = 10
 # AES-GCM first: with AES-NI it moves a stream ~25 % faster than the default
@@ -178,7 +178,13 @@ class SshHost:
     @property
     def control_path(self) -> str:
         if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="zfsrepl-ssh-")
+            try:
+                self._dir = tempfile.mkdtemp(prefix="zfsrepl-ssh-")
+            except OSError as exc:  # no temporary folder is writable: a full disk
+                raise ZfsreplError(
+                    f"cannot make a folder for the ssh connection to {self.label} in "
+                    f"{os.environ.get('TMPDIR') or '/tmp'}: {exc.strerror or exc}; free "
+                    "space there, or set TMPDIR to a writable folder") from None
         return os.path.join(self._dir, "cm")
 
     def start(self) -> None:

@@ -97,3 +97,16 @@ def test_the_agent_imports_nothing_of_the_command_line() -> None:
     assert "zfsrepl.agent" in modules
     assert not {m for m in modules if m.startswith("zfsrepl.cli.")}
     assert not {"zfsrepl.config", "zfsrepl.log", "zfsrepl.cycle"} & modules
+
+
+def test_what_the_system_refuses_is_one_line_not_a_traceback(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from zfsrepl.cli import status
+
+    def refused(args: object, ctx: object) -> int:
+        raise OSError(28, "No space left on device", "/var/lib/zfsrepl/x.json")
+
+    monkeypatch.setattr(status, "list_services", refused)  # registered by name
+    assert cli.main(["list"]) == 1
+    err = capsys.readouterr().err
+    assert err == "zfsrepl: error: No space left on device: /var/lib/zfsrepl/x.json\n"

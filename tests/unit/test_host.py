@@ -131,3 +131,19 @@ def test_start_opens_the_master_without_waiting_for_it(
         assert host.run(["echo"]).stdout.strip() == "ran echo"  # waited for the socket
         assert host._master is master
     assert wait_gone(master.pid)
+
+
+def test_no_writable_temporary_folder_is_one_clear_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from zfsrepl.errors import ZfsreplError
+
+    def full(*args: object, **kwargs: object) -> str:
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", full)
+    with SshHost(Endpoint("h", "u")) as host, pytest.raises(ZfsreplError) as exc:
+        host.start()
+    assert "cannot make a folder for the ssh connection to u@h" in str(exc.value)
+    assert "set TMPDIR" in str(exc.value)

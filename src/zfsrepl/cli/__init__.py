@@ -91,3 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zfsrepl: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # What the system refused (a full disk, a permission) where no message names it
+        # better: one line, not a traceback.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"zfsrepl: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
