@@ -46,6 +46,7 @@ import benchlib as bl
 from cycle_cost import RAW_CYCLE
 
 from lab import Lab, LabHost, ZfsreplCli, claim_area, lab_session
+from lab.zfs import destroy, exists, release_holds
 
 KEEP = 3
 WARMUP = 3
@@ -114,6 +115,14 @@ class Trees:
         self.ssh_config = f"{repl.base}/{self.name}-ssh_config"  # the user's own dir
         repl.put(Path(self.ssh_config),
                  f"Host *\n  Ciphers {CIPHERS}\n  BatchMode yes\n  LogLevel ERROR\n".encode())
+
+    def destroy(self) -> None:
+        """Every variant's trees, on both sides (the VM's disk is small)."""
+        for v in VARIANTS:
+            for host, fs in ((self.lab.src, self.src[v]), (self.lab.dst, self.dst[v])):
+                if exists(host, fs):
+                    release_holds(self.lab, host, fs)
+                    destroy(host, fs, "-R")
 
     def change(self, seed: int, size_kib: int = CHANGE_KIB) -> None:
         for v in VARIANTS:
@@ -210,6 +219,7 @@ def throughput(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, size_mi
         t.change(seed=1, size_kib=size_mib * 1024)
         for v in bl.alternate(i, VARIANTS):
             incr[v].append(t.run(v))
+        t.destroy()
         print("  full: " + "  ".join(f"{v} {full[v][-1]:.1f}s" for v in VARIANTS)
               + "\n  incremental: " + "  ".join(f"{v} {incr[v][-1]:.1f}s" for v in VARIANTS),
               flush=True)

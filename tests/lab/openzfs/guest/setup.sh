@@ -62,6 +62,9 @@ for p in "$SRC_POOL" "$DST_POOL"; do
         truncate -s "$POOL_SIZE" "$img"
         zpool create -m "$LABDIR/mnt/$p" "$p" "$img"
     fi
+    # freed blocks go back to the VM's small disk (the image files are sparse): without
+    # it, a benchmark's destroyed data stays allocated and fills the disk
+    zpool set autotrim=on "$p"
 done
 
 # ------------------------------------------------------------------ users, keys, rights
