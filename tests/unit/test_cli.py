@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from zfsrepl import agent, cli
+from zfsrepl import agent, cli, log
 
 
 def registered(module_name: str) -> set[str]:
@@ -107,6 +107,10 @@ def test_what_the_system_refuses_is_one_line_not_a_traceback(
         raise OSError(28, "No space left on device", "/var/lib/zfsrepl/x.json")
 
     monkeypatch.setattr(status, "list_services", refused)  # registered by name
+    # main() sets the zfsrepl logger up: the other tests get it back as it was
+    monkeypatch.setattr(log.logger, "handlers", list(log.logger.handlers))
+    monkeypatch.setattr(log.logger, "propagate", log.logger.propagate)
+    monkeypatch.setattr(log.logger, "level", log.logger.level)
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err
     assert err == "zfsrepl: error: No space left on device: /var/lib/zfsrepl/x.json\n"
