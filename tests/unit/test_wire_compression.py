@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -282,10 +283,11 @@ def test_pipeline_text_for_a_shell_and_for_the_agent() -> None:
 
 
 @pytest.fixture
-def ssh_host(monkeypatch: pytest.MonkeyPatch) -> SshHost:
-    h = SshHost(Endpoint("198.51.100.12", "dst"))
-    monkeypatch.setattr(h, "connect", lambda: None)
-    return h
+def ssh_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[SshHost]:
+    # closed after the test: its control folder (in the temporary folder) goes with it
+    with SshHost(Endpoint("198.51.100.12", "dst")) as h:
+        monkeypatch.setattr(h, "connect", lambda: None)
+        yield h
 
 
 @pytest.mark.parametrize("agent_side", [True, False], ids=["agent", "plain ssh"])
