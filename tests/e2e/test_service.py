@@ -38,14 +38,11 @@ from lab import (
 # the guest. The daemon's cycles themselves are runonce's, which runs on both.
 pytestmark = pytest.mark.backends("fuse")
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 SERVICE = "testrepl"
 EXIT_MAINTENANCE = 96
-# 2 MB/s: a stream of tens of MiB stays in flight for seconds (the lab does ~170 MB/s).
-THROTTLE_RATE = 2_000_000
-
-
-
+# zfsrepl's own per-stream limit, 2 MiB/s: a stream of tens of MiB stays in flight for
+# seconds (the lab does ~170 MB/s).
+THROTTLED = {"bandwidth_limit": "2M"}
 
 
 def assert_replicas_equal_sources(lab: Lab, src: str, dst: str) -> list[str]:
@@ -94,6 +91,12 @@ def status_json(repl: ZfsreplCli) -> dict[str, Any]:
     return one
 
 
+def recorded(status: dict[str, Any], cycles: int) -> dict[str, Any] | None:
+    """`status` once it records `cycles` finished cycles, one of them a success."""
+    done = status["cycles_total"] >= cycles and status["last_success"] is not None
+    return status if done else None
+
+
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
@@ -104,14 +107,6 @@ def put_script(lab: Lab, repl: ZfsreplCli, name: str, body: str) -> Path:
     repl.put(path, f"#!/bin/sh\n{body}".encode())
     lab.src.run(["chmod", "755", str(path)])
     return path
-
-
-def throttled(repl: ZfsreplCli, lab: Lab) -> dict[str, Any]:
-    """Definition settings that send through the throttling ProxyCommand."""
-    proxy = repl.base / "throttle_proxy.py"
-    repl.put(proxy, (FIXTURES / "throttle_proxy.py").read_bytes())
-    return {"destination": {"ssh_options": [
-        f"ProxyCommand=python3 {proxy} %h %p {THROTTLE_RATE}"]}}
 
 
 def random_file(path: Path, mib: int) -> None:
@@ -142,7 +137,10 @@ def test_daemon_replicates_cycle_after_cycle_with_status_and_metrics(
             write_tree(mnt, seed=seed)
         cycles(2)  # the last of them snapshots the data as it is now
 
-        running = status_json(repl)
+        # A snapshot reaches the destination before its cycle ends and is recorded: wait
+        # for the record of the cycles counted above, not just for their snapshots.
+        running = wait_for("status to record three finished cycles",
+                           lambda: recorded(status_json(repl), cycles=3))
         scraped = lab.src.run(
             ["python3", "-c", "import sys, urllib.request; sys.stdout.write(urllib.request."
              "urlopen(sys.argv[1], timeout=10).read().decode())",
@@ -190,6 +188,8 @@ def test_daemon_replicates_cycle_after_cycle_with_status_and_metrics(
 
     stopped = status_json(repl)
     assert stopped["state"] == "offline" and stopped["pid"] is None
+    # every replicated snapshot was a recorded cycle (the one SIGTERM cut may be missing)
+    assert stopped["cycles_total"] >= len(replicated) - 1 and stopped["last_success"] > 0
     after = metric_samples((repl.state_dir / "metrics" / f"{SERVICE}.prom").read_text())
     assert after[("zfsrepl_service_state", (("service", SERVICE), ("state", "offline")))] == 1
 
@@ -293,7 +293,7 @@ def test_sigterm_cuts_a_large_transfer_and_the_next_runonce_completes(
 
     random_file(mnt / "big.bin", 24)  # about 12 s through the throttle
     repl.write_service(filesystems=[(src, dst)], interval=60, retries=1, keep=10,
-                       **throttled(repl, lab))
+                       **THROTTLED)
     daemon = Daemon(lab, repl, tmp_path / "run.out")
     try:
         wait_for("the large incremental", lambda: "starting incremental" in daemon.output())
@@ -322,24 +322,41 @@ def test_sigterm_cuts_a_large_transfer_and_the_next_runonce_completes(
 
 def test_runonce_while_run_is_in_a_cycle_waits_and_both_succeed(
         lab: Lab, area: Area, repl: ZfsreplCli, tmp_path: Path) -> None:
-    src, dst, mnt = start_fs(lab, area)
-    random_file(mnt / "big.bin", 16)  # about 8 s through the throttle
+    src, dst, _ = start_fs(lab, area)
+    base = repl.base
+    # The daemon's first cycle is held after its snapshot (so inside the cycle, holding
+    # the service's lock) until the test has seen runonce refuse and then wait.
+    hook = put_script(lab, repl, "post.sh", POST_HOOK.format(dir=base))
+    (base / "block").write_text("")
     repl.write_service(filesystems=[(src, dst)], interval=600, retries=1, keep=10,
-                       **throttled(repl, lab))
+                       post_snapshot=str(hook))
     daemon = Daemon(lab, repl, tmp_path / "run.out")
     log_dir = str(daemon.log_dir)
+    waiter_out = tmp_path / "runonce.out"
+    waiter = None
     try:
-        wait_for("the full send", lambda: "starting full send" in daemon.output())
+        wait_for("the daemon's cycle held after its snapshot", (base / "blocked").exists)
         refused = repl.run("runonce", "--no-wait", "--log-dir", log_dir, SERVICE, check=False)
         assert refused.returncode == 1
         assert (f"service testrepl is busy: process {daemon.proc.pid} (run) is replicating it"
                 in refused.stderr.decode())
-        waited = repl.run("runonce", "--log-dir", log_dir, SERVICE)
+        with open(waiter_out, "wb") as sink:
+            waiter = lab.src.popen(repl.argv("runonce", "--log-dir", log_dir, SERVICE),
+                                   stdout=sink.fileno(), stderr=subprocess.STDOUT)
+        wait_for("runonce to wait for the daemon's cycle",
+                 lambda: "waiting: service testrepl is busy" in
+                 waiter_out.read_text(errors="replace"))
+        (base / "go").write_text("")
+        assert waiter.wait(timeout=120) == 0, waiter_out.read_text(errors="replace")
     finally:
+        (base / "go").write_text("")
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
         code = daemon.stop()
     assert code == 0, daemon.output()
     assert f"waiting: service testrepl is busy: process {daemon.proc.pid} (run)" in \
-        waited.stderr.decode()
+        waiter_out.read_text(errors="replace")
 
     # One after the other: run's cycle ended before runonce took its snapshot.
     log = (daemon.log_dir / f"{SERVICE}.log").read_text()
