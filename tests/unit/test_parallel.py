@@ -432,7 +432,7 @@ def test_a_stop_cuts_every_stream_in_flight_and_starts_no_other(
     cycle.take_snapshots(cp)
 
     def stop_when_three_run() -> None:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 120  # a bound against hanging, wide for a loaded machine
         while time.monotonic() < deadline:
             if sum(1 for p in list(recorded_popen) if p.poll() is None) >= 6:
                 break
@@ -440,19 +440,20 @@ def test_a_stop_cuts_every_stream_in_flight_and_starts_no_other(
         os.kill(os.getpid(), signal.SIGTERM)
 
     killer = threading.Thread(target=stop_when_three_run)
-    started = time.monotonic()
     with interrupts.sigterm_unwinds(), pytest.raises(interrupts.Terminated):
         killer.start()
         try:
             cycle.send_and_prune(cp)
         finally:
             killer.join()
-    took = time.monotonic() - started
-    assert took < 8, took
     assert len(recorded_popen) == 6  # three streams, two processes each; none after
     assert all(p.returncode is not None for p in recorded_popen)  # ended and waited for
+    # the senders were cut by a signal: none waited out its minute
+    senders = [p for p in recorded_popen if "sleep 60" in " ".join(map(str, p.args))]
+    assert len(senders) == 3 and all(p.returncode < 0 for p in senders), \
+        [(p.args, p.returncode) for p in recorded_popen]
     assert not any(w.dst.fs.get(p.destination) for p in PAIRS)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while [t for t in threading.enumerate() if t.name.startswith("zfsrepl-")]:
         assert time.monotonic() < deadline, threading.enumerate()
         time.sleep(0.01)

@@ -340,9 +340,9 @@ def signal_when(condition: Callable[[], bool], signum: int,
     """Send `signum` to this process once `condition` holds (bounded wait), `delay`
     seconds later."""
     def go() -> None:
-        for _ in range(500):
-            if condition():
-                break
+        # bounded against hanging, and wide: a loaded machine may take seconds to fork
+        deadline = time.monotonic() + 120
+        while not condition() and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(delay)
         os.kill(os.getpid(), signum)
