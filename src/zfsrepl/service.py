@@ -201,6 +201,27 @@ def replicate_and_survey(svc: Service, events: CycleEvents, sleep: Sleep, *,
         svc.naming, {fp.pair.destination: destination_after(fp) for fp in cp.filesystems})
 
 
+class KeptConnection:
+    """The cycle runner of `zfsrepl run`: one connection to the destination kept from
+    cycle to cycle, so that a steady service pays no ssh handshake per cycle. SshHost
+    opens its master again when it was lost (a cut link, a restarted sshd); a
+    destination changed by SIGHUP gets a connection of its own."""
+
+    def __init__(self) -> None:
+        self._host: SshHost | None = None
+
+    def __call__(self, svc: Service, events: CycleEvents, sleep: Sleep) -> dict[str, Newest]:
+        if self._host is None or self._host.endpoint != svc.destination:
+            self.close()
+            self._host = SshHost(svc.destination)
+        return replicate_and_survey(svc, events, sleep, destination=self._host)
+
+    def close(self) -> None:
+        host, self._host = self._host, None
+        if host is not None:
+            host.close()
+
+
 class Recorder(CycleEvents):
     """Writes what a cycle goes through into the state file as it happens."""
 
@@ -301,7 +322,7 @@ class Daemon:
     """`zfsrepl run NAME`."""
 
     def __init__(self, config_dir: Path, state_dir: Path, log_dir: Path, name: str, *,
-                 metrics_file: Path | None = None, runner: CycleRunner = replicate_and_survey,
+                 metrics_file: Path | None = None, runner: CycleRunner | None = None,
                  signals: Signals | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config_dir = config_dir
@@ -310,6 +331,9 @@ class Daemon:
         self.paths = ServicePaths(state_dir, name)
         self.store = StateStore(self.paths)
         self.metrics_file = metrics_file or self.paths.metrics_file
+        self._kept: KeptConnection | None = None
+        if runner is None:
+            self._kept = runner = KeptConnection()
         self.runner = runner
         self.signals = signals or Signals()
         self.monotonic = monotonic
@@ -373,6 +397,8 @@ class Daemon:
             self._update(lambda s: state.scheduled(s, None))
             self._publish()
             self._stop_server()
+            if self._kept is not None:
+                self._kept.close()
 
     # -- the loop -------------------------------------------------------------------
 

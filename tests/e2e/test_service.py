@@ -77,6 +77,17 @@ class Daemon:
         return self.wait()
 
 
+def control_master(daemon: Daemon) -> int:
+    """The pid of the daemon's one ssh ControlMaster (it runs between cycles too)."""
+    def masters() -> list[int]:
+        ps = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(daemon.proc.pid)],
+                            capture_output=True, text=True).stdout
+        return [int(ln.split()[0]) for ln in ps.splitlines() if " -M " in f" {ln} "]
+
+    (pid,) = wait_for("the daemon's ControlMaster", masters)
+    return pid
+
+
 def start_fs(lab: Lab, area: Area, seed: int = 1) -> tuple[str, str, Path]:
     src, dst = f"{area.src}/fs", f"{area.dst}/fs"
     lab.src.zfs("create", src)
@@ -135,7 +146,11 @@ def test_daemon_replicates_cycle_after_cycle_with_status_and_metrics(
         for seed in (2, 3):
             cycles(1)
             write_tree(mnt, seed=seed)
+            if seed == 2:
+                master = control_master(daemon)
         cycles(2)  # the last of them snapshots the data as it is now
+        # one ssh handshake for the life of the service, not one per cycle
+        assert control_master(daemon) == master
 
         # A snapshot reaches the destination before its cycle ends and is recorded: wait
         # for the record of the cycles counted above, not just for their snapshots.

@@ -195,6 +195,34 @@ def test_a_running_service_records_its_cycles_and_next_run(dirs: Dirs) -> None:
     assert "service svc1 stopped by SIGTERM" in dirs.log_text()
 
 
+def test_run_keeps_one_destination_connection_across_cycles_and_closes_it_at_stop(
+        dirs: Dirs, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    fake = FakeCycle(clock, stop_after=4)
+    used: list[object] = []
+    closed: list[object] = []
+
+    def survey(svc: Service, events: CycleEvents, sleep: Callable[[float], None], *,
+               destination: object = None) -> dict[str, Newest]:
+        used.append(destination)
+        if len(used) == 2:  # a SIGHUP between cycles moved the destination
+            dirs.write(make_service(destination=Endpoint("otherhost", "dst")))
+            signals.reload_requested = True
+        return fake(svc, events, sleep)
+
+    monkeypatch.setattr(service, "replicate_and_survey", survey)
+    monkeypatch.setattr(service.SshHost, "close", lambda self: closed.append(self))
+    signals = FakeSignals(clock)
+    code = Daemon(dirs.config, dirs.state, dirs.log, NAME, signals=signals,
+                  monotonic=clock).run()
+    assert code == 0 and len(used) == 5  # the fifth was stopped
+    first, second = used[0], used[2]
+    assert isinstance(first, service.SshHost) and isinstance(second, service.SshHost)
+    assert used[:2] == [first, first]  # no new connection for a steady service
+    assert used[2:] == [second] * 3 and second.endpoint.host == "otherhost"
+    assert closed == [first, second]  # the old one when replaced, the new one at the stop
+
+
 # ---------------------------------------------------------------------------- maintenance
 
 
