@@ -21,7 +21,7 @@ import pytest
 from test_failover import Setup, edit_keys, install_service_key, replicate_twice, snapshots
 from test_setup_support import listing, service_lines
 
-from lab import Lab, ZfsreplCli, claim_area, exists, write_tree
+from lab import Lab, ZfsreplCli, claim_area, destroy, exists, write_tree
 from zfsrepl import agent
 
 # zfs-fuse only: the streams are crafted with zfs-fuse's `send -R`, and the checks are
@@ -131,7 +131,7 @@ def test_a_forced_receive_cannot_reach_another_services_child(service: Service) 
         assert s.dst_fs in names and child not in names, out
         assert any(n.startswith(f"{s.dst_fs}@") for n in names), out
     finally:
-        lab.dst.zfs("destroy", "-r", child)
+        destroy(lab.dst, child, "-r")
 
 
 def test_a_taken_over_filesystem_cannot_be_changed_with_the_key_put_back(
@@ -140,8 +140,8 @@ def test_a_taken_over_filesystem_cannot_be_changed_with_the_key_put_back(
     s, lab = service.s, service.lab
     line = service_lines(lab, service.marker)
     assert len(line) == 1
-    out = s.back.run("lockoutkey", s.name)
-    assert b"interlock set" in out.stdout + out.stderr
+    locked = s.back.run("lockoutkey", s.name)
+    assert b"interlock set" in locked.stdout + locked.stderr
     edit_keys(lab, "add", service.marker, line[0])  # a rebuilt source's setup -r
     snaps = snapshots(lab.dst, s.dst_fs)
     oldest, newest = (f"{s.dst_fs}@{n}" for n in (snaps[0], snaps[-1]))
