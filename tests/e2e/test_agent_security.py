@@ -118,8 +118,8 @@ def test_a_forced_receive_cannot_reach_another_services_child(service: Service) 
         # a forced receive of a replication stream destroys what the sender lacks
         stream = service.replication_stream("without-child")
         code, _, err = service.send(f"zfs receive -u -F {shlex.quote(s.dst_fs)}", stream)
+        assert exists(lab.dst, child), (code, err)
         assert code == REFUSED, err
-        assert exists(lab.dst, child)
         assert f"{child!r}" in err and "not service" in err, err
 
         # a listing shows the service's own datasets only

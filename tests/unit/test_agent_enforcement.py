@@ -5,15 +5,20 @@ places that run zfs are tested with stand-ins."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shlex
+import struct
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from zfsrepl import agent, diagnosis, zfs
+from zfsrepl import agent, diagnosis, streamcheck, zfs
 from zfsrepl.agent import Pipeline, Policy, Refused, RunZfs, decide, inspect_args, judge
 from zfsrepl.naming import SnapshotNaming
 
@@ -215,3 +220,100 @@ def test_serve_refuses_a_taken_over_filesystem_before_running_anything(
     err = capsys.readouterr().err
     assert err.startswith("zfsrepl agent: refused: ") and err.count("\n") == 1
     assert "taken over" in err and "WARNING agent[svc] refused:" in log.read_text()
+
+
+# ---------------------------------------------------------------------------- a receive, run
+
+# A stand-in zfs: its usage (with or without receive -x), the agent's look (the
+# filesystem exists, not taken over), and a receive that keeps its arguments and stream.
+FAKE_ZFS = r"""
+import json, sys
+out, usage = sys.argv[1], sys.argv[2]
+args = sys.argv[3:]
+if not args:
+    sys.stderr.write(usage)
+    sys.exit(2)
+if args[0] == "list":
+    print(args[-1] + "\t-")
+    sys.exit(0)
+data = sys.stdin.buffer.read()
+with open(out, "wb") as f:
+    f.write(data)
+with open(out + ".args", "w") as f:
+    json.dump(args, f)
+"""
+PY39 = Path("/root/.pyenv/versions/3.9.18/bin/python")
+PYTHONS = [pytest.param(sys.executable, id="this python"),
+           pytest.param(str(PY39), id="python 3.9", marks=pytest.mark.skipif(
+               not PY39.exists(), reason="no Python 3.9 here"))]
+
+
+def begin(kind: int) -> bytes:
+    return struct.pack("<IIQQ", 0, 0, streamcheck.BACKUP_MAGIC, kind) + b"\0" * 288
+
+
+def receive_through_agent(tmp_path: Path, python: str, stream: bytes, usage: str,
+                          command: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    fake = tmp_path / "fakezfs.py"
+    fake.write_text(FAKE_ZFS)
+    zfs_command = shlex.join([sys.executable, str(fake), str(tmp_path / "received"), usage])
+    env = {"PATH": os.environ.get("PATH", ""),
+           "PYTHONPATH": str(Path(agent.__file__).parents[1]),
+           "SSH_ORIGINAL_COMMAND": command or f"zfs receive -u -F {shlex.quote(FS1)}"}
+    return subprocess.run([python, "-m", "zfsrepl.agent", "--service", "svc",
+                           "--filesystem", FS1, "--source-user", "src",
+                           "--destination-user", "dst", "--destination-host", "h",
+                           "--zfs-command", zfs_command], input=stream, capture_output=True,
+                          env=env, check=False, timeout=60)
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_the_stream_reaches_zfs_whole(tmp_path: Path, python: str) -> None:
+    """The first record the agent read, then the rest (spliced: ctypes on 3.9)."""
+    stream = begin(streamcheck.SUBSTREAM) + random.Random(2).randbytes(3 << 20)
+    proc = receive_through_agent(tmp_path, python, stream, FUSE_USAGE)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert (tmp_path / "received").read_bytes() == stream
+    args = json.loads((tmp_path / "received.args").read_text())
+    assert args == ["receive", "-u", "-F", FS1]  # zfs-fuse: no -x to give
+
+
+@pytest.mark.parametrize("python", PYTHONS)
+def test_a_replication_stream_never_reaches_zfs(tmp_path: Path, python: str) -> None:
+    stream = begin(streamcheck.COMPOUNDSTREAM) + b"\0" * 100000
+    proc = receive_through_agent(tmp_path, python, stream, OPENZFS_USAGE)
+    assert proc.returncode == agent.EXIT_REFUSED
+    assert proc.stderr.decode().startswith("zfsrepl agent: refused: the stream is a "
+                                           "replication stream")
+    assert not (tmp_path / "received").exists()
+
+
+def test_where_zfs_has_receive_x_the_dangerous_properties_are_excluded(
+        tmp_path: Path) -> None:
+    stream = begin(streamcheck.SUBSTREAM) + b"x" * 1000
+    proc = receive_through_agent(tmp_path, sys.executable, stream, OPENZFS_USAGE,
+                                 f"zfs receive -u -o readonly=on {shlex.quote(FS1)}")
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    args = json.loads((tmp_path / "received.args").read_text())
+    assert args == list(agent.with_exclusions(("receive", "-u", "-o", "readonly=on", FS1)))
+    assert (tmp_path / "received").read_bytes() == stream
+
+
+def test_pass_on_moves_the_rest_in_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent.subprocess, "run", lambda *a, **kw: pytest.fail("cat used"))
+    data = random.Random(3).randbytes(200000)
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    def write() -> None:
+        os.write(src_w, data)
+        os.close(src_w)
+
+    with ThreadPoolExecutor(2) as pool:
+        writer = pool.submit(write)
+        reader = pool.submit(lambda: b"".join(iter(lambda: os.read(dst_r, 65536), b"")))
+        agent._pass_on(src_r, dst_w)
+        os.close(dst_w)
+        writer.result()
+        assert reader.result() == data
+    os.close(src_r)
+    os.close(dst_r)
