@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import re
@@ -56,9 +58,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import IO, NoReturn, Sequence, Union
+from typing import IO, Callable, NoReturn, Sequence, Union
 
-from zfsrepl import __version__, capabilities
+from zfsrepl import __version__, capabilities, streamcheck
 from zfsrepl.naming import SnapshotNaming
 
 # The properties the cycle lists (zfs.py `_LIST_PROPS`; a unit test keeps them equal),
@@ -72,6 +74,23 @@ EXIT_REFUSED = 126
 EXIT_CANNOT_RUN = 127
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _PROBE_TIMEOUT = 30
+# A check the agent makes before it runs a request (what the filesystems are, which
+# options this zfs has): far above what it takes on a loaded host, so that a hung zfs
+# ends the request instead of holding the connection forever.
+_CHECK_TIMEOUT = 120
+# The most memory one stream's mbuffer may take here: a key holder chooses the size
+# and may open streams in parallel, so each is bounded (1 GiB is far beyond what
+# smooths a network stream).
+MAX_AGENT_BUFFER = 1 << 30
+# Where the interlock lives (zfs.py ROLE_PROPERTY) and the value that means "taken
+# over" (diagnosis.ROLE_TAKEN_OVER); a unit test keeps them equal.
+ROLE_PROPERTY = "zfsrepl:role"
+ROLE_TAKEN_OVER = "source"
+# Properties a receive leaves as they are here, where this zfs has `receive -x`: a
+# stream with any of them could mount the replica over a system folder, share it or
+# make its set-uid programs and devices count.
+EXCLUDED_PROPERTIES = ("mountpoint", "canmount", "sharenfs", "sharesmb", "setuid", "exec",
+                       "devices")
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,14 @@ class Hello:
 class RunZfs:
     args: tuple[str, ...]  # after the zfs command
     must_exist: str | None = None  # dataset that must exist before the command runs
+    # The filesystems the command changes (it, its snapshots, their holds): refused
+    # while any of them is taken over (the takeover interlock, read before it runs).
+    changes: tuple[str, ...] = ()
+    # A forced receive (-F) into this filesystem: refused while it has descendants that
+    # are not the service's (a forced receive may destroy them).
+    forced: str | None = None
+    stream: bool = False  # reads a send stream: its first record is checked first
+    listing: bool = False  # its output is cut to the service's own datasets
 
 
 @dataclass(frozen=True)
@@ -159,6 +186,13 @@ def decide(command: str, policy: Policy) -> Decision:
         return Refused(f"command cannot be split into words: {exc}")
     if not words:
         return Refused("empty command")
+    nested = nested_destinations(policy.filesystems)
+    if nested:
+        inner, outer = nested
+        return Refused(f"the destination filesystems of service {policy.service} nest: "
+                       f"{inner!r} is inside {outer!r}, where a forced receive into "
+                       f"{outer!r} could destroy it; give each filesystem a destination "
+                       "of its own outside the others and run setup again")
     if "|" in words:
         return _pipeline(words, policy)
     if words == ["hello"]:
@@ -175,6 +209,15 @@ def decide(command: str, policy: Policy) -> Decision:
         return Refused(f"zfs {sub} is not allowed for service {policy.service}: only "
                        f"{', '.join(sorted(_SUBCOMMANDS))} of its own datasets")
     return handler(args, policy)
+
+
+def nested_destinations(filesystems: frozenset[str]) -> tuple[str, str] | None:
+    """Two of `filesystems` (inner, outer) where one lies below the other, or None."""
+    for inner in sorted(filesystems):
+        for outer in filesystems:
+            if inner.startswith(outer + "/"):
+                return inner, outer
+    return None
 
 
 def _pipeline(words: list[str], policy: Policy) -> Decision:
@@ -197,11 +240,17 @@ def _pipeline(words: list[str], policy: Policy) -> Decision:
         if form[1:3] != ["-q", "-m"] or len(form) != 4:
             return Refused(f"mbuffer is allowed only as: mbuffer -q -m SIZE, not "
                            f"{shlex.join(form)!r}")
-        if capabilities.parse_buffer_size(form[3]) is None:
+        size = capabilities.parse_buffer_size(form[3])
+        if size is None:
             return Refused(f"mbuffer's size must be a whole number with K, M or G, from "
                            f"{capabilities.format_buffer_size(capabilities.MIN_BUFFER)} to "
-                           f"{capabilities.format_buffer_size(capabilities.MAX_BUFFER)} "
+                           f"{capabilities.format_buffer_size(MAX_AGENT_BUFFER)} "
                            f"(like 16M), not {form[3]!r}")
+        if size > MAX_AGENT_BUFFER:
+            return Refused(f"an mbuffer of {form[3]} is more than this host gives one "
+                           f"stream ({capabilities.format_buffer_size(MAX_AGENT_BUFFER)}: "
+                           "a key may open many streams at once); set `buffer` in the "
+                           "definition to at most that")
         rest.pop(0)
     if rest:
         return Refused(f"{shlex.join(rest[0])!r} is not allowed in a pipeline; "
@@ -257,7 +306,8 @@ def _get(args: list[str], policy: Policy) -> Decision:
         refused = _own_fs(fs, policy)
         if refused:
             return refused
-    return RunZfs(tuple(args))
+    # -r -d 1 also lists the filesystems right below: another service's among them
+    return RunZfs(tuple(args), listing=True)
 
 
 def _list(args: list[str], policy: Policy) -> Decision:
@@ -276,7 +326,7 @@ def _receive(args: list[str], policy: Policy) -> Decision:
     usage = ("zfs receive is allowed only as: receive -u [-F] [-s] [-o readonly=on] FS, "
              "or receive -A FS")
     if len(args) == 3 and args[1] == "-A":
-        return _own_fs(args[2], policy) or RunZfs(tuple(args))
+        return _own_fs(args[2], policy) or RunZfs(tuple(args), changes=(args[2],))
     if len(args) < 3 or args[1] != "-u":
         return Refused(usage)
     flags = args[2:-1]
@@ -295,7 +345,9 @@ def _receive(args: list[str], policy: Policy) -> Decision:
         return refused
     # zfs-fuse receives an incremental stream aimed at a missing name into any dataset
     # holding the base snapshot: -F (the incremental form) only into an existing one.
-    return RunZfs(tuple(args), must_exist=args[-1] if incremental else None)
+    fs = args[-1]
+    return RunZfs(tuple(args), must_exist=fs if incremental else None, changes=(fs,),
+                  forced=fs if incremental else None, stream=True)
 
 
 def _hold_or_release(args: list[str], policy: Policy) -> Decision:
@@ -308,7 +360,7 @@ def _hold_or_release(args: list[str], policy: Policy) -> Decision:
         refused = _own_snapshot(name, policy, args[0])
         if refused:
             return refused
-    return RunZfs(tuple(args))
+    return RunZfs(tuple(args), changes=_filesystems_of(args[2:]))
 
 
 def _holds(args: list[str], policy: Policy) -> Decision:
@@ -327,14 +379,20 @@ def _holds(args: list[str], policy: Policy) -> Decision:
 def _destroy(args: list[str], policy: Policy) -> Decision:
     if len(args) != 2 or args[1].startswith("-"):
         return Refused("zfs destroy is allowed only as: destroy FS@SNAP (no options)")
-    return _own_snapshot(args[1], policy, "destroy") or RunZfs(tuple(args))
+    return (_own_snapshot(args[1], policy, "destroy")
+            or RunZfs(tuple(args), changes=_filesystems_of(args[1:])))
 
 
 def _rollback(args: list[str], policy: Policy) -> Decision:
     # No -r/-R: those would destroy newer snapshots, other services' included.
     if len(args) != 2 or args[1].startswith("-"):
         return Refused("zfs rollback is allowed only as: rollback FS@SNAP (no options)")
-    return _own_snapshot(args[1], policy, "rollback") or RunZfs(tuple(args))
+    return (_own_snapshot(args[1], policy, "rollback")
+            or RunZfs(tuple(args), changes=_filesystems_of(args[1:])))
+
+
+def _filesystems_of(snapshots: list[str]) -> tuple[str, ...]:
+    return tuple(sorted({name.partition("@")[0] for name in snapshots}))
 
 
 _SUBCOMMANDS = {
@@ -342,6 +400,76 @@ _SUBCOMMANDS = {
     "rollback": _rollback, "hold": _hold_or_release, "release": _hold_or_release,
     "holds": _holds,
 }
+
+
+# ---------------------------------------------------------------------------- what is there
+
+
+def inspect_args(run: RunZfs) -> list[str] | None:
+    """The one zfs listing a request needs before it runs (which of its filesystems
+    exist, their interlock, and for a forced receive what lies below), or None."""
+    names = set(run.changes)
+    names.update(n for n in (run.must_exist, run.forced) if n)
+    if not names:
+        return None
+    args = ["list", "-H", "-o", f"name,{ROLE_PROPERTY}"]
+    if run.forced:
+        args += ["-r", "-t", "filesystem,volume"]
+    return args + sorted(names)
+
+
+def parse_roles(listing: str) -> dict[str, str]:
+    """`zfs list -H -o name,zfsrepl:role` as {dataset: role} ("-" where none is set)."""
+    roles = {}
+    for line in listing.splitlines():
+        name, sep, role = line.partition("\t")
+        if sep:
+            roles[name] = role
+    return roles
+
+
+def judge(run: RunZfs, roles: dict[str, str], policy: Policy) -> Refused | None:
+    """Whether `run` may run, given what `inspect_args` found (`roles`): pure."""
+    if run.must_exist and run.must_exist not in roles:
+        return Refused(f"{run.must_exist!r} does not exist: an incremental stream is "
+                       "received only into an existing filesystem")
+    taken = [fs for fs in run.changes if roles.get(fs) == ROLE_TAKEN_OVER]
+    if taken:
+        # the takeover interlock: held here, whatever the sending side believes
+        return Refused(f"{', '.join(map(repr, taken))} has been taken over on this host "
+                       f"({ROLE_PROPERTY}={ROLE_TAKEN_OVER}, set by `zfsrepl lockoutkey` or "
+                       f"`zfsrepl failover --takeover`): service {policy.service} may not "
+                       "change it from the source. On this host, `zfsrepl runonce "
+                       f"{policy.service}` replicates it back (failback) and `zfsrepl "
+                       f"failover --end {policy.service}` ends the takeover")
+    if run.forced:
+        below = sorted(n for n in roles
+                       if n.startswith(run.forced + "/") and n not in policy.filesystems)
+        if below:
+            return Refused(f"{run.forced!r} has {', '.join(map(repr, below[:5]))}"
+                           f"{' ...' if len(below) > 5 else ''} below it, not service "
+                           f"{policy.service}'s: a forced receive (-F) could destroy it; "
+                           "move it out of the service's destination")
+    return None
+
+
+def own_listing(output: bytes, filesystems: frozenset[str]) -> bytes:
+    """The lines of a `zfs get -H` listing about `filesystems` and their snapshots:
+    `-r -d 1` also lists the filesystems right below, which may be anyone's."""
+    own = {fs.encode("utf-8") for fs in filesystems}
+    return b"".join(ln for ln in output.splitlines(keepends=True)
+                    if ln.split(b"\t", 1)[0].split(b"@", 1)[0] in own)
+
+
+def excludes_properties(usage: str) -> bool:
+    """Whether this zfs has `receive -x PROPERTY` (from its usage text)."""
+    return "x" in capabilities.flags(capabilities._usage_of(usage.splitlines(), "receive"))
+
+
+def with_exclusions(args: Sequence[str]) -> tuple[str, ...]:
+    """`receive ...` with the dangerous properties excluded."""
+    excluded = [w for p in EXCLUDED_PROPERTIES for w in ("-x", p)]
+    return (args[0], *excluded, *args[1:])
 
 
 # ---------------------------------------------------------------------------- capabilities
@@ -356,17 +484,22 @@ def capabilities_from_usage(usage: str, allow_output: str) -> dict[str, bool]:
             **capabilities.from_usage(usage).to_json()}
 
 
-def probe(zfs_argv: Sequence[str]) -> dict[str, bool]:
-    def output(args: list[str]) -> str:
-        try:
-            proc = subprocess.run([*zfs_argv, *args], stdin=subprocess.DEVNULL,
-                                  capture_output=True, timeout=_PROBE_TIMEOUT, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return (proc.stdout + proc.stderr).decode("utf-8", "replace")
+def _output(zfs_argv: Sequence[str], args: list[str]) -> str:
+    try:
+        proc = subprocess.run([*zfs_argv, *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=_PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (proc.stdout + proc.stderr).decode("utf-8", "replace")
 
+
+def probe(zfs_argv: Sequence[str]) -> dict[str, bool]:
     # `zfs` alone prints the usage of every subcommand and changes nothing.
-    return capabilities_from_usage(output([]), output(["allow"]))
+    return capabilities_from_usage(_output(zfs_argv, []), _output(zfs_argv, ["allow"]))
+
+
+def probe_exclusions(zfs_argv: Sequence[str]) -> bool:
+    return excludes_properties(_output(zfs_argv, []))
 
 
 def wire_tools() -> list[str]:
@@ -406,10 +539,27 @@ def _shown(command: str) -> str:
     return command if len(command) <= 300 else command[:300] + "..."
 
 
-def _exists(zfs_argv: Sequence[str], name: str) -> bool:
-    proc = subprocess.run([*zfs_argv, "list", "-H", "-o", "name", name],
-                          stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    return proc.returncode == 0 and proc.stdout.decode("utf-8", "replace").strip() == name
+def inspect(zfs_argv: Sequence[str], args: list[str]) -> dict[str, str] | Refused:
+    """Run the listing `inspect_args` made: {dataset: role}, or why it cannot be read
+    (then nothing runs: a check that cannot be made is a refusal)."""
+    what = "what the request would change"
+    try:
+        proc = subprocess.run([*zfs_argv, *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=_CHECK_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return Refused(f"zfs did not answer within {_CHECK_TIMEOUT} s when asked {what}; "
+                       "try again when this host is less busy")
+    except OSError as exc:
+        return Refused(f"cannot run {zfs_argv[0]} to read {what}: {exc.strerror}")
+    if proc.returncode != 0:
+        # a missing filesystem is an answer (a full receive creates it); anything else
+        # is a check that could not be made
+        problems = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines()
+                    if ln.strip() and "does not exist" not in ln]
+        if problems or proc.returncode < 0:
+            return Refused(f"cannot read {what}: "
+                           f"{problems[0] if problems else f'zfs exit {proc.returncode}'}")
+    return parse_roles(proc.stdout.decode("utf-8", "replace"))
 
 
 def refuse(log: AgentLog, reason: str, command: str) -> int:
@@ -436,17 +586,22 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
                          sort_keys=True))
         return 0
     receive = decision.receive if isinstance(decision, Pipeline) else decision
-    if receive.must_exist and not _exists(policy.zfs_argv, receive.must_exist):
-        return refuse(log, f"{receive.must_exist!r} does not exist: an incremental stream "
-                           "is received only into an existing filesystem", text)
-    if isinstance(decision, Pipeline):
-        return run_pipeline(decision, policy, log)
-    argv = [*policy.zfs_argv, *decision.args]
+    args = inspect_args(receive)
+    if args:
+        roles = inspect(policy.zfs_argv, args)
+        refused = roles if isinstance(roles, Refused) else judge(receive, roles, policy)
+        if refused:
+            return refuse(log, refused.reason, text)
+    if receive.listing:
+        return run_listing(receive, policy, log)
+    if receive.stream:
+        pipeline = decision if isinstance(decision, Pipeline) else Pipeline((), decision)
+        return run_pipeline(pipeline, policy, log, text)
+    argv = [*policy.zfs_argv, *receive.args]
     log.write("INFO", f"running: {shlex.join(argv)}")
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        # exec: the receive stream goes from sshd to zfs without passing through Python
         os.execvp(argv[0], argv)
     except OSError as exc:
         print(f"zfsrepl agent: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
@@ -481,9 +636,30 @@ def _copy_to_stderr(file: IO[bytes]) -> None:
             pass  # the client is gone: nobody to tell
 
 
-def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog) -> int:
-    """Run `helper | ... | zfs receive` with OS pipes between the programs: the stream
-    goes from sshd through the helpers into zfs without passing through Python.
+def run_listing(run: RunZfs, policy: Policy, log: AgentLog) -> int:
+    """Run a `zfs get` listing and pass on only the lines about the service's own
+    filesystems and their snapshots."""
+    argv = [*policy.zfs_argv, *run.args]
+    log.write("INFO", f"running: {shlex.join(argv)}")
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              check=False)
+    except OSError as exc:
+        print(f"zfsrepl agent: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
+        log.write("WARNING", f"cannot run {shlex.join(argv)}: {exc.strerror}")
+        return EXIT_CANNOT_RUN
+    sys.stdout.buffer.write(own_listing(proc.stdout, policy.filesystems))
+    sys.stdout.flush()
+    sys.stderr.buffer.write(proc.stderr)
+    sys.stderr.flush()
+    return _exit_code(proc.returncode)
+
+
+def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str = "") -> int:
+    """Run `[helper | ...] zfs receive` with OS pipes between the programs, after a look
+    at the stream's first record (see streamcheck): the stream goes from sshd through
+    the helpers into zfs without passing through Python; the agent reads the first
+    bytes of the stream, hands them to zfs and moves the rest in the kernel (splice).
 
     Standard error: zfs's own lines first, and only those when it fails (the helpers'
     broken pipes that follow would hide its message); else those of a failing helper.
@@ -497,7 +673,10 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog) -> int:
             log.write("WARNING", f"cannot run {helper[0]}: not found on PATH")
             return EXIT_CANNOT_RUN
         argvs.append([found, *helper[1:]])
-    argvs.append([*policy.zfs_argv, *decision.receive.args])
+    receive = decision.receive.args
+    if probe_exclusions(policy.zfs_argv):
+        receive = with_exclusions(receive)
+    argvs.append([*policy.zfs_argv, *receive])
     log.write("INFO", "running: " + " | ".join(shlex.join(a) for a in argvs))
     procs: list[subprocess.Popen[bytes]] = []
     with contextlib.ExitStack() as stack:
@@ -506,7 +685,30 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog) -> int:
         try:
             for signum in _STOP_SIGNALS:
                 signal.signal(signum, _stop)
-            problem = _start(argvs, errors, procs)
+            started = _start(argvs[:-1], errors[:-1], procs)
+            if isinstance(started, str):
+                print(f"zfsrepl agent: {started}", file=sys.stderr)
+                log.write("WARNING", started)
+                return EXIT_CANNOT_RUN
+            stream = started
+            if stream is not None:
+                stack.callback(stream.close)
+            upstream = sys.stdin.fileno() if stream is None else stream.fileno()
+            header = _read_up_to(upstream, streamcheck.HEADER_BYTES)
+            checked = streamcheck.check_begin(header)
+            if isinstance(checked, streamcheck.BadStream):
+                if stream is not None:
+                    stream.close()  # a helper still writing gets a broken pipe
+                if len(header) < streamcheck.HEADER_BYTES:
+                    # the stream ended: a helper that failed says why better
+                    codes = [_exit_code(proc.wait()) for proc in procs]
+                    failed = _helper_failure(codes, argvs, errors, log)
+                    if failed:
+                        return failed
+                return refuse(log, checked.reason, command)
+            problem = _start_receive(argvs[-1], errors[-1], procs, header, upstream)
+            if stream is not None:
+                stream.close()  # zfs stopped early: the helpers must not wait for a reader
             if problem:
                 print(f"zfsrepl agent: {problem}", file=sys.stderr)
                 log.write("WARNING", problem)
@@ -526,24 +728,100 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog) -> int:
 
 
 def _start(argvs: list[list[str]], errors: list[IO[bytes]],
-           procs: list[subprocess.Popen[bytes]]) -> str | None:
-    """Start each program reading the one before (the first: this process's standard
-    input, the stream from sshd) into `procs`; why one cannot be started, or None."""
+           procs: list[subprocess.Popen[bytes]]) -> IO[bytes] | str | None:
+    """Start each helper reading the one before (the first: this process's standard
+    input, the stream from sshd) into `procs`; the last one's output (None without
+    helpers: the stream is standard input), or why one cannot be started."""
     upstream: int | IO[bytes] = sys.stdin.fileno()
-    for i, (argv, err) in enumerate(zip(argvs, errors)):
-        last = i == len(argvs) - 1
+    for argv, err in zip(argvs, errors):
         try:
-            proc = subprocess.Popen(argv, stdin=upstream,
-                                    stdout=None if last else subprocess.PIPE, stderr=err)
+            proc = subprocess.Popen(argv, stdin=upstream, stdout=subprocess.PIPE, stderr=err)
         except OSError as exc:
             return f"cannot run {shlex.join(argv)}: {exc.strerror}"
         finally:
             if not isinstance(upstream, int):
                 upstream.close()  # the program just started holds the read end now
         procs.append(proc)
-        if proc.stdout is not None:
-            upstream = proc.stdout
+        assert proc.stdout is not None
+        upstream = proc.stdout
+    return None if isinstance(upstream, int) else upstream
+
+
+def _read_up_to(fd: int, size: int) -> bytes:
+    """The first `size` bytes from `fd`, fewer if the stream ends before."""
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _start_receive(argv: list[str], err: IO[bytes], procs: list[subprocess.Popen[bytes]],
+             header: bytes, upstream: int) -> str | None:
+    """Start zfs receive (into `procs`) and give it `header`, then the rest of the stream
+    from `upstream`; why it cannot be started, or None."""
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=err)
+    except OSError as exc:
+        return f"cannot run {shlex.join(argv)}: {exc.strerror}"
+    procs.append(proc)
+    assert proc.stdin is not None
+    with proc.stdin:
+        try:
+            view = memoryview(header)
+            while view:
+                view = view[os.write(proc.stdin.fileno(), view):]
+            _pass_on(upstream, proc.stdin.fileno())
+        except BrokenPipeError:
+            pass  # zfs stopped reading: its exit status and message tell why
     return None
+
+
+_CHUNK = 1 << 20
+
+
+def _pass_on(src: int, dst: int) -> None:
+    """Everything from `src` into the pipe `dst`, moved by the kernel: splice where there
+    is one (Linux), else `cat`; the stream's bytes never pass through Python."""
+    splice = _splicer()
+    if splice is not None:
+        try:
+            while splice(src, dst, _CHUNK) > 0:
+                pass
+            return
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: this kind of input cannot be spliced
+                raise
+    subprocess.run(["cat"], stdin=src, stdout=dst, check=False)
+
+
+def _splicer() -> Callable[[int, int, int], int] | None:
+    """splice(2) as a function (src, dst, count) -> bytes moved: os.splice (Python 3.10
+    and later), else libc's through ctypes on Linux; None elsewhere."""
+    if hasattr(os, "splice"):
+        return os.splice  # type: ignore[no-any-return,unused-ignore]
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc_splice = ctypes.CDLL(None, use_errno=True).splice
+    except (OSError, AttributeError):
+        return None
+    libc_splice.restype = ctypes.c_ssize_t
+    libc_splice.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                            ctypes.c_size_t, ctypes.c_uint]
+
+    def splice(src: int, dst: int, count: int) -> int:
+        while True:
+            moved = int(libc_splice(src, None, dst, None, count, 0))
+            if moved >= 0:
+                return moved
+            code = ctypes.get_errno()
+            if code != errno.EINTR:  # a signal's handler runs (and may raise) here
+                raise OSError(code, os.strerror(code))
+
+    return splice
 
 
 def _end(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -568,7 +846,13 @@ def _report(codes: list[int], argvs: list[list[str]], errors: list[IO[bytes]],
     if zfs_code != 0:
         log.write("WARNING", f"zfs receive failed (exit {zfs_code})")
         return zfs_code
-    for argv, code, err in zip(argvs, helper_codes, errors):
+    return _helper_failure(helper_codes, argvs, errors, log)
+
+
+def _helper_failure(codes: list[int], argvs: list[list[str]], errors: list[IO[bytes]],
+                    log: AgentLog) -> int:
+    """The exit code of the first helper that failed, its lines passed on; 0 if none."""
+    for argv, code, err in zip(argvs, codes, errors):
         if code != 0:
             _copy_to_stderr(err)
             log.write("WARNING", f"{os.path.basename(argv[0])} failed (exit {code})")

@@ -366,8 +366,8 @@ def test_accepted_request_execs_the_agents_zfs(tmp_path: Path,
 
 def test_incremental_receive_into_a_missing_filesystem_is_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent, "_exists", lambda zfs_argv, name: False)
-    monkeypatch.setattr(os, "execvp", lambda *a: pytest.fail("exec"))
+    monkeypatch.setattr(agent, "inspect", lambda zfs_argv, args: {})
+    monkeypatch.setattr(agent, "run_pipeline", lambda *a: pytest.fail("received"))
     code = agent.serve(wire(["zfs", "receive", "-u", "-F", FS1]).encode(), POLICY,
                        agent.AgentLog("svc", None))
     assert code == agent.EXIT_REFUSED
