@@ -104,6 +104,8 @@ def render(step: RootStep) -> str:
         "# Written by `zfsrepl setup`. Read it, then run it as root there: sh THIS_FILE",
         "set -eu",
         'if [ "$(id -u)" != 0 ]; then echo "run this script as root" >&2; exit 1; fi',
+        *_SELF_CHECK,
+        *_ROOT_FOLDER,
         f"user={q(step.user)}",
         'group=$(id -gn "$user")',
         f"echo {q(f'Creating the key folder {step.key_dir}')}",
@@ -123,13 +125,22 @@ def render(step: RootStep) -> str:
         folder = step.state_folder
         lines.append(f"echo {q(f'Creating the state folder {folder}')}")
         lines += _parents(os.path.dirname(folder), 2)
-        lines.append(f'install -d -m 0750 -o "$user" -g "$group" {q(folder)}')
+        lines += [f"root_folder {q(os.path.dirname(folder))}",
+                  f"if [ -L {q(folder)} ]; then echo {q(f'{folder} is a symbolic link')} >&2; "
+                  "exit 1; fi",
+                  f'install -d -m 0750 -o "$user" -g "$group" {q(folder)}']
     for log in (step.service_log, step.agent_log):
         if log:
             lines.append(f"echo {q(f'Creating the log file {log}')}")
             lines += _parents(os.path.dirname(log), 1)
-            lines += [f"touch {q(log)}", f'chown "$user:$group" {q(log)}',
-                      f"chmod 0640 {q(log)}"]
+            # Only root can put an entry there (root_folder): what is checked stays so.
+            not_file = f"{log} is not a regular file (a link?): remove it"
+            lines += [f"root_folder {q(os.path.dirname(log))}",
+                      f"if [ -L {q(log)} ] || {{ [ -e {q(log)} ] && [ ! -f {q(log)} ]; }}; "
+                      f"then echo {q(not_file)} >&2; exit 1; fi",
+                      f'[ -e {q(log)} ] || install -m 0640 -o "$user" -g "$group" /dev/null '
+                      f"{q(log)}",
+                      f'chown -h "$user:$group" {q(log)}', f"chmod 0640 {q(log)}"]
     if step.rights == "sudo":
         rule = f"{step.user} ALL=(root) NOPASSWD: {step.zfs_path}"
         says = f"Allowing {step.user} to run {step.zfs_path} through sudo (no zfs allow here)"
@@ -151,6 +162,32 @@ def render(step: RootStep) -> str:
             ]
     lines.append(f"echo {q(f'Done: the root steps of {step.service} on {step.host}.')}")
     return "\n".join(lines) + "\n"
+
+
+# Root runs this script: one that a user could change between root reading and running
+# it, or that lies in such a folder, is refused. `find -user 0 ! -perm` is POSIX.
+_SELF_CHECK = [
+    'here=$(dirname -- "$0")',
+    'for p in "$0" "$here"; do',
+    '    if [ -L "$p" ] || [ -z "$(find "$p" -prune -user 0 ! -perm -020 ! -perm -002)" ]; then',
+    '        echo "refusing to run: $p is not one that only root can write; as root, copy this'
+    ' script into a folder only root can write (e.g. install -m 0700 $0 /root/), check its'
+    ' SHA-256 against the one setup printed, and run that copy" >&2',
+    "        exit 1",
+    "    fi",
+    "done",
+]
+# Files root creates and hands to the user go only into folders nobody but root can
+# change: there a checked name cannot turn into a link before it is used.
+_ROOT_FOLDER = [
+    "root_folder() {",
+    '    if [ -L "$1" ] || [ -z "$(find "$1" -prune -type d -user 0 ! -perm -020 ! -perm -002)" ]'
+    "; then",
+    '        echo "refusing: $1 must be a folder owned by root that nobody else can write" >&2',
+    "        exit 1",
+    "    fi",
+    "}",
+]
 
 
 def _parents(folder: str, depth: int) -> list[str]:
