@@ -31,29 +31,31 @@ class UnsafePath(OSError):
         super().__init__(errno.EPERM, f"{path} {reason}")
 
 
-def _user(uid: int) -> str:
+def user_name(uid: int) -> str:
+    """The login name of `uid`, or "uid N"."""
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid {uid}"
 
 
-def _trusted(uid: int, euid: int) -> bool:
+def trusted_owner(uid: int, euid: int) -> bool:
+    """Whether `uid` may own what user `euid` writes or runs: itself or root."""
     return uid in (euid, 0)
 
 
 def _expected(euid: int) -> str:
-    return "root" if euid == 0 else f"{_user(euid)} (who runs zfsrepl) or root"
+    return "root" if euid == 0 else f"{user_name(euid)} (who runs zfsrepl) or root"
 
 
 def folder_problem(st: os.stat_result, euid: int) -> str | None:
     """Why a folder with status `st` must not hold files written by user `euid`, or None."""
     if not stat.S_ISDIR(st.st_mode):
         return "is not a folder"
-    if not _trusted(st.st_uid, euid):
-        owner = _user(st.st_uid)
+    if not trusted_owner(st.st_uid, euid):
+        owner = user_name(st.st_uid)
         fix = f"run zfsrepl as {owner}" if euid == 0 else \
-            f"run zfsrepl as {owner}, or have root give the folder to {_user(euid)}"
+            f"run zfsrepl as {owner}, or have root give the folder to {user_name(euid)}"
         return f"is owned by {owner}, not by {_expected(euid)}: {fix}"
     mode = stat.S_IMODE(st.st_mode)
     # In a sticky folder others cannot replace our entries; elsewhere they could.
@@ -67,8 +69,8 @@ def file_problem(st: os.stat_result, euid: int) -> str | None:
     """Why an opened file with status `st` must not be written by user `euid`, or None."""
     if not stat.S_ISREG(st.st_mode):
         return "is not a regular file"
-    if not _trusted(st.st_uid, euid):
-        return f"is owned by {_user(st.st_uid)}, not by {_expected(euid)}"
+    if not trusted_owner(st.st_uid, euid):
+        return f"is owned by {user_name(st.st_uid)}, not by {_expected(euid)}"
     if st.st_nlink > 1:
         # A hard link to a file of root's would pass the owner check.
         return "has another hard link: remove it, zfsrepl creates the file again"
