@@ -117,3 +117,21 @@ def test_setup_names_the_scripts_sha256(tmp_path: Path) -> None:
     apply.wait_for_root(Say(), "the source system h", "/home/u/s.sh",  # type: ignore[arg-type]
                         iter([["x"], []]).__next__, 0, text)
     assert any(hashlib.sha256(text.encode()).hexdigest() in line for line in said)
+
+
+@pytest.mark.parametrize("rights", ["allow", "sudo"])
+def test_a_check_that_hangs_is_a_problem_not_a_hang(tmp_path: Path, rights: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # sudo -n -l of a path sudo does not know answers at once; zfs allow is what hangs
+    hang = tmp_path / "zfs"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(rootscript, "CHECK_TIMEOUT", 0.5)
+    if rights == "sudo":
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "sudo").symlink_to(hang)
+        monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    step = RootStep(**{**_step(tmp_path).to_json(), "rights": rights, "zfs_path": str(hang)})
+    found = rootscript.problems(step)
+    assert any("did not answer within 0.5s" in p for p in found), found

@@ -216,9 +216,26 @@ def _folder_problem(path: str) -> str | None:
     return None
 
 
-def _allowed(zfs_path: str, dataset: str, user: str) -> set[str]:
-    proc = subprocess.run([zfs_path, "allow", dataset], stdin=subprocess.DEVNULL,
-                          capture_output=True, check=False)
+# A check that hangs (a zfs stuck on its pool, sudo waiting on something) must not hold
+# setup forever: it counts as not done yet, saying why.
+CHECK_TIMEOUT = 30.0
+
+
+def _check(argv: list[str]) -> subprocess.CompletedProcess[bytes] | str:
+    """The finished command, or why it could not be asked."""
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              check=False, timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"{shlex.join(argv)} did not answer within {CHECK_TIMEOUT:g}s"
+    except OSError as exc:
+        return f"cannot run {argv[0]}: {exc.strerror}"
+
+
+def _allowed(zfs_path: str, dataset: str, user: str) -> set[str] | str:
+    proc = _check([zfs_path, "allow", dataset])
+    if isinstance(proc, str):
+        return proc
     found: set[str] = set()
     pattern = re.compile(rf"^\s*user\s+{re.escape(user)}\s+(\S+)")
     for line in proc.stdout.decode("utf-8", "replace").splitlines():
@@ -246,14 +263,19 @@ def problems(step: RootStep) -> list[str]:
         if path and not os.access(path, os.W_OK):
             found.append(f"{what} {path} is missing or not writable by {step.user}")
     if step.rights == "sudo":
-        proc = subprocess.run(["sudo", "-n", "-l", step.zfs_path], stdin=subprocess.DEVNULL,
-                              capture_output=True, check=False)
-        if proc.returncode != 0:
+        proc = _check(["sudo", "-n", "-l", step.zfs_path])
+        if isinstance(proc, str):
+            found.append(proc)
+        elif proc.returncode != 0:
             found.append(f"{step.user} may not run {step.zfs_path} through sudo without a "
                          "password")
     else:
         for ds in step.datasets:
-            missing = set(step.permissions) - _allowed(step.zfs_path, ds, step.user)
+            allowed = _allowed(step.zfs_path, ds, step.user)
+            if isinstance(allowed, str):
+                found.append(allowed)
+                continue
+            missing = set(step.permissions) - allowed
             if missing:
                 found.append(f"zfs allow on {ds} lacks {','.join(sorted(missing))} for "
                              f"{step.user}")
