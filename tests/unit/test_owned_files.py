@@ -78,7 +78,8 @@ def test_root_refuses_a_folder_another_user_owns(tmp_path: Path, name: str) -> N
     path.symlink_to(target)  # what the user "nobody" could do in its own folder
     refused = _refusal(action)
     assert target.read_bytes() == SECRET
-    assert refused is not None and re.search(r"owned by nobody, not by root", refused)
+    assert refused is not None and re.search(r"owned by nobody, not by root: run zfsrepl "
+                                             r"as nobody", refused)
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

@@ -116,7 +116,9 @@ def test_setup_names_the_scripts_sha256(tmp_path: Path) -> None:
 
     apply.wait_for_root(Say(), "the source system h", "/home/u/s.sh",  # type: ignore[arg-type]
                         iter([["x"], []]).__next__, 0, text)
-    assert any(hashlib.sha256(text.encode()).hexdigest() in line for line in said)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    assert any(digest in line and "install -m 0700 /home/u/s.sh /root/s.sh" in line
+               and "sh /root/s.sh" in line for line in said), said
 
 
 @pytest.mark.parametrize("rights", ["allow", "sudo"])
