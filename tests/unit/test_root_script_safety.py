@@ -137,3 +137,15 @@ def test_a_check_that_hangs_is_a_problem_not_a_hang(tmp_path: Path, rights: str,
     step = RootStep(**{**_step(tmp_path).to_json(), "rights": rights, "zfs_path": str(hang)})
     found = rootscript.problems(step)
     assert any("did not answer within 0.5s" in p for p in found), found
+
+
+def test_a_planted_link_for_the_key_folder_is_refused(tmp_path: Path) -> None:
+    target = _vault(tmp_path)
+    keys = tmp_path / "etc" / "keys"
+    keys.mkdir(parents=True, mode=0o755)
+    os.chown(keys, NOBODY, NOBODY)  # a configuration folder the user may write
+    (keys / "nobody").symlink_to(target.parent)
+    out = _run(_write(tmp_path / "root-only", rootscript.render(_step(tmp_path))))
+    st = target.parent.stat()
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o700)
+    assert out.returncode == 1 and str(keys) in out.stderr, out.stderr

@@ -112,6 +112,9 @@ def render(step: RootStep) -> str:
         f"for d in {q(step.config_dir)} {q(step.config_dir + '/keys')} {q(services)}; do",
         '    [ -d "$d" ] || install -d -m 0755 "$d"',
         "done",
+        f"root_folder {q(step.config_dir + '/keys')}",
+        f"if [ -L {q(step.key_dir)} ]; then echo {q(f'{step.key_dir} is a symbolic link')} "
+        ">&2; exit 1; fi",
         f'install -d -m 0700 -o "$user" -g "$group" {q(step.key_dir)}',
         f"echo {q(f'Installing the service definition {step.definition_path}')}",
         f"tmp=$(mktemp {q(f'{services}/.{step.service}.XXXXXX')})",
