@@ -32,6 +32,40 @@ _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%-]{1,253}$")
 _DATASET_COMPONENT_RE = re.compile(r"^[A-Za-z0-9_.:\- ]+$")
 _SSH_OPTION_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*=\S.*$")
+# zfs_command reaches root (the sudo rule, the agent's forced command): the zfs program
+# by name, or by a full path of plain characters, alone or after exactly "sudo -n".
+_ZFS_COMMAND_RE = re.compile(r"^(?:zfs|(?:sudo -n )?(?:/(?!\.\.?/)[A-Za-z0-9_.+-]+)*/zfs)$")
+ZFS_COMMAND_EXPECTED = ('"zfs", the full path of the zfs program (ending in /zfs, made of '
+                        "letters, digits and '_.+-/'), or that path after \"sudo -n\"")
+_REFUSED_SSH_OPTIONS = {
+    **dict.fromkeys(("proxycommand", "localcommand", "permitlocalcommand", "knownhostscommand",
+                     "match", "xauthlocation", "forwardx11", "forwardx11trusted"),
+                    "runs a command on this host"),
+    **dict.fromkeys(("pkcs11provider", "securitykeyprovider"), "loads a library into ssh"),
+    "remotecommand": "replaces the command on the other host (the agent's forced command "
+                     "decides what runs there)",
+    **dict.fromkeys(("controlpath", "controlmaster", "controlpersist"),
+                    "zfsrepl manages the shared connection itself"),
+    "include": "reads more ssh configuration from a file",
+    "forwardagent": "lends this host's keys to the other host",
+}
+# ProxyJump runs no command of the definition's choosing, only ssh itself through the
+# named hosts (for a destination behind a bastion): it is kept, for plain host names.
+_PROXY_JUMP_RE = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?[A-Za-z0-9_][A-Za-z0-9_.:-]*"
+                            r"(?::\d+)?(?:,(?:[A-Za-z0-9_][A-Za-z0-9_.-]*@)?"
+                            r"[A-Za-z0-9_][A-Za-z0-9_.:-]*(?::\d+)?)*$")
+SSH_OPTIONS_EXPECTED = 'options that only tune the connection, like "Compression=no"'
+
+
+def ssh_option_problem(option: str) -> str | None:
+    """Why an ssh -o option must not be used (it would run or load code), or None."""
+    key, _, value = option.partition("=")
+    reason = _REFUSED_SSH_OPTIONS.get(key.lower())
+    if reason:
+        return f"{key} {reason}"
+    if key.lower() == "proxyjump" and not _PROXY_JUMP_RE.fullmatch(value):
+        return "ProxyJump takes only [user@]host[:port] names, comma-separated"
+    return None
 
 
 @dataclass(frozen=True)
@@ -353,6 +387,10 @@ def _endpoint(path: Path | None, data: dict[str, Any], where: str) -> Endpoint:
     ):
         r.fail("ssh_options", f"{options!r} is not valid",
                'a list of ssh -o options like ["Compression=no"]')
+    for option in options:
+        problem = ssh_option_problem(option)
+        if problem:
+            r.fail("ssh_options", f"{option!r} is refused: {problem}", SSH_OPTIONS_EXPECTED)
     zfs_command = r.string("zfs_command", required=False,
                            expected='a command such as "zfs" or "sudo -n /usr/sbin/zfs"') or "zfs"
     try:
@@ -360,6 +398,8 @@ def _endpoint(path: Path | None, data: dict[str, Any], where: str) -> Endpoint:
             raise ValueError
     except ValueError:
         r.fail("zfs_command", f"{zfs_command!r} is not a command", 'e.g. "zfs"')
+    if not _ZFS_COMMAND_RE.fullmatch(zfs_command):
+        r.fail("zfs_command", f"{zfs_command!r} is not valid", ZFS_COMMAND_EXPECTED)
     return Endpoint(host=host, user=user, port=port, identity=identity,
                     ssh_options=tuple(options), zfs_command=zfs_command)
 
@@ -407,6 +447,13 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         buffer = parse_buffer(data["buffer"])
         if buffer is None:
             r.fail("buffer", f"{data['buffer']!r} is not valid", BUFFER_EXPECTED)
+
+    # mbuffer takes all of -m at its start, one per stream, on the receiving host: the
+    # streams of one cycle together may ask it for no more than one largest buffer.
+    if buffer is not None and buffer * parallel > MAX_BUFFER:
+        r.fail("buffer", f"{data['buffer']!r} times parallel = {parallel} is "
+               f"{format_buffer_size(buffer * parallel)}",
+               f"buffer x parallel of at most {format_buffer_size(MAX_BUFFER)} in all")
 
     for side in ("source", "destination"):
         if side not in data:

@@ -4,19 +4,56 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
+from pathlib import Path
 
 from zfsrepl.errors import CommandError, ConfigError
+from zfsrepl.fileio import trusted_owner, user_name
 from zfsrepl.log import logger
 
 
+def _owner_problem(st: os.stat_result, euid: int, folder: bool) -> str | None:
+    if not trusted_owner(st.st_uid, euid):
+        return f"is owned by {user_name(st.st_uid)}"
+    mode = stat.S_IMODE(st.st_mode)
+    # In a sticky folder (/tmp) others cannot rename or replace what is ours.
+    if mode & 0o022 and not (folder and mode & stat.S_ISVTX):
+        return f"is writable by others (mode {mode:04o})"
+    return None
+
+
+def hook_problem(path: str, euid: int) -> str | None:
+    """Why the hook `path` must not run as user `euid`: someone other than that user or
+    root could change it, or a folder above it (where a link leads too); else None."""
+    for p in dict.fromkeys((path, os.path.realpath(path))):
+        chain = [(p, False), *((str(d), True) for d in Path(p).parents)]
+        for item, folder in chain:
+            try:
+                st = os.stat(item)
+            except OSError as exc:
+                return f"{item}: {exc.strerror}"
+            problem = _owner_problem(st, euid, folder)
+            if problem:
+                return f"{item} {problem}"
+    return None
+
+
 def check_executable(key: str, path: str | None) -> None:
-    """Refuse to start a cycle whose hook cannot run (before anything changes)."""
+    """Refuse to start a cycle whose hook cannot run, or that anybody but root and the
+    user running zfsrepl could change (it runs as that user): before anything changes."""
     if path is None:
         return
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
         raise ConfigError(f"{key}: {path} is not an executable file; expected the full path "
                           'of an executable or "none"')
+    euid = os.geteuid()
+    problem = hook_problem(path, euid)
+    if problem:
+        me = "root" if euid == 0 else f"root or {user_name(euid)}"
+        raise ConfigError(f"{key}: refusing the hook {path}: {problem}; a hook runs as "
+                          f"{user_name(euid)}, so it and every folder above it must belong "
+                          f"to {me} and be writable by their owner only")
 
 
 def run_hook(key: str, path: str, env: dict[str, str], timeout: int) -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from zfsrepl.errors import UsageError, ZfsreplError
+from zfsrepl.fileio import UnsafePath, open_file
 
 # How long a lock seen taken may be a mere `probe` (see FileLock.acquire).
 PROBE_GRACE = 1.0
@@ -61,8 +63,12 @@ def probe(path: Path) -> Holder | None:
     Takes a shared lock for an instant: a holder-to-be that tries at that very
     moment retries (see `FileLock.acquire`)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # A link or a FIFO planted in place of the lock is nobody: never follow or wait.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:  # no such lock yet, or not ours to read: nobody we can name
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         return None
     try:
         try:
@@ -90,7 +96,9 @@ class FileLock:
     def try_acquire(self) -> bool:
         assert self._fd is None, "lock already held"
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_file(self.path, os.O_RDWR | os.O_CREAT)
+        except UnsafePath as exc:
+            raise UsageError(f"refusing the lock: {exc.strerror}") from None
         except OSError as exc:
             raise UsageError(f"cannot open the lock {self.path}: {exc.strerror}; the state "
                              "folder must be writable (--state-dir DIR or ZFSREPL_STATE_DIR "

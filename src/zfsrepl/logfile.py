@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 from pathlib import Path
 
+from zfsrepl.fileio import open_file
 from zfsrepl.log import DATEFMT, FORMAT, logger
+
+
+class _SafeLogFile(logging.handlers.WatchedFileHandler):
+    """A watched log file that is (re)opened like every file zfsrepl writes: never
+    through a link, only in a folder and file of this user or root (see fileio)."""
+
+    def _open(self):  # type: ignore[no-untyped-def]  # typeshed: returns a text stream
+        fd = open_file(Path(self.baseFilename), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
 def log_path(log_dir: Path, name: str) -> Path:
@@ -18,9 +29,9 @@ def attach(log_dir: Path, name: str, *, warn: bool = True) -> logging.Handler | 
     file cannot be written (the journal still has every line), with a warning if `warn`."""
     path = log_path(log_dir, name)
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
         # Watched: logrotate may move the file away; the next line reopens it.
-        handler: logging.Handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        handler: logging.Handler = _SafeLogFile(path, encoding="utf-8")
     except OSError as exc:
         if not warn:
             return None

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from zfsrepl.errors import UsageError
-from zfsrepl.fileio import write_atomically
+from zfsrepl.fileio import UnsafePath, check_folder, open_file, read_file, write_atomically
 from zfsrepl.log import logger
 
 FORMAT_VERSION = 1
@@ -61,13 +62,18 @@ class ServicePaths:
         return self.state_dir / "metrics" / f"{self.name}.prom"
 
     def create(self) -> None:
-        """Make the service's state folder, or say how to choose another one."""
+        """Make the service's state folder, or say how to choose another one; refuse one
+        that is not safe to write in as this user (see fileio.folder_problem)."""
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(
                 f"cannot create the state folder {self.folder}: {exc.strerror}; give "
                 "--state-dir DIR or set ZFSREPL_STATE_DIR to a folder you can write") from None
+        try:
+            check_folder(self.folder)
+        except UnsafePath as exc:
+            raise UsageError(f"refusing the state folder: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -222,13 +228,15 @@ class StateStore:
     def load(self) -> ServiceState:
         path = self.paths.state_file
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = read_file(path).decode("utf-8")
         except FileNotFoundError:
             return ServiceState()
         except OSError as exc:
             logger.warning("cannot read %s: %s; starting from an empty state", path,
                            exc.strerror)
             return ServiceState()
+        except UnicodeDecodeError:
+            raw = ""
         try:
             return from_json(json.loads(raw))
         except ValueError:
@@ -239,18 +247,23 @@ class StateStore:
     def _locked(self) -> Iterator[None]:
         # run, runonce and clear may update the file at once: one at a time, briefly.
         self.paths.create()
+        path = self.paths.state_lock
         try:
-            lock = open(self.paths.state_lock, "a")  # noqa: SIM115 - closed below
+            fd = open_file(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        except UnsafePath as exc:
+            raise UsageError(f"refusing the lock: {exc.strerror}") from None
         except OSError as exc:
-            raise UsageError(f"cannot open {self.paths.state_lock}: {exc.strerror}; the state "
-                             "folder must be writable (--state-dir DIR or ZFSREPL_STATE_DIR "
-                             "chooses another)") from None
-        with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            raise UsageError(f"cannot open {path}: {exc.strerror}; the state folder must be "
+                             "writable (--state-dir DIR or ZFSREPL_STATE_DIR chooses "
+                             "another)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def update(self, change: Callable[[ServiceState], ServiceState]) -> ServiceState:
         """Apply `change` to the stored state and store the result; returns it."""

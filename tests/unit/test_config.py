@@ -6,7 +6,6 @@ Each error must name the file, the key and what was expected (DESIGN.md, 8).
 from __future__ import annotations
 
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -268,18 +267,14 @@ PATHS = st.builds(lambda t: "/" + t, st.text(
 HOOKS = st.none() | PATHS
 
 
-def _is_command(text: str) -> bool:
-    try:
-        return bool(shlex.split(text))
-    except ValueError:
-        return False
-
-
-ZFS_COMMANDS = st.sampled_from(["zfs", "sudo -n /usr/sbin/zfs", "pfexec /sbin/zfs",
-                                "'/opt/my zfs/zfs'"]) | st.text(min_size=1).filter(_is_command)
+ZFS_FOLDERS = st.lists(_word(_ALNUM + "_+-", _ALNUM + "_.+-", 8), max_size=3).map(
+    lambda parts: "".join(f"/{p}" for p in parts))
+ZFS_COMMANDS = st.just("zfs") | st.builds(lambda sudo, folder: f"{sudo}{folder}/zfs",
+                                          st.sampled_from(["", "sudo -n "]), ZFS_FOLDERS)
 SSH_OPTIONS = st.builds(lambda k, v: f"{k}={v}", _word("AZaz", _ALNUM, 12),
                         st.text(min_size=1, max_size=12).filter(
-                            lambda v: not v[0].isspace() and "\n" not in v and "\r" not in v))
+                            lambda v: not v[0].isspace() and "\n" not in v and "\r" not in v)
+                        ).filter(lambda o: config.ssh_option_problem(o) is None)
 
 
 def endpoints(hosts: st.SearchStrategy[str]) -> st.SearchStrategy[Endpoint]:
@@ -619,3 +614,74 @@ def test_value_with_final_newline_is_refused(tmp_path: Path, old: str, new: str,
     with pytest.raises(ConfigError) as info:
         load_service_file(path)
     assert f"{key}:" in str(info.value)
+
+
+# ---------------------------------------------------------------- values that reach root
+
+
+@pytest.mark.parametrize("value", [
+    "sudo -n ALL",  # would render the sudo rule `NOPASSWD: ALL`
+    "/usr/sbin/zfs,/bin/sh",  # a second command in the sudo rule
+    "sudo -n /usr/sbin/zfs,/bin/sh",
+    "sudo /usr/sbin/zfs",  # sudo that may ask a password: the service would hang
+    "sudo -n zfs",  # a sudo rule needs the full path
+    "sudo -n -u root /usr/sbin/zfs",
+    "/usr/sbin/zfs allow",
+    "/usr/sbin/zfsx",
+    "bin/zfs",
+    "/usr/../bin/zfs",
+    "'/opt/my zfs/zfs'",
+    "pfexec /sbin/zfs",
+])
+def test_zfs_command_that_could_reach_further_is_refused(tmp_path: Path, value: str) -> None:
+    config_error(tmp_path, variant('user = "dst"', f'user = "dst"\nzfs_command = "{value}"'),
+                 "destination.zfs_command", repr(value), "ending in /zfs", '"sudo -n"')
+
+
+@pytest.mark.parametrize("value", ["zfs", "/usr/sbin/zfs", "sudo -n /usr/sbin/zfs",
+                                   "/opt/zfs-2.2.1/bin/zfs"])
+def test_zfs_command_forms_that_are_accepted(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, variant('user = "dst"', f'user = "dst"\nzfs_command = "{value}"'))
+    assert load_service_file(path).destination.zfs_command == value
+
+
+@pytest.mark.parametrize("option,why", [
+    ("ProxyCommand=sh -c 'id > /tmp/x'", "runs a command"),
+    ("proxycommand=nc %h %p", "runs a command"),
+    ("LocalCommand=id", "runs a command"),
+    ("PermitLocalCommand=yes", "runs a command"),
+    ("KnownHostsCommand=/bin/cat", "runs a command"),
+    ("Match=exec id", "runs a command"),
+    ("PKCS11Provider=/tmp/evil.so", "loads a library"),
+    ("SecurityKeyProvider=/tmp/evil.so", "loads a library"),
+    ("RemoteCommand=id", "the agent"),
+    ("ControlPath=/tmp/sock", "connection"),
+    ("ControlMaster=yes", "connection"),
+    ("Include=/tmp/ssh_config", "reads"),
+    ("ForwardAgent=yes", "keys"),
+    ("XAuthLocation=/tmp/evil", "runs a command"),
+    ("ProxyJump=-oProxyCommand=id", "ProxyJump"),
+    ("ProxyJump=jump host", "ProxyJump"),
+])
+def test_ssh_options_that_run_code_are_refused(tmp_path: Path, option: str, why: str) -> None:
+    text = variant('user = "src"', f'user = "src"\nssh_options = ["{option}"]'.replace(
+        "'", "\\u0027"))
+    config_error(tmp_path, text, "source.ssh_options", "is refused", why,
+                 option.split("=", 1)[0])
+
+
+@pytest.mark.parametrize("option", ["ProxyJump=bastion", "ProxyJump=me@bastion:2222,jump2",
+                                    "Compression=no", "ServerAliveInterval=15"])
+def test_ssh_options_that_tune_the_connection_are_accepted(tmp_path: Path,
+                                                           option: str) -> None:
+    path = write(tmp_path, variant('user = "src"', f'user = "src"\nssh_options = ["{option}"]'))
+    assert load_service_file(path).source.ssh_options == (option,)
+
+
+def test_buffers_of_all_parallel_streams_are_bounded(tmp_path: Path) -> None:
+    # 16 streams of 64G: a TiB the receiving host would be asked to allocate
+    config_error(tmp_path, set_top('parallel = 16', set_top('buffer = "64G"')),
+                 "buffer", "'64G'", "parallel = 16", "64G in all")
+    path = write(tmp_path, set_top('parallel = 4', set_top('buffer = "16G"')))
+    svc = load_service_file(path)
+    assert (svc.parallel, svc.buffer) == (4, 16 << 30)

@@ -9,7 +9,9 @@ again with the same definition changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -99,13 +101,20 @@ def root_step(svc: Service, side: str, places: Places) -> RootStep:
 
 
 def wait_for_root(console: Console, where: str, script: str,
-                  check: Callable[[], list[str]], poll: float) -> None:
+                  check: Callable[[], list[str]], poll: float, text: str) -> None:
     problems = check()
     if not problems:
         console.say(f"The root steps on {where} are done already ({script}).")
         return
+    name = os.path.basename(script)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     console.say(f"Please run the script {script} as root on {where} now, from another "
                 "terminal.....")
+    # The user who owns the home there could change the script before root runs it: root
+    # runs a copy of its own whose digest matches the one computed here.
+    console.say(f"It runs only from a folder that only root can write: as root, "
+                f"install -m 0700 {script} /root/{name} && sha256sum /root/{name} "
+                f"(it must print {digest}), then sh /root/{name}")
     console.say("Still to do there: " + "; ".join(problems))
     last = problems
     while problems:
@@ -127,8 +136,10 @@ def apply(svc: Service, places: Places, console: Console, dest: Destination,
     # 1. source root steps
     step = root_step(svc, "source", places)
     script = Path.home() / step.script_name
-    write_if_changed(script, rootscript.render(step), 0o700)
-    wait_for_root(console, src_where, str(script), lambda: rootscript.problems(step), poll)
+    text = rootscript.render(step)
+    write_if_changed(script, text, 0o700)
+    wait_for_root(console, src_where, str(script), lambda: rootscript.problems(step), poll,
+                  text)
 
     # 2. the key pair
     private = Path(key_path(places.config_dir, svc.source.user, svc.name))
@@ -145,8 +156,9 @@ def apply(svc: Service, places: Places, console: Console, dest: Destination,
 
     # 4. destination root steps, with the definition's copy
     dstep = root_step(svc, "destination", places)
-    dscript, _ = dest.write_file(dstep.script_name, rootscript.render(dstep), 0o700)
-    wait_for_root(console, dst_where, dscript, lambda: dest.root_problems(dstep), poll)
+    dtext = rootscript.render(dstep)
+    dscript, _ = dest.write_file(dstep.script_name, dtext, 0o700)
+    wait_for_root(console, dst_where, dscript, lambda: dest.root_problems(dstep), poll, dtext)
     dest.close()
 
     # 5. the check, with the new key through the agent

@@ -23,11 +23,18 @@ def private_key_path(config_dir: Path, user: str, service: str) -> Path:
     return key_dir(config_dir, user) / service
 
 
+KEYGEN_TIMEOUT = 60  # an ed25519 key takes milliseconds; more is a hang
+
+
 def _keygen(argv: list[str]) -> str:
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, check=False,
+                              timeout=KEYGEN_TIMEOUT)
     except FileNotFoundError:
         raise CommandError("ssh-keygen not found: install the OpenSSH client") from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{' '.join(argv[:3])} did not finish within {KEYGEN_TIMEOUT}s",
+                           argv=argv) from None
     if proc.returncode != 0:
         raise CommandError(f"{' '.join(argv[:3])} failed: "
                            f"{proc.stderr.decode('utf-8', 'replace').strip()}", argv=argv)

@@ -104,12 +104,17 @@ def render(step: RootStep) -> str:
         "# Written by `zfsrepl setup`. Read it, then run it as root there: sh THIS_FILE",
         "set -eu",
         'if [ "$(id -u)" != 0 ]; then echo "run this script as root" >&2; exit 1; fi',
+        *_SELF_CHECK,
+        *_ROOT_FOLDER,
         f"user={q(step.user)}",
         'group=$(id -gn "$user")',
         f"echo {q(f'Creating the key folder {step.key_dir}')}",
         f"for d in {q(step.config_dir)} {q(step.config_dir + '/keys')} {q(services)}; do",
         '    [ -d "$d" ] || install -d -m 0755 "$d"',
         "done",
+        f"root_folder {q(step.config_dir + '/keys')}",
+        f"if [ -L {q(step.key_dir)} ]; then echo {q(f'{step.key_dir} is a symbolic link')} "
+        ">&2; exit 1; fi",
         f'install -d -m 0700 -o "$user" -g "$group" {q(step.key_dir)}',
         f"echo {q(f'Installing the service definition {step.definition_path}')}",
         f"tmp=$(mktemp {q(f'{services}/.{step.service}.XXXXXX')})",
@@ -123,13 +128,22 @@ def render(step: RootStep) -> str:
         folder = step.state_folder
         lines.append(f"echo {q(f'Creating the state folder {folder}')}")
         lines += _parents(os.path.dirname(folder), 2)
-        lines.append(f'install -d -m 0750 -o "$user" -g "$group" {q(folder)}')
+        lines += [f"root_folder {q(os.path.dirname(folder))}",
+                  f"if [ -L {q(folder)} ]; then echo {q(f'{folder} is a symbolic link')} >&2; "
+                  "exit 1; fi",
+                  f'install -d -m 0750 -o "$user" -g "$group" {q(folder)}']
     for log in (step.service_log, step.agent_log):
         if log:
             lines.append(f"echo {q(f'Creating the log file {log}')}")
             lines += _parents(os.path.dirname(log), 1)
-            lines += [f"touch {q(log)}", f'chown "$user:$group" {q(log)}',
-                      f"chmod 0640 {q(log)}"]
+            # Only root can put an entry there (root_folder): what is checked stays so.
+            not_file = f"{log} is not a regular file (a link?): remove it"
+            lines += [f"root_folder {q(os.path.dirname(log))}",
+                      f"if [ -L {q(log)} ] || {{ [ -e {q(log)} ] && [ ! -f {q(log)} ]; }}; "
+                      f"then echo {q(not_file)} >&2; exit 1; fi",
+                      f'[ -e {q(log)} ] || install -m 0640 -o "$user" -g "$group" /dev/null '
+                      f"{q(log)}",
+                      f'chown -h "$user:$group" {q(log)}', f"chmod 0640 {q(log)}"]
     if step.rights == "sudo":
         rule = f"{step.user} ALL=(root) NOPASSWD: {step.zfs_path}"
         says = f"Allowing {step.user} to run {step.zfs_path} through sudo (no zfs allow here)"
@@ -151,6 +165,32 @@ def render(step: RootStep) -> str:
             ]
     lines.append(f"echo {q(f'Done: the root steps of {step.service} on {step.host}.')}")
     return "\n".join(lines) + "\n"
+
+
+# Root runs this script: one that a user could change between root reading and running
+# it, or that lies in such a folder, is refused. `find -user 0 ! -perm` is POSIX.
+_SELF_CHECK = [
+    'here=$(dirname -- "$0")',
+    'for p in "$0" "$here"; do',
+    '    if [ -L "$p" ] || [ -z "$(find "$p" -prune -user 0 ! -perm -020 ! -perm -002)" ]; then',
+    '        echo "refusing to run: $p is not one that only root can write; as root, copy this'
+    ' script into a folder only root can write (e.g. install -m 0700 $0 /root/), check its'
+    ' SHA-256 against the one setup printed, and run that copy" >&2',
+    "        exit 1",
+    "    fi",
+    "done",
+]
+# Files root creates and hands to the user go only into folders nobody but root can
+# change: there a checked name cannot turn into a link before it is used.
+_ROOT_FOLDER = [
+    "root_folder() {",
+    '    if [ -L "$1" ] || [ -z "$(find "$1" -prune -type d -user 0 ! -perm -020 ! -perm -002)" ]'
+    "; then",
+    '        echo "refusing: $1 must be a folder owned by root that nobody else can write" >&2',
+    "        exit 1",
+    "    fi",
+    "}",
+]
 
 
 def _parents(folder: str, depth: int) -> list[str]:
@@ -179,9 +219,26 @@ def _folder_problem(path: str) -> str | None:
     return None
 
 
-def _allowed(zfs_path: str, dataset: str, user: str) -> set[str]:
-    proc = subprocess.run([zfs_path, "allow", dataset], stdin=subprocess.DEVNULL,
-                          capture_output=True, check=False)
+# A check that hangs (a zfs stuck on its pool, sudo waiting on something) must not hold
+# setup forever: it counts as not done yet, saying why.
+CHECK_TIMEOUT = 30.0
+
+
+def _check(argv: list[str]) -> subprocess.CompletedProcess[bytes] | str:
+    """The finished command, or why it could not be asked."""
+    try:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              check=False, timeout=CHECK_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return f"{shlex.join(argv)} did not answer within {CHECK_TIMEOUT:g}s"
+    except OSError as exc:
+        return f"cannot run {argv[0]}: {exc.strerror}"
+
+
+def _allowed(zfs_path: str, dataset: str, user: str) -> set[str] | str:
+    proc = _check([zfs_path, "allow", dataset])
+    if isinstance(proc, str):
+        return proc
     found: set[str] = set()
     pattern = re.compile(rf"^\s*user\s+{re.escape(user)}\s+(\S+)")
     for line in proc.stdout.decode("utf-8", "replace").splitlines():
@@ -209,14 +266,19 @@ def problems(step: RootStep) -> list[str]:
         if path and not os.access(path, os.W_OK):
             found.append(f"{what} {path} is missing or not writable by {step.user}")
     if step.rights == "sudo":
-        proc = subprocess.run(["sudo", "-n", "-l", step.zfs_path], stdin=subprocess.DEVNULL,
-                              capture_output=True, check=False)
-        if proc.returncode != 0:
+        proc = _check(["sudo", "-n", "-l", step.zfs_path])
+        if isinstance(proc, str):
+            found.append(proc)
+        elif proc.returncode != 0:
             found.append(f"{step.user} may not run {step.zfs_path} through sudo without a "
                          "password")
     else:
         for ds in step.datasets:
-            missing = set(step.permissions) - _allowed(step.zfs_path, ds, step.user)
+            allowed = _allowed(step.zfs_path, ds, step.user)
+            if isinstance(allowed, str):
+                found.append(allowed)
+                continue
+            missing = set(step.permissions) - allowed
             if missing:
                 found.append(f"zfs allow on {ds} lacks {','.join(sorted(missing))} for "
                              f"{step.user}")
