@@ -58,12 +58,12 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 @dataclass(frozen=True)
 class TransferResult:
     seconds: float
-    bytes: int | None  # on the wire; None where the stream was not counted
-    stream_bytes: int | None = None  # before compression (None: not compressed, or not counted)
+    bytes: int | None  # on the wire (None: not known)
+    stream_bytes: int | None = None  # before compression (None: not compressed)
 
 
 class TransferFailed(CommandError):
-    """A stream failed; `sent`: the bytes that went through before (None: not counted)."""
+    """A stream failed; `sent`: the bytes that went through before (None: none moved yet)."""
 
     def __init__(self, message: str, *, argv: list[str], stderr: str, returncode: int,
                  sent: int | None) -> None:
