@@ -124,6 +124,9 @@ class Service:
     # How many filesystems are sent at once (each stream one ssh session over the
     # cycle's one connection, so the destination sshd's MaxSessions bounds it).
     parallel: int = 1
+    # Seconds a stream may move no byte (or a command of the cycle run) before it is cut
+    # as stalled; see transfer.Watchdog and cycle.command_timeout.
+    stall_timeout: int = 300
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -211,7 +214,7 @@ _TOP_KEYS = {
     "name", "interval", "retries", "keep", "keep_source", "keep_destination",
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
-    "bandwidth_limit", "wire_compression", "buffer", "parallel",
+    "bandwidth_limit", "wire_compression", "buffer", "parallel", "stall_timeout",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
@@ -294,6 +297,10 @@ class _Reader:
 
 
 MAX_PARALLEL = 16
+# Below a few seconds a busy host's normal pauses would count as stalls; a day is
+# beyond any pause worth waiting out.
+MIN_STALL_TIMEOUT = 5
+MAX_STALL_TIMEOUT = 86400
 
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?$", re.IGNORECASE)
@@ -421,6 +428,8 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     hook_timeout = r.integer("hook_timeout", default=300, minimum=1)
     retry_delay = r.number("retry_delay", default=5.0, minimum=0.0)
     parallel = r.integer("parallel", default=1, minimum=1, maximum=MAX_PARALLEL)
+    stall_timeout = r.integer("stall_timeout", default=300, minimum=MIN_STALL_TIMEOUT,
+                              maximum=MAX_STALL_TIMEOUT)
     role = r.string("role", required=False, pattern=ROLE_RE,
                     expected='"source" or "destination"') or "source"
     metrics_port = r.integer("metrics_port", default=0, minimum=0, maximum=65535) or None
@@ -507,7 +516,7 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         hook_timeout=hook_timeout, retry_delay=retry_delay, role=role,
         metrics_port=metrics_port, metrics_address=metrics_address,
         bandwidth_limit=bandwidth_limit, wire_compression=wire_compression, buffer=buffer,
-        parallel=parallel, path=path,
+        parallel=parallel, stall_timeout=stall_timeout, path=path,
     )
 
 
@@ -578,6 +587,8 @@ def dump_service(svc: Service) -> str:
         lines.append(f"buffer = {_toml_str(format_buffer_size(svc.buffer))}")
     if svc.parallel != 1:
         lines.append(f"parallel = {svc.parallel}")
+    if svc.stall_timeout != 300:
+        lines.append(f"stall_timeout = {svc.stall_timeout}")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:

@@ -16,6 +16,11 @@ the prunes afterwards; holds, releases and bookmarks still go in their batches b
 the two, from the main thread. Most of what a filesystem costs is latency (process
 starts, ssh round trips, zfs's own per-command cost), which overlaps well. A stop
 request (a signal, handled in the main thread) cuts every stream in flight.
+
+Nothing of a cycle waits forever: a stream that stalls is cut by its watchdog
+(`stall_timeout` without a byte moving, see transfer.Watchdog), and every other
+command on either host is cut when it runs longer than `command_timeout`; either
+fails the attempt, and the retries take over.
 """
 
 from __future__ import annotations
@@ -32,10 +37,18 @@ from zfsrepl import diagnosis, hooks, plan, retention
 from zfsrepl.capabilities import Capabilities, compress_argv, format_buffer_size
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
-from zfsrepl.host import NO_TOOLS, Host
+from zfsrepl.host import NO_TOOLS, Host, LocalHost, SshHost
 from zfsrepl.log import alarm, logger
 from zfsrepl.snapshots import Snapshot
-from zfsrepl.transfer import Cancel, Progress, TransferResult, Wire, choose_wire, pipe
+from zfsrepl.transfer import (
+    Cancel,
+    Progress,
+    TransferResult,
+    Watchdog,
+    Wire,
+    choose_wire,
+    pipe,
+)
 from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs, unresumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
@@ -44,8 +57,23 @@ _MAX_FOLLOW_UPS = 3
 # After a stop request cut the streams in flight: how long to wait for the worker
 # threads to unwind (each waits for its processes, at most host.stop_process's grace).
 _STOP_WAIT = 15.0
+# A command other than a stream (a listing, a snapshot, a destroy, a hold) shows no
+# progress while it runs: it may take stall_timeout, and never less than this (a busy
+# host lists thousands of snapshots, or frees a large one, in tens of seconds).
+MIN_COMMAND_TIMEOUT = 60
 
 T = TypeVar("T")
+
+
+def command_timeout(service: Service) -> float:
+    """How long a command of a cycle of `service` may run before it is cut."""
+    return float(max(service.stall_timeout, MIN_COMMAND_TIMEOUT))
+
+
+def _bound_commands(host: Host, seconds: float) -> None:
+    # A bound for the commands whose callers name none: every command of zfs.py.
+    if isinstance(host, (LocalHost, SshHost)):
+        host.command_timeout = seconds
 
 
 def hold_tag(service: str) -> str:
@@ -234,6 +262,8 @@ class Cycle:
                  capabilities: CapabilityCache | None = None) -> None:
         self.service = service
         self.events = events or CycleEvents()
+        for host in (source, destination):
+            _bound_commands(host, command_timeout(service))
         self.src = Zfs(source, service.source.zfs_argv, capabilities)
         self.dst = Zfs(destination, service.destination.zfs_argv, capabilities)
         self.tag = hold_tag(service.name)
@@ -429,7 +459,10 @@ class Cycle:
                                               concurrent=cancel is not None),
                       limit=self.service.bandwidth_limit,
                       compressor=compress_argv(compression) if compression else None,
-                      cancel=cancel)
+                      cancel=cancel,
+                      watchdog=Watchdog(self.service.stall_timeout,
+                                        sender=f"zfs send on {self.src.label}",
+                                        receiver=f"zfs receive on {self.dst.label}"))
         size = "" if result.bytes is None else f", {result.bytes} bytes"
         if result.bytes is not None and result.stream_bytes is not None:
             size += f" on the wire ({result.stream_bytes} before {compression})"

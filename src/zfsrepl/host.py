@@ -104,31 +104,39 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def _run(argv: list[str], label: str, *, input: bytes | None, timeout: float | None) -> Result:
+def _run(argv: list[str], label: str, *, input: bytes | None, timeout: float | None,
+         shown: list[str] | None = None) -> Result:
+    """Run `argv` (which stands for `shown`, e.g. through ssh) and wait at most
+    `timeout` seconds (None: as long as it takes); a command that runs longer is killed
+    and raises CommandError."""
     try:
         proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
                               stdin=None if input is not None else subprocess.DEVNULL)
     except FileNotFoundError:
         raise CommandError(f"{label}: command not found: {argv[0]}", argv=argv) from None
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{label}: timed out after {timeout}s: {shlex.join(argv)}",
-                           argv=argv) from None
+        raise CommandError(f"{label}: {shlex.join(shown or argv)} did not finish within "
+                           f"{timeout:g} s: cut it", argv=argv) from None
     return Result(argv, proc.returncode, proc.stdout.decode("utf-8", "replace"),
                   proc.stderr.decode("utf-8", "replace"))
 
 
 class LocalHost:
-    """This machine."""
+    """This machine. `command_timeout`: how long `run` waits for a command when the
+    caller names no timeout (None: as long as it takes)."""
 
-    def __init__(self, label: str = "localhost") -> None:
+    def __init__(self, label: str = "localhost", *,
+                 command_timeout: float | None = None) -> None:
         self.label = label
+        self.command_timeout = command_timeout
 
     def command(self, argv: list[str]) -> list[str]:
         return list(argv)
 
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
             timeout: float | None = None) -> Result:
-        result = _run(argv, self.label, input=input, timeout=timeout)
+        result = _run(argv, self.label, input=input,
+                      timeout=self.command_timeout if timeout is None else timeout)
         if check and result.returncode != 0:
             raise CommandError(f"{self.label}: {first_line(result.stderr) or shlex.join(argv)}",
                                argv=argv, stderr=result.stderr, returncode=result.returncode)
@@ -143,14 +151,19 @@ class SshHost:
 
     The master connection is opened on first use and closed by `close()`: no
     connection outlives the process, and every command of a cycle reuses it
-    (~20 ms a command instead of a new handshake each).
+    (~20 ms a command instead of a new handshake each). `command_timeout`: how long
+    `run` waits for a command when the caller names no timeout (None: as long as it
+    takes; a connection whose packets are silently dropped holds a command until the
+    keep-alives give up).
     """
 
     def __init__(self, endpoint: Endpoint, *, connect_timeout: int = SSH_CONNECT_TIMEOUT,
-                 extra_options: tuple[str, ...] = ()) -> None:
+                 extra_options: tuple[str, ...] = (),
+                 command_timeout: float | None = None) -> None:
         self.endpoint = endpoint
         self.label = f"{endpoint.user}@{endpoint.host}"
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self.extra_options = extra_options
         self._dir: str | None = None
         self._master: subprocess.Popen[bytes] | None = None
@@ -246,7 +259,8 @@ class SshHost:
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
             timeout: float | None = None) -> Result:
         local = self.command(argv)
-        result = _run(local, self.label, input=input, timeout=timeout)
+        result = _run(local, self.label, input=input, shown=argv,
+                      timeout=self.command_timeout if timeout is None else timeout)
         result = Result(argv, result.returncode, result.stdout, result.stderr)
         if result.returncode == 255 and (self._master is None or self._master.poll() is not None):
             raise ConnectionFailed(f"lost the connection to {self.label}: "

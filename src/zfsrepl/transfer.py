@@ -1,11 +1,18 @@
 """The `zfs send | transport | zfs receive` pipeline.
 
-Stream data never passes through Python buffers. Where the platform has
-`os.splice` (Linux, Python 3.10+) zfsrepl moves the stream between the two pipes
-with splice, which hands kernel pages from one pipe to the other: that lets it
-count the bytes (for metrics and progress) and hold the stream to a bandwidth
-limit (by pausing between splices) at no copying cost. Elsewhere the OS connects
-the sender's stdout directly to the receiver's stdin (no progress, no limit).
+zfsrepl moves the stream between the two pipes itself, so that it can count the
+bytes (for metrics and progress), hold the stream to a bandwidth limit (by pausing
+between moves) and see a stream that stalls. Where the platform has `os.splice`
+(Linux, Python 3.10+) it moves it with splice, which hands kernel pages from one
+pipe to the other: the data never passes through Python buffers. Elsewhere it is
+read into one buffer and written out again, a copy that costs far less than the
+network it goes to.
+
+The watchdog (`Watchdog`): a stream that moves no byte for its timeout (a receiver
+or a sender that hangs, a network that silently drops packets while ssh keep-alives
+still pass), or a process of the pipeline that has not exited that long after its
+stream ended, has its pipeline cut with a WARNING; the transfer fails and the
+cycle's retries take over.
 
 With wire compression the pipeline is `zfs send | compressor | ssh ...` here and
 `decompressor | [mbuffer |] zfs receive` on the destination. Both pipes on this side
@@ -24,6 +31,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -50,12 +58,12 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 @dataclass(frozen=True)
 class TransferResult:
     seconds: float
-    bytes: int | None  # on the wire; None where the stream was not counted
-    stream_bytes: int | None = None  # before compression (None: not compressed, or not counted)
+    bytes: int | None  # on the wire (None: not known)
+    stream_bytes: int | None = None  # before compression (None: not compressed)
 
 
 class TransferFailed(CommandError):
-    """A stream failed; `sent`: the bytes that went through before (None: not counted)."""
+    """A stream failed; `sent`: the bytes that went through before (None: none moved yet)."""
 
     def __init__(self, message: str, *, argv: list[str], stderr: str, returncode: int,
                  sent: int | None) -> None:
@@ -164,66 +172,204 @@ class _Count:
         self.n = 0
 
 
+class Stalled(Exception):
+    """Nothing moved in a pipeline for its watchdog's timeout."""
+
+
+class _Activity:
+    """When bytes last moved anywhere in one pipeline (its loops share it), against the
+    watchdog's timeout: a loop that waits while another one moves bytes is not stalled."""
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.clock = clock
+        self.last = clock()
+
+    def moved(self, until: float | None = None) -> None:
+        """Bytes moved now, or the loop is busy by design (pacing) `until` then."""
+        self.last = max(self.last, self.clock() if until is None else until)
+
+    def left(self) -> float:
+        """Seconds before the pipeline counts as stalled (<= 0: it does)."""
+        return self.last + self.timeout - self.clock()
+
+
+class _Splice:
+    """Moves bytes from pipe to pipe in the kernel."""
+
+    holding = False  # nothing waits in a buffer of ours
+
+    def __call__(self, rfd: int, wfd: int, n: int) -> int:
+        flags = os.SPLICE_F_NONBLOCK  # type: ignore[attr-defined,unused-ignore]
+        return os.splice(rfd, wfd, n, flags=flags)  # type: ignore[attr-defined,unused-ignore]
+
+
+class _Copy:
+    """Moves bytes with read and write, through one buffer, where splice is missing."""
+
+    def __init__(self) -> None:
+        self._pending = memoryview(b"")
+
+    @property
+    def holding(self) -> bool:
+        """Bytes read and not yet written: the next move writes, it does not read."""
+        return bool(self._pending)
+
+    def __call__(self, rfd: int, wfd: int, n: int) -> int:
+        if not self._pending:
+            data = os.read(rfd, n)
+            if not data:
+                return 0
+            self._pending = memoryview(data)
+        written = os.write(wfd, self._pending)
+        self._pending = self._pending[written:]
+        return written
+
+
+def _await(fd: int, events: int, activity: _Activity | None, *,
+           broken: int | None = None) -> bool:
+    """Wait until `fd` is ready for `events` (or its other end closed); False if the pipe
+    `broken` lost its reader meanwhile. Raise Stalled when nothing moved in the pipeline
+    for the watchdog's timeout (`activity`; None: wait as long as it takes)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    if broken is not None:
+        poller.register(broken, 0)  # errors and hang-ups are always reported
+    while True:
+        if activity is None:
+            ready = dict(poller.poll())
+        else:
+            left = activity.left()
+            if left <= 0:
+                raise Stalled
+            ready = dict(poller.poll(max(1, int(left * 1000) + 1)))
+        if broken is not None and ready.get(broken):
+            return False
+        if ready.get(fd):
+            return True
+
+
 def _splice_all(src: IO[bytes], dst: IO[bytes], *, limit: int | None = None,
                 progress: Progress | None = None,
                 sleep: Callable[[float], None] = time.sleep,
                 count: _Count | None = None,
-                wire: _Count | None = None) -> int:
-    """Move everything from pipe `src` to pipe `dst` in the kernel; return the byte count.
+                wire: _Count | None = None,
+                activity: _Activity | None = None) -> int:
+    """Move everything from pipe `src` to pipe `dst` (in the kernel where splice is
+    there); return the byte count.
 
-    `limit` (bytes per second): after each splice, wait until the bytes moved so far
+    `limit` (bytes per second): after each move, wait until the bytes moved so far
     are due; chunks are a tenth of a second's worth, so the rate stays even. `count`
-    follows the total as it grows; `wire` is shown beside it in the progress."""
-    splice = os.splice  # type: ignore[attr-defined,unused-ignore]
+    follows the total as it grows; `wire` is shown beside it in the progress.
+    `activity`: the pipeline's watchdog; Stalled is raised when nothing moved in the
+    pipeline for its timeout (pacing for the limit is not a stall)."""
+    move: _Splice | _Copy = _Splice() if hasattr(os, "splice") else _Copy()
     rfd, wfd = src.fileno(), dst.fileno()
     _grow_pipe(rfd)
     _grow_pipe(wfd)
+    # The waits are poll's, where the watchdog can see them run out.
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
     chunk = _CHUNK if not limit else max(_MIN_CHUNK, min(_CHUNK, limit // 10))
     started = time.monotonic()
     total = 0
     while True:
+        # input first (watching for the receiver going away meanwhile), then room for it
+        if not move.holding and not _await(rfd, select.POLLIN, activity, broken=wfd):
+            break  # the receiver is gone; its exit status tells why
+        if not _await(wfd, select.POLLOUT, activity):
+            break
         try:
-            moved = splice(rfd, wfd, chunk)
+            moved = move(rfd, wfd, chunk)
         except BrokenPipeError:
             break  # the receiver is gone; its exit status tells why
+        except BlockingIOError:
+            time.sleep(0.001)  # ready a moment ago, not now: wait again
+            continue
         if moved == 0:
             break
         total += moved
         if count is not None:
             count.n = total
+        if activity is not None:
+            activity.moved()
         if limit:
             ahead = total / limit - (time.monotonic() - started)
             if ahead > 0:
+                if activity is not None:
+                    activity.moved(activity.clock() + ahead)
                 sleep(ahead)
         if progress is not None:
             progress.update(total, None if wire is None else wire.n)
+            if activity is not None:
+                activity.moved()  # the first line may have asked for an estimate
     return total
 
 
 class _Feeder(threading.Thread):
     """Splices the sender's output into the compressor, counting the stream's bytes
     and reporting the progress (of the stream, the bytes on the wire beside it); closes
-    both pipes when done, so the compressor sees the end of the stream."""
+    both pipes when done, so the compressor sees the end of the stream. A stall it sees
+    (`activity`) cuts the pipeline at once (`on_stall`), before its pipes close: the
+    compressor must not take the cut stream for a whole one and end it cleanly."""
 
     def __init__(self, src: IO[bytes], dst: IO[bytes], progress: Progress | None,
-                 wire: _Count) -> None:
+                 wire: _Count, activity: _Activity | None = None,
+                 on_stall: Callable[[], None] | None = None) -> None:
         super().__init__(name="zfsrepl-feeder", daemon=True)
         self.src = src
         self.dst = dst
         self.progress = progress
         self.wire = wire
+        self.activity = activity
+        self.on_stall = on_stall
         self.count = _Count()
         self.error: OSError | None = None
 
     def run(self) -> None:
         try:
             _splice_all(self.src, self.dst, progress=self.progress, count=self.count,
-                        wire=self.wire)
+                        wire=self.wire, activity=self.activity)
+        except Stalled:
+            if self.on_stall is not None:
+                self.on_stall()
         except OSError as exc:
             self.error = exc
         finally:
             self.dst.close()
             self.src.close()
+
+
+@dataclass(frozen=True)
+class Watchdog:
+    """When a pipeline counts as stalled: no byte moved for `timeout` seconds, or one
+    of its processes still runs `timeout` seconds after its stream ended. `sender` and
+    `receiver` name the two ends in messages ("zfs receive on dst@host")."""
+
+    timeout: float
+    sender: str = "the sender"
+    receiver: str = "the receiver"
+
+
+class _Cut:
+    """How a pipeline was cut by its watchdog: the first reason wins (two loops may
+    see the same stall); every process is terminated at once, from whichever thread."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, reason: str, warning: str) -> None:
+        with self._lock:
+            if self.reason is not None:
+                return
+            self.reason = reason
+        logger.warning("%s: cut the transfer", warning)
+        for proc in list(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.terminate()
 
 
 class TransferStopped(TransferFailed):
@@ -291,26 +437,46 @@ def _stderr_of(file: IO[bytes]) -> str:
 
 def pipe(sender: list[str], receiver: list[str], what: str, *,
          progress: Progress | None = None, limit: int | None = None,
-         compressor: list[str] | None = None, cancel: Cancel | None = None) -> TransferResult:
+         compressor: list[str] | None = None, cancel: Cancel | None = None,
+         watchdog: Watchdog | None = None) -> TransferResult:
     """Run sender | [compressor |] receiver; raise CommandError naming `what` if any of
     them fails (with the receiver's own message first: zfs receive says best what went
     wrong).
 
     `progress` reports the bytes as they go, `limit` caps the rate on the wire (bytes
-    per second); both need `os.splice` (without it the stream runs uncounted and
-    unlimited). `cancel` (a pipeline in a thread other than the main one): its
-    `cancel()` cuts this pipeline; the error raised is then a TransferStopped."""
+    per second). `cancel` (a pipeline in a thread other than the main one): its
+    `cancel()` cuts this pipeline; the error raised is then a TransferStopped.
+    `watchdog`: a stalled pipeline is cut (see `Watchdog`), with a WARNING, and the
+    transfer fails; without one, it waits as long as it takes."""
     started = time.monotonic()
-    counting = hasattr(os, "splice")
     if cancel is not None:
         cancel.check(what)
     procs: list[subprocess.Popen[bytes]] = []
+    cut = _Cut(procs)
+    activity = _Activity(watchdog.timeout) if watchdog is not None else None
 
     def spawned(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         procs.append(proc)
         if cancel is not None:
             cancel.track(proc)
         return proc
+
+    def stalled() -> None:
+        assert watchdog is not None
+        idle = f"no data moved for {watchdog.timeout:g} s"
+        cut(idle, f"{idle} sending {what}")
+
+    def finish(proc: subprocess.Popen[bytes], name: str) -> int:
+        """Wait for `proc`, whose stream ended; with a watchdog, that long at most."""
+        if watchdog is None:
+            return proc.wait()
+        try:
+            return proc.wait(timeout=watchdog.timeout)
+        except subprocess.TimeoutExpired:
+            late = f"{name} did not exit {watchdog.timeout:g} s after its stream ended"
+            cut(late, f"{late} ({what})")
+            stop_process(proc)  # terminated, or killed if it is stopped
+            return proc.wait()
 
     with tempfile.TemporaryFile() as send_err, tempfile.TemporaryFile() as recv_err, \
             tempfile.TemporaryFile() as comp_err:
@@ -322,55 +488,49 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
         wire = _Count()
         count: int | None = None
         comp_rc = 0
+        recv_rc = send_rc = -1
         try:
             assert send.stdout is not None
             upstream = send.stdout  # what goes into ssh
             if compressor is not None:
                 try:
                     comp = spawned(subprocess.Popen(
-                        compressor, stdin=subprocess.PIPE if counting else send.stdout,
-                        stdout=subprocess.PIPE, stderr=comp_err))
+                        compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                        stderr=comp_err))
                 except OSError as exc:
                     raise TransferFailed(f"{what} failed: cannot run {compressor[0]}: "
                                          f"{exc.strerror}", argv=compressor, stderr="",
                                          returncode=127, sent=None) from None
-                finally:
-                    if not counting:
-                        send.stdout.close()  # the compressor holds the only read end now
-                assert comp.stdout is not None
-                if counting:
-                    assert comp.stdin is not None
-                    feeder = _Feeder(send.stdout, comp.stdin, progress, wire)
-                    feeder.start()
+                assert comp.stdout is not None and comp.stdin is not None
+                feeder = _Feeder(send.stdout, comp.stdin, progress, wire, activity, stalled)
+                feeder.start()
                 upstream = comp.stdout
-            if counting:
-                recv = spawned(subprocess.Popen(receiver, stdin=subprocess.PIPE,
-                                                 stdout=subprocess.DEVNULL, stderr=recv_err))
-                assert recv.stdin is not None
-                try:
-                    count = _splice_all(upstream, recv.stdin, limit=limit,
-                                        progress=None if feeder else progress, count=wire)
-                finally:
-                    recv.stdin.close()
-                    upstream.close()
-            else:
-                try:
-                    recv = spawned(subprocess.Popen(receiver, stdin=upstream,
-                                                     stdout=subprocess.DEVNULL,
-                                                     stderr=recv_err))
-                finally:
-                    upstream.close()  # the receiver holds the only read end now
-            recv_rc = recv.wait()
-            if recv_rc != 0:
-                # nobody reads any more
-                stop_process(send)
+            recv = spawned(subprocess.Popen(receiver, stdin=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL, stderr=recv_err))
+            assert recv.stdin is not None
+            try:
+                count = _splice_all(upstream, recv.stdin, limit=limit,
+                                    progress=None if feeder else progress, count=wire,
+                                    activity=activity)
+            except Stalled:
+                stalled()
+                count = wire.n
+            finally:
+                recv.stdin.close()
+                upstream.close()
+            if cut.reason is None:
+                recv_rc = finish(recv, watchdog.receiver if watchdog else "")
+                if recv_rc != 0:
+                    # nobody reads any more
+                    stop_process(send)
+                    if comp is not None:
+                        stop_process(comp)
                 if comp is not None:
-                    stop_process(comp)
-            if comp is not None:
-                comp_rc = comp.wait()
-            send_rc = send.wait()
+                    comp_rc = finish(comp, compressor[0] if compressor else "")
+                send_rc = finish(send, watchdog.sender if watchdog else "")
         finally:
-            # Interrupted (signal, exception): leave no part of the pipeline running.
+            # Interrupted (signal, exception, a stall): leave no part of the pipeline
+            # running.
             stop_process(send)
             if comp is not None:
                 stop_process(comp)
@@ -383,16 +543,22 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                     cancel.forget(proc)
             if progress is not None:
                 progress.finish()
+        if cut.reason is not None:
+            recv_rc, send_rc = recv.returncode if recv else -1, send.returncode
+            comp_rc = comp.returncode if comp is not None else 0
         if feeder is not None and feeder.error is not None and not send_rc:
             # the stream did not reach the compressor whole: zfs receive must not be
             # believed if it took the cut stream for a whole one
             send_rc = -1
             send_err.write(f"feeding the compressor: {feeder.error}\n".encode())
-        if recv_rc != 0 or send_rc != 0 or comp_rc != 0:
+        if cut.reason is not None or recv_rc != 0 or send_rc != 0 or comp_rc != 0:
             recv_msg = _stderr_of(recv_err)
             send_msg = _stderr_of(send_err)
             comp_msg = _stderr_of(comp_err)
-            if recv_rc != 0 and recv_msg:
+            if cut.reason is not None:
+                # what the processes said is what being cut made them say
+                reason = cut.reason
+            elif recv_rc != 0 and recv_msg:
                 reason = recv_msg
             elif send_rc != 0 and send_msg:
                 reason = send_msg
@@ -408,7 +574,7 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                 error, reason = TransferStopped, "cut: stopping"
             raise error(f"{what} failed: {reason}", argv=sender,
                         stderr="\n".join(m for m in (send_msg, comp_msg, recv_msg) if m),
-                        returncode=recv_rc or send_rc or comp_rc, sent=count)
+                        returncode=(recv_rc or send_rc or comp_rc or -1), sent=count)
     stream = feeder.count.n if feeder is not None else None
     return TransferResult(seconds=time.monotonic() - started, bytes=count, stream_bytes=stream)
 
