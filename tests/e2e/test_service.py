@@ -102,10 +102,10 @@ def status_json(repl: ZfsreplCli) -> dict[str, Any]:
     return one
 
 
-def recorded(status: dict[str, Any], cycles: int) -> dict[str, Any] | None:
-    """`status` once it records `cycles` finished cycles, one of them a success."""
+def recorded(status: dict[str, Any], cycles: int) -> dict[str, Any]:
+    """`status` once it records `cycles` finished cycles, one of them a success; else {}."""
     done = status["cycles_total"] >= cycles and status["last_success"] is not None
-    return status if done else None
+    return status if done else {}
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

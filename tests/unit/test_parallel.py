@@ -449,7 +449,7 @@ def test_a_stop_cuts_every_stream_in_flight_and_starts_no_other(
     assert len(recorded_popen) == 6  # three streams, two processes each; none after
     assert all(p.returncode is not None for p in recorded_popen)  # ended and waited for
     # the senders were cut by a signal: none waited out its minute
-    senders = [p for p in recorded_popen if "sleep 60" in " ".join(map(str, p.args))]
+    senders = [p for p in recorded_popen if "sleep 60" in str(p.args)]
     assert len(senders) == 3 and all(p.returncode < 0 for p in senders), \
         [(p.args, p.returncode) for p in recorded_popen]
     assert not any(w.dst.fs.get(p.destination) for p in PAIRS)
