@@ -94,3 +94,11 @@ def test_a_port_in_use_is_one_clear_error() -> None:
             MetricsServer("127.0.0.1", first.port, lambda: "")
     finally:
         first.stop()
+
+
+def test_numbers_beyond_a_float_from_a_hand_edited_state_file_render() -> None:
+    st = ServiceState(cycles_total=10**400, last_success=float("inf"))
+    text = render([ServiceSample("web", "online", st, [])], 0.0)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["zfsrepl_cycles"].samples[0].value == float("inf")
+    assert 'zfsrepl_last_success_timestamp_seconds{service="web"} +Inf' in text

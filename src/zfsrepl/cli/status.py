@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -19,15 +20,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "status", parents=parents, help="show the state, lag and errors of services",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="For each service (or NAME): its state (online, offline, disabled, "
-                    "maintenance with its reason), last successful cycle, next run, last "
-                    "error, and the lag of each filesystem (age of the newest snapshot on "
-                    "the destination), read from ZFS on both sides.")
+                    "maintenance with its reason), its health, last successful cycle, next "
+                    "run, last error, and the lag of each filesystem (age of the newest "
+                    "snapshot on the destination), read from ZFS on both sides.",
+        epilog=EXIT_CODES)
     p.add_argument("name", nargs="?", help="service name (default: every service)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--cached", action="store_true",
                    help="do not ask ZFS: show the lag seen by the last cycle")
     p.set_defaults(handler=show_status)
+
+    c = sub.add_parser(
+        "check", parents=parents, help="one-line health check for Nagios or Icinga",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print one line `ZFSREPL OK|WARNING|CRITICAL|UNKNOWN - text | perfdata` "
+                    "on the health of service NAME, read from ZFS on both sides, and exit "
+                    "with the monitoring plugin code. The perfdata holds the lag of each "
+                    "filesystem in seconds (warning at 2 x interval, critical at --max-lag) "
+                    "and the count of failed attempts.",
+        epilog=EXIT_CODES)
+    c.add_argument("name", help="service name")
+    c.add_argument("--max-lag", metavar="SECONDS", type=_seconds,
+                   help="CRITICAL when a filesystem's lag exceeds this (default: only the "
+                        "2 x interval WARNING)")
+    c.add_argument("--cached", action="store_true",
+                   help="do not ask ZFS: use the lag seen by the last cycle")
+    c.set_defaults(handler=check)
 
     ls = sub.add_parser("list", parents=parents, help="list the services defined here",
                         description="List the services defined in the configuration folder, "
@@ -43,6 +63,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     m.set_defaults(handler=print_metrics)
 
 
+EXIT_CODES = """exit status (as monitoring plugins use it; the worst service counts):
+  0  online and in sync (every lag within 2 x interval, last attempt succeeded)
+  1  degraded: a lag beyond 2 x interval, nothing replicated yet, or the last
+     attempt failed while retries remain
+  2  maintenance, or a definition that cannot be used (or a bad command line)
+  3  unknown: a host could not be asked"""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def _names(ctx: Context, name: str | None) -> list[str]:
     if name is not None:
         config.load_service(ctx.config_dir, name)  # an unknown name is an error
@@ -55,10 +93,11 @@ def show_status(args: argparse.Namespace, ctx: Context) -> int:
     manager = managers.detect()
     statuses = [status.gather(ctx.config_dir, ctx.state_dir, n, live=not args.cached,
                               manager=manager) for n in names]
+    code = status.worst([status.health(s).code for s in statuses])
     if args.json:
         json.dump(status.to_json(statuses), sys.stdout, indent=2)
         print()
-        return 0
+        return code
     if not statuses:
         print(f"no services defined in {ctx.config_dir / 'services'}")
     now = time.time()
@@ -66,7 +105,21 @@ def show_status(args: argparse.Namespace, ctx: Context) -> int:
         if i:
             print()
         print("\n".join(status.format_text(s, now)))
-    return 0
+    return code
+
+
+def check(args: argparse.Namespace, ctx: Context) -> int:
+    """Nagios style: always one line on standard output, never another exit code."""
+    try:
+        config.check_service_name(args.name)
+        s = status.gather(ctx.config_dir, ctx.state_dir, args.name, live=not args.cached,
+                          manager=managers.detect())
+    except ZfsreplError as exc:
+        print(f"ZFSREPL UNKNOWN - {args.name}: {exc}")
+        return status.UNKNOWN
+    h = status.health(s, args.max_lag)
+    print(status.check_line(s, h, args.max_lag))
+    return h.code
 
 
 def list_services(args: argparse.Namespace, ctx: Context) -> int:
