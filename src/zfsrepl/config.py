@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import sys
 import types
 from dataclasses import dataclass, field
@@ -132,10 +133,26 @@ def check_service_name(name: str) -> None:
 
 
 def list_services(confdir: Path) -> list[str]:
+    """The services defined; a file that cannot be one is skipped with a warning saying
+    why (hidden files, an editor's, silently)."""
+    from zfsrepl.log import logger  # here: only a listing needs it
+
     folder = confdir / "services"
     if not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.glob("*.toml") if SERVICE_NAME_RE.fullmatch(p.stem))
+    names = []
+    for p in sorted(folder.glob("*.toml")):
+        if p.name.startswith("."):
+            continue
+        if not SERVICE_NAME_RE.fullmatch(p.stem):
+            logger.warning("%s: skipped: %r is not a service name (1-64 letters, digits, '_', "
+                           "'.' or '-', starting with a letter or digit); rename the file",
+                           p, p.stem)
+        elif not p.is_file():  # a FIFO would block whoever reads it
+            logger.warning("%s: skipped: not a regular file", p)
+        else:
+            names.append(p.stem)
+    return names
 
 
 def load_service(confdir: Path, name: str) -> Service:
@@ -158,7 +175,12 @@ def _toml_module() -> types.ModuleType:
 
 def load_service_file(path: Path, expected_name: str | None = None) -> Service:
     try:
-        raw = path.read_bytes()
+        # Non-blocking: opening a FIFO put there by mistake must not hang the command.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"{path}: not a regular file; a service definition is a "
+                                  "TOML file")
+            raw = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     tomllib = _toml_module()
@@ -260,6 +282,8 @@ class _Reader:
 
 
 MAX_PARALLEL = 16
+# Every duration in seconds is at most a leap year: beyond, time functions overflow.
+MAX_DURATION = 366 * 86400
 
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?$", re.IGNORECASE)
@@ -380,6 +404,10 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     keep_destination = r.integer("keep_destination", default=keep, minimum=1)
     hook_timeout = r.integer("hook_timeout", default=300, minimum=1)
     retry_delay = r.number("retry_delay", default=5.0, minimum=0.0)
+    for key, seconds in (("interval", interval), ("hook_timeout", hook_timeout),
+                         ("retry_delay", retry_delay)):
+        if seconds > MAX_DURATION:
+            r.fail(key, f"{data[key]!r} is too long", f"at most {MAX_DURATION} seconds (366 days)")
     parallel = r.integer("parallel", default=1, minimum=1, maximum=MAX_PARALLEL)
     role = r.string("role", required=False, pattern=ROLE_RE,
                     expected='"source" or "destination"') or "source"
@@ -420,6 +448,10 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
                    "letters, digits and '_-.:'")
 
     raw_fs = data.get("filesystem")
+    if isinstance(raw_fs, dict):
+        r.fail("filesystem", "written as a single table [filesystem]",
+               "[[filesystem]], with two brackets, before each filesystem's source and "
+               "destination")
     if not isinstance(raw_fs, list) or not raw_fs:
         r.fail("filesystem", "missing", "one or more [[filesystem]] tables with source and "
                "destination")

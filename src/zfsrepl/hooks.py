@@ -5,18 +5,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 from zfsrepl.errors import CommandError, ConfigError
 from zfsrepl.log import logger
 
 
-def check_executable(key: str, path: str | None) -> None:
-    """Refuse to start a cycle whose hook cannot run (before anything changes)."""
+def check_executable(key: str, path: str | None, definition: Path | None = None) -> None:
+    """Refuse to start a cycle whose hook cannot run (before anything changes); the error
+    names the definition that asks for it, as every definition error does."""
     if path is None:
         return
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise ConfigError(f"{key}: {path} is not an executable file; expected the full path "
-                          'of an executable or "none"')
+        where = f"{definition}: " if definition is not None else ""
+        raise ConfigError(f"{where}{key}: {path} is not an executable file; expected the full "
+                          'path of an executable or "none"')
 
 
 def run_hook(key: str, path: str, env: dict[str, str], timeout: int) -> None:

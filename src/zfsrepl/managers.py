@@ -15,7 +15,7 @@ import shlex
 import shutil
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -89,7 +89,7 @@ def no_manager_help(name: str, manager: str | None) -> str:
     if manager == "smf":
         how = (f"on Solaris and illumos: zfsrepl smf-manifest {q} > /var/svc/manifest/site/"
                f"zfsrepl-{name}.xml; svccfg import /var/svc/manifest/site/zfsrepl-{name}.xml; "
-               f"svcadm enable svc:/{SMF_SERVICE}:{name}")
+               f"svcadm enable {smf_fmri(name)}")
     elif manager == "rc":
         how = ("on FreeBSD: zfsrepl rc-script > /usr/local/etc/rc.d/zfsrepl; chmod 555 "
                f"/usr/local/etc/rc.d/zfsrepl; sysrc zfsrepl_enable=YES zfsrepl_services+={q}; "
@@ -208,15 +208,31 @@ class Systemd:
 # ---------------------------------------------------------------------------- SMF
 
 
+def smf_instance(name: str) -> str:
+    """The SMF instance name of service `name`: SMF wants a letter first, then letters,
+    digits, '_' or '-', so a '.' becomes '_' and a name starting with a digit gets
+    `svc-` before it (the start method still runs `zfsrepl run NAME`)."""
+    instance = name.replace(".", "_")
+    if not instance[:1].isalpha():
+        instance = f"svc-{instance}"
+    return instance
+
+
 def smf_fmri(name: str) -> str:
-    return f"svc:/{SMF_SERVICE}:{name}"
+    return f"svc:/{SMF_SERVICE}:{smf_instance(name)}"
 
 
-def check_smf_instance_name(name: str) -> None:
-    if not _SMF_INSTANCE_RE.match(name):
+def check_smf_instance_name(name: str, others: Sequence[str] = ()) -> None:
+    """Refuse a name whose SMF instance name is another service's too."""
+    instance = smf_instance(name)
+    if not _SMF_INSTANCE_RE.match(instance):
         raise UsageError(f"service name {name!r} cannot be an SMF instance name: SMF wants a "
                          "letter first, then letters, digits, '_' or '-'; rename the service "
                          "definition")
+    clash = [o for o in others if o != name and smf_instance(o) == instance]
+    if clash:
+        raise UsageError(f"services {name!r} and {clash[0]!r} would both be the SMF instance "
+                         f"{instance!r}; rename one of the definitions")
 
 
 def smf_manifest(name: str, command: list[str], user: str, group: str | None,
@@ -234,7 +250,7 @@ def smf_manifest(name: str, command: list[str], user: str, group: str | None,
                           restart_on="none", type="service")
         ET.SubElement(d, "service_fmri", value=fmri)
     ET.SubElement(svc, "method_context")
-    inst = ET.SubElement(svc, "instance", name=name, enabled="false")
+    inst = ET.SubElement(svc, "instance", name=smf_instance(name), enabled="false")
     ctx = ET.SubElement(inst, "method_context", working_directory="/")
     ET.SubElement(ctx, "method_credential", user=user, group=group or ":default")
     if env:

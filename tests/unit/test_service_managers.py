@@ -192,9 +192,19 @@ def test_smf_manifest_is_a_wait_model_service_run_by_zfsrepl_run() -> None:
     assert 'name="testrepl"' in text and 'name="application/zfsrepl"' in text
 
 
-def test_smf_refuses_a_name_smf_cannot_hold() -> None:
-    with pytest.raises(UsageError, match="SMF instance name"):
-        smf("1st.backup")
+def test_smf_takes_every_name_a_definition_takes() -> None:
+    text = smf("1st.backup")
+    assert '<instance name="svc-1st_backup" enabled="false">' in text
+    assert 'exec="/opt/zfsrepl/bin/zfsrepl run 1st.backup"' in text
+    assert managers.smf_fmri("a.b") == "svc:/application/zfsrepl:a_b"
+    assert managers.smf_fmri("web") == "svc:/application/zfsrepl:web"
+
+
+def test_smf_refuses_two_services_that_would_be_one_instance() -> None:
+    clash = "'a.b' and 'a_b' would both be the SMF instance 'a_b'"
+    with pytest.raises(UsageError, match=re.escape(clash)):
+        managers.check_smf_instance_name("a.b", ["a.b", "a_b", "web"])
+    managers.check_smf_instance_name("a.b", ["a.b", "web"])
 
 
 # ---------------------------------------------------------------------------- FreeBSD

@@ -88,6 +88,7 @@ def disable(args: argparse.Namespace, ctx: Context) -> int:
 
 def smf_manifest(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)
+    managers.check_smf_instance_name(svc.name, config.list_services(ctx.config_dir))
     env = managers.folder_environment(ctx.config_dir, ctx.state_dir, ctx.log_dir)
     text = managers.smf_manifest(svc.name, _command(args.command),
                                  args.user or svc.source.user, args.group, env)
