@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import time
 
 from zfsrepl import config, managers, status
 from zfsrepl.cli.common import Context
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.lock import probe
-from zfsrepl.metrics import ServiceSample, render
+from zfsrepl.log import logger
+from zfsrepl.metrics import MetricsServer, ServiceSample, render
 from zfsrepl.state import ServicePaths, StateStore
 
 
@@ -58,8 +61,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     m = sub.add_parser(
         "metrics", parents=parents, help="print Prometheus metrics of services",
         description="Print the metrics of each service (or NAME) in the Prometheus text "
-                    "format, from what the last cycles recorded.")
+                    "format, from what the last cycles recorded. With --listen, serve them "
+                    "over HTTP until stopped: unlike a service's own metrics_port, this goes "
+                    "on while services are in maintenance or stopped.")
     m.add_argument("name", nargs="?", help="service name (default: every service)")
+    m.add_argument("--listen", metavar="[ADDRESS:]PORT", type=_listen_address,
+                   help="serve the metrics at http://ADDRESS:PORT/metrics (default address "
+                        "127.0.0.1; [::]:PORT for every IPv6 and IPv4 address)")
     m.set_defaults(handler=print_metrics)
 
 
@@ -137,18 +145,59 @@ def list_services(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def print_metrics(args: argparse.Namespace, ctx: Context) -> int:
+def _listen_address(text: str) -> tuple[str, int]:
+    address, colon, port = text.rpartition(":")
+    # port 0: any free port, which the log line names
+    if not port.isdigit() or not 0 <= int(port) < 65536 or (colon and not address):
+        raise argparse.ArgumentTypeError(f"{text!r} is not [ADDRESS:]PORT, e.g. 9548 or "
+                                         "127.0.0.1:9548")
+    return (address.strip("[]") or "127.0.0.1") if colon else "127.0.0.1", int(port)
+
+
+def metrics_samples(ctx: Context, name: str | None) -> list[ServiceSample]:
+    """What the state files say of each service (or `name`), now."""
     samples = []
-    for name in _names(ctx, args.name):
-        paths = ServicePaths(ctx.state_dir, name)
+    for each in _names(ctx, name):
+        paths = ServicePaths(ctx.state_dir, each)
         st = StateStore(paths).load()
         try:
-            svc = config.load_service(ctx.config_dir, name)
+            svc = config.load_service(ctx.config_dir, each)
         except ZfsreplError:
             continue
         state = status.derive_state(st.in_maintenance, probe(paths.daemon_lock) is not None,
                                     None)
-        samples.append(ServiceSample(name, state, st,
+        samples.append(ServiceSample(each, state, st,
                                      [(p.source, p.destination) for p in svc.filesystems]))
-    sys.stdout.write(render(samples, time.time()))
+    return samples
+
+
+def print_metrics(args: argparse.Namespace, ctx: Context) -> int:
+    if args.listen is not None:
+        return serve_metrics(ctx, args.name, *args.listen)
+    sys.stdout.write(render(metrics_samples(ctx, args.name), time.time()))
+    return 0
+
+
+def serve_metrics(ctx: Context, name: str | None, address: str, port: int,
+                  stop: threading.Event | None = None) -> int:
+    """Serve the metrics, read afresh for each scrape, until SIGTERM or SIGINT (or `stop`)."""
+    def render_text() -> str:
+        try:
+            return render(metrics_samples(ctx, name), time.time())
+        except ZfsreplError as exc:  # e.g. NAME's definition removed meanwhile
+            logger.warning("metrics: %s", exc)
+            return ""
+
+    server = MetricsServer(address, port, render_text)
+    done = stop or threading.Event()
+    if stop is None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: done.set())
+    server.start()
+    logger.info("serving metrics on http://%s:%d/metrics", address, server.port)
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        server.stop()
     return 0
