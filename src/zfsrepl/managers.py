@@ -35,6 +35,12 @@ SYSTEMD_UNIT_DIRS = (SYSTEMD_ETC, Path("/run/systemd/system"),
                      Path("/lib/systemd/system"))
 INSTALLED_MARK = "# Installed by `zfsrepl enable`; it rewrites this file when it differs."
 DROPIN_NAME = "zfsrepl-folders.conf"
+USER_DROPIN_NAME = "zfsrepl-user.conf"
+# The template grants no capability. Root's ZFS rights are CAP_SYS_ADMIN (and root
+# reads the files of others); sudo also needs to change identity.
+ROOT_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER")
+SUDO_CAPABILITIES = (*ROOT_CAPABILITIES, "CAP_SETUID", "CAP_SETGID", "CAP_AUDIT_WRITE",
+                     "CAP_SYS_RESOURCE")
 
 SMF_SERVICE = "application/zfsrepl"
 SMF_DTD = "/usr/share/lib/xml/dtd/service_bundle.dtd.1"
@@ -129,7 +135,52 @@ def render_dropin(env: Mapping[str, str]) -> str:
     lines = ["# Written by `zfsrepl enable`: the folders this service was enabled with.",
              "[Service]"]
     lines += [f'Environment="{k}={v}"' for k, v in sorted(env.items())]
+    # The sandbox lets the service write its state and log folders only.
+    writable = [env[k] for k in ("ZFSREPL_STATE_DIR", "ZFSREPL_LOG_DIR") if k in env]
+    if writable:
+        lines.append("ReadWritePaths=" + " ".join(_systemd_quote(f"-{w}") for w in writable))
     return "\n".join(lines) + "\n"
+
+
+def render_user_dropin(user: str, group: str, rights: str) -> str:
+    """Who zfsrepl@NAME runs as: the definition's source user (`rights`: "allow" where
+    its ZFS rights come from `zfs allow`, "sudo" where zfs_command goes through sudo)."""
+    lines = ["# Written by `zfsrepl enable`: the user of the definition, and what its ZFS",
+             "# rights need from the sandbox.", "[Service]"]
+    if user == "root":
+        lines += ["# root: its ZFS rights are capabilities, not delegations.",
+                  f"CapabilityBoundingSet={' '.join(ROOT_CAPABILITIES)}"]
+        return "\n".join(lines) + "\n"
+    lines += [f"User={user}", f"Group={group}"]
+    if rights == "sudo":
+        lines += ["# zfs_command runs sudo, which must become root: no NoNewPrivileges, the",
+                  "# capabilities root's zfs needs, the system calls that change identity.",
+                  "NoNewPrivileges=no",
+                  f"CapabilityBoundingSet={' '.join(SUDO_CAPABILITIES)}",
+                  "SystemCallFilter=", "SystemCallFilter=@system-service",
+                  "ReadWritePaths=-/run/sudo -/var/lib/sudo"]
+    return "\n".join(lines) + "\n"
+
+
+def service_identity(user: str, zfs_command: str) -> str:
+    """The user drop-in for a definition whose source user is `user`; UsageError if that
+    user does not exist on this host."""
+    import grp
+    import pwd
+
+    from zfsrepl.setup.rootscript import rights_of
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"the source user {user!r} of the definition does not exist on this "
+                         "host: create it (see `zfsrepl setup`) or correct [source] user") \
+            from None
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = str(entry.pw_gid)
+    return render_user_dropin(user, group, rights_of(zfs_command)[0])
 
 
 class Systemd:
@@ -158,9 +209,11 @@ class Systemd:
             raise ZfsreplError(f"cannot write {path}: {exc.strerror} (run as root)") from None
         return True
 
-    def install(self, name: str, command: list[str], env: Mapping[str, str]) -> list[str]:
-        """Put the template unit (and the service's folders) where systemd finds them;
-        return what was written. A unit from a package is used as it is."""
+    def install(self, name: str, command: list[str], env: Mapping[str, str],
+                identity: str | None = None) -> list[str]:
+        """Put the template unit (and the service's folders, and `identity`: the user
+        drop-in) where systemd finds them; return what was written. A unit from a
+        package is used as it is."""
         written: list[str] = []
         ours = self.etc_dir / SYSTEMD_TEMPLATE
         found = next((d / SYSTEMD_TEMPLATE for d in self.unit_dirs
@@ -168,6 +221,10 @@ class Systemd:
         installed_by_us = found == ours and ours.read_text("utf-8").startswith(INSTALLED_MARK)
         if (found is None or installed_by_us) and self._write(ours, render_unit(command)):
             written.append(str(ours))
+        if identity is not None:
+            user_dropin = self.etc_dir / f"{systemd_unit(name)}.d" / USER_DROPIN_NAME
+            if self._write(user_dropin, identity):
+                written.append(str(user_dropin))
         dropin = self.etc_dir / f"{systemd_unit(name)}.d" / DROPIN_NAME
         if env:
             if self._write(dropin, render_dropin(env)):
@@ -180,8 +237,9 @@ class Systemd:
             written.append(f"{dropin} (removed)")
         return written
 
-    def enable(self, name: str, command: list[str], env: Mapping[str, str]) -> list[str]:
-        written = self.install(name, command, env)
+    def enable(self, name: str, command: list[str], env: Mapping[str, str],
+               identity: str | None = None) -> list[str]:
+        written = self.install(name, command, env, identity)
         if written:
             self.systemctl("daemon-reload")
         self.systemctl("enable", "--now", systemd_unit(name))

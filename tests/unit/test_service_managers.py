@@ -3,6 +3,7 @@ manifest (validated against the service_bundle DTD) and the FreeBSD rc.d script.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -69,6 +70,96 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     # verify exits 0 on mere warnings: there must be none either.
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """Key -> values of the [Service] section (a key may repeat)."""
+    section = ""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line
+        elif "=" in line and not line.startswith("#") and section == "[Service]":
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_the_unit_is_sandboxed() -> None:
+    unit = unit_settings(managers.packaged(managers.SYSTEMD_TEMPLATE))
+    expected = {
+        "ProtectSystem": ["strict"], "ReadWritePaths": ["-/var/lib/zfsrepl -/var/log/zfsrepl"],
+        "PrivateTmp": ["yes"], "NoNewPrivileges": ["yes"], "CapabilityBoundingSet": [""],
+        "SystemCallArchitectures": ["native"], "UMask": ["0077"], "ProtectHome": ["read-only"],
+        "DeviceAllow": ["/dev/zfs rw"], "DevicePolicy": ["closed"],
+        "SystemCallFilter": ["@system-service", "~@privileged"],
+        "SyslogIdentifier": ["zfsrepl-%i"], "RestrictSUIDSGID": ["yes"],
+        "RestrictNamespaces": ["yes"], "ProtectKernelTunables": ["yes"],
+        "ProtectControlGroups": ["yes"], "LockPersonality": ["yes"],
+        "MemoryDenyWriteExecute": ["yes"],
+    }
+    assert {k: unit.get(k) for k in expected} == expected
+    # PrivateDevices would hide /dev/zfs; there is no User=: the drop-in of `enable` says
+    assert "PrivateDevices" not in unit and "User" not in unit
+    assert "StateDirectory" not in unit  # it would chown the folder shared by all services
+
+
+@pytest.mark.parametrize(("user", "rights", "settings"), [
+    ("src", "allow", {"User": ["src"], "Group": ["backup"]}),
+    ("src", "sudo", {"User": ["src"], "NoNewPrivileges": ["no"],
+                     "SystemCallFilter": ["", "@system-service"]}),
+    ("root", "allow", {"CapabilityBoundingSet": [" ".join(managers.ROOT_CAPABILITIES)]}),
+])
+def test_the_user_dropin(user: str, rights: str, settings: dict[str, list[str]]) -> None:
+    dropin = unit_settings(managers.render_user_dropin(user, "backup", rights))
+    assert {k: dropin.get(k) for k in settings} == settings
+    if user == "root":
+        assert "User" not in dropin
+    if rights == "sudo":
+        assert "CAP_SETUID" in dropin["CapabilityBoundingSet"][0]
+
+
+def test_service_identity_looks_the_user_up() -> None:
+    import pwd
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert managers.service_identity(me, "zfs").startswith("# Written by `zfsrepl enable`")
+    with pytest.raises(UsageError, match="source user 'no-such-user-zr' of the definition "
+                                         "does not exist on this host"):
+        managers.service_identity("no-such-user-zr", "zfs")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+@pytest.mark.parametrize(("user", "rights"), [("src", "allow"), ("src", "sudo"),
+                                              ("root", "allow")])
+def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path, user: str,
+                                                    rights: str) -> None:
+    """The README's score: `systemd-analyze security` at 3.0 or lower ("OK")."""
+    etc = tmp_path / "etc" / "systemd" / "system"
+    (etc / "zfsrepl@web.service.d").mkdir(parents=True)
+    (etc / "zfsrepl@.service").write_text(managers.packaged(managers.SYSTEMD_TEMPLATE))
+    (etc / "zfsrepl@web.service.d" / managers.USER_DROPIN_NAME).write_text(
+        managers.render_user_dropin(user, "src", rights))
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true",
+                           f"--root={tmp_path}", "zfsrepl@web.service"],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r"Overall exposure level for zfsrepl@web.service: (\d+\.\d+)",
+                      proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= 3.0
+
+
+def test_enable_writes_the_user_dropin(tmp_path: Path) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    identity = managers.render_user_dropin("src", "src", "allow")
+    written = Systemd(FakeSystemctl(), dirs, etc).enable("web", COMMAND, {}, identity)
+    path = etc / "zfsrepl@web.service.d" / managers.USER_DROPIN_NAME
+    assert str(path) in written and path.read_text() == identity
+
+
+def test_the_folders_dropin_makes_other_folders_writable() -> None:
+    dropin = managers.render_dropin({"ZFSREPL_STATE_DIR": "/srv/state", "ZFSREPL_LOG_DIR":
+                                     "/srv/my logs", "ZFSREPL_CONFIG_DIR": "/srv/conf"})
+    assert 'ReadWritePaths=-/srv/state "-/srv/my logs"\n' in dropin
 
 
 def test_enable_installs_the_unit_and_the_folders_then_enables_it(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     e = sub.add_parser(
         "enable", parents=parents, help="start a service now and at every boot (systemd)",
-        description="Install the zfsrepl@.service template unit where needed, then enable "
-                    "and start zfsrepl@NAME (like `svcadm enable`).")
+        description="Install the zfsrepl@.service template unit where needed and a drop-in "
+                    "that runs zfsrepl@NAME as the definition's source user, then enable and "
+                    "start zfsrepl@NAME (like `svcadm enable`).")
     e.add_argument("name", help="service name")
     e.set_defaults(handler=enable)
 
@@ -72,7 +73,9 @@ def enable(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)  # nothing starts on a bad definition
     _systemd_or_explain(svc.name)
     env = managers.folder_environment(ctx.config_dir, ctx.state_dir, ctx.log_dir)
-    for path in managers.Systemd().enable(svc.name, managers.zfsrepl_command(), env):
+    identity = managers.service_identity(svc.source.user, svc.source.zfs_command)
+    for path in managers.Systemd().enable(svc.name, managers.zfsrepl_command(), env,
+                                          identity):
         print(f"wrote {path}")
     print(f"enabled and started {managers.systemd_unit(svc.name)}")
     return 0
