@@ -139,3 +139,21 @@ def test_debug_shows_each_command_run(confdir: Path) -> None:
     err = zfsrepl(confdir, "--debug", "status", "web", journal=True)
     assert "<7>DEBUG src@srchost: running /nonexistent/zfs " in err
     assert "running" not in zfsrepl(confdir, "-v", "status", "web", journal=True)
+
+
+def test_the_log_file_is_opened_again_after_logrotate_moved_it(tmp_path: Path) -> None:
+    """Why the logrotate snippet needs neither copytruncate nor a signal."""
+    from zfsrepl import logfile
+
+    log.setup(io.StringIO(), journal=False)
+    handler = logfile.attach(tmp_path, "web")
+    try:
+        log.logger.info("before")
+        (tmp_path / "web.log").rename(tmp_path / "web.log.1")
+        (tmp_path / "web.log").touch()  # logrotate's `create`
+        log.logger.info("after")
+    finally:
+        logfile.detach(handler)
+    assert "before" in (tmp_path / "web.log.1").read_text()
+    assert "after" in (tmp_path / "web.log").read_text()
+    assert "before" not in (tmp_path / "web.log").read_text()

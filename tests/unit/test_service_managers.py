@@ -66,8 +66,14 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     (tmp_path / "zfsrepl@.service").write_text(managers.render_unit(COMMAND))
     # A template is verified through an instance of it.
     (tmp_path / "zfsrepl@testrepl.service").symlink_to("zfsrepl@.service")
+    # Documentation=man:zfsrepl(8): the man page the package build generates
+    man = tmp_path / "man" / "man8"
+    subprocess.run([sys.executable, str(Path(__file__).parents[2] / "scripts" /
+                                        "generate-extras"), str(man)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(Path(managers.__file__).parents[1])})
     proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "zfsrepl@testrepl.service")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MANPATH": str(tmp_path / "man")})
     # verify exits 0 on mere warnings: there must be none either.
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
 
