@@ -168,8 +168,15 @@ def _toml_module() -> types.ModuleType:
     # Imported on use: the remote agent runs on a bare Python 3.9 and reads no TOML.
     if sys.version_info >= (3, 11):
         import tomllib
-    else:  # pragma: no cover - exercised on older interpreters only
-        import tomli as tomllib
+    else:
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise UsageError(
+                f"reading service definitions on Python {sys.version_info[0]}."
+                f"{sys.version_info[1]} needs the tomli module (tomllib comes with 3.11): "
+                "install python3-tomli, or `pip install tomli` where zfsrepl is installed") \
+                from None
     return tomllib
 
 

@@ -162,6 +162,33 @@ def render_user_dropin(user: str, group: str, rights: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def prepare_folders(name: str, uid: int, gid: int, state_dir: Path, log_dir: Path) -> list[str]:
+    """What a service running as uid:gid must find made for it, as setup's root steps
+    make it: its state folder and log file (its own), and the metrics folder where none
+    is yet. Made only where missing; what exists is left as it is. Returns what was made."""
+    made = []
+    folder = state_dir / "services" / name
+    wanted = [(state_dir / "services", None, 0o755), (folder, (uid, gid), 0o750),
+              (state_dir / "metrics", (uid, gid), 0o755), (log_dir, None, 0o755)]
+    try:
+        for path, owner, mode in wanted:
+            if not path.exists():
+                path.mkdir(parents=True, mode=mode)
+                path.chmod(mode)
+                if owner is not None:
+                    os.chown(path, *owner)
+                made.append(str(path))
+        log = log_dir / f"{name}.log"
+        if not log.exists():
+            log.touch(mode=0o640)
+            os.chown(log, uid, gid)
+            made.append(str(log))
+    except OSError as exc:
+        raise ZfsreplError(f"cannot prepare {exc.filename}: {exc.strerror} (run as root)") \
+            from None
+    return made
+
+
 def service_identity(user: str, zfs_command: str) -> str:
     """The user drop-in for a definition whose source user is `user`; UsageError if that
     user does not exist on this host."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from zfsrepl import config, hooks, log
 from zfsrepl.cli import main
 from zfsrepl.config import Endpoint, FilesystemPair, Service, dump_service
-from zfsrepl.errors import ConfigError
+from zfsrepl.errors import ConfigError, UsageError
 
 GOOD = dump_service(Service("web", Endpoint("srchost", "src"), Endpoint("desthost", "dst"),
                             (FilesystemPair("tank/web", "backup/web"),)))
@@ -120,3 +121,15 @@ def test_smf_manifest_takes_a_name_with_a_dot(tmp_path: Path,
     assert main(["--config-dir", str(tmp_path), "smf-manifest", "a.b"]) == 0
     out = capsys.readouterr().out
     assert '<instance name="a_b"' in out and " run a.b" in out
+
+
+def test_python_before_3_11_without_tomli_is_one_clear_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    define(tmp_path, "web", GOOD)
+    monkeypatch.setattr(config.sys, "version_info", (3, 10, 12, "final", 0))
+    monkeypatch.setitem(sys.modules, "tomli", None)  # import tomli fails
+    with pytest.raises(UsageError) as exc:
+        config.load_service(tmp_path, "web")
+    assert str(exc.value) == (
+        "reading service definitions on Python 3.10 needs the tomli module (tomllib comes "
+        "with 3.11): install python3-tomli, or `pip install tomli` where zfsrepl is installed")

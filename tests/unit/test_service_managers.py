@@ -358,3 +358,17 @@ def test_rc_script_starts_each_listed_service_through_daemon(tmp_path: Path) -> 
     assert one.startswith("rc stop ") and "run db" in one and "web" not in one
     assert rc("rcvar").startswith("rc rcvar")
     assert "no services" in rc("start", services="")
+
+
+def test_enable_prepares_the_folders_of_a_service_user(tmp_path: Path) -> None:
+    state, logs = tmp_path / "state", tmp_path / "log"
+    uid, gid = os.getuid(), os.getgid()
+    made = managers.prepare_folders("web", uid, gid, state, logs)
+    assert made == [str(state / "services"), str(state / "services" / "web"),
+                    str(state / "metrics"), str(logs), str(logs / "web.log")]
+    assert (state / "services" / "web").stat().st_mode & 0o777 == 0o750
+    assert (logs / "web.log").stat().st_mode & 0o777 == 0o640
+    assert (logs / "web.log").stat().st_uid == uid
+    (logs / "web.log").write_text("kept\n")
+    assert managers.prepare_folders("web", uid, gid, state, logs) == []  # only what is missing
+    assert (logs / "web.log").read_text() == "kept\n"

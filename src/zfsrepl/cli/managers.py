@@ -74,6 +74,13 @@ def enable(args: argparse.Namespace, ctx: Context) -> int:
     _systemd_or_explain(svc.name)
     env = managers.folder_environment(ctx.config_dir, ctx.state_dir, ctx.log_dir)
     identity = managers.service_identity(svc.source.user, svc.source.zfs_command)
+    if svc.source.user != "root":
+        import pwd
+
+        entry = pwd.getpwnam(svc.source.user)  # service_identity found it
+        for path in managers.prepare_folders(svc.name, entry.pw_uid, entry.pw_gid,
+                                             ctx.state_dir, ctx.log_dir):
+            print(f"made {path} for {svc.source.user}")
     for path in managers.Systemd().enable(svc.name, managers.zfsrepl_command(), env,
                                           identity):
         print(f"wrote {path}")
