@@ -305,3 +305,14 @@ def test_check_refuses_a_max_lag_that_is_not_seconds(
     with pytest.raises(SystemExit):
         main([*dirs, "check", "web", "--max-lag", "1e400"])
     assert "'1e400' is not a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_the_check_line_of_the_readme() -> None:
+    web = Service("web", Endpoint("srchost", "src"), Endpoint("desthost", "dst"),
+                  (FilesystemPair("tank/web", "backup/web"),), interval=60)
+    st = ServiceState(last_success=NOW - 10,
+                      newest={"backup/web": Newest(NAMING.format(4), int(NOW - 185))})
+    s = status.build("web", st, web, Holder(7, "run"), None, True, None, None, [], NOW)
+    assert status.check_line(s, status.health(s, 3600), 3600) == (
+        "ZFSREPL WARNING - web: tank/web: lag 3 min beyond 2 x interval (120 s) | "
+        "'lag tank/web'=185s;120;3600;0; failed_attempts=0c")
