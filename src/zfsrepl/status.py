@@ -67,7 +67,7 @@ class ServiceStatus:
     filesystems: list[FilesystemStatus] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what could not be found out
     definition_error: str | None = None  # why the definition cannot be used
-    unreachable: list[str] = field(default_factory=list)  # "source", "destination"
+    unreachable: list[str] = field(default_factory=list)  # sides ZFS could not be asked on
 
 
 def derive_state(maintenance: bool, running: bool, enabled: bool | None) -> str:
@@ -234,7 +234,8 @@ def health(s: ServiceStatus, max_lag: float | None = None) -> Health:
         found.append((CRITICAL, f"in maintenance: {s.reason}"))
     if s.state == "offline" and s.enabled:
         found.append((DEGRADED, "enabled in the service manager but not running"))
-    found += [(UNKNOWN, f"cannot reach the {side}") for side in s.unreachable]
+    found += [(UNKNOWN, f"could not check the {p}") for p in s.problems
+              if p.split(":", 1)[0] in s.unreachable]
     if s.definition_error is None:
         limit = LAG_INTERVALS * s.interval if s.interval else None
         for f in s.filesystems:

@@ -72,6 +72,7 @@ def test_build_and_text_of_a_service_in_maintenance() -> None:
     s = status.build("web", st, svc(), None, Holder(42, "runonce"), True, None, None,
                      ["destination: cannot connect"], NOW)
     assert s.state == "maintenance" and s.busy == "process 42 (runonce) is in a cycle"
+    assert s.unreachable == ["destination"]
     text = "\n".join(status.format_text(s, NOW))
     assert "web: maintenance since" in text
     assert "reason: could not replicate web after 3 attempt(s): refused" in text
@@ -179,7 +180,8 @@ def in_sync(lag: float = 10.0, **changes: Any) -> status.ServiceStatus:
     ({"state": "offline", "enabled": True}, status.DEGRADED,
      "enabled in the service manager but not running"),
     ({"state": "offline", "enabled": None}, status.OK, None),  # runonce from cron
-    ({"unreachable": ["destination"]}, status.UNKNOWN, "cannot reach the destination"),
+    ({"unreachable": ["destination"], "problems": ["destination: connection refused"]},
+     status.UNKNOWN, "could not check the destination: connection refused"),
     ({"state": "maintenance", "reason": "retries ran out", "unreachable": ["source"]},
      status.CRITICAL, "in maintenance: retries ran out"),
     ({"definition_error": "web.toml: interval: missing"}, status.CRITICAL,
