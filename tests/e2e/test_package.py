@@ -172,3 +172,24 @@ def test_logrotate_accepts_the_snippet(root: Path, tmp_path: Path) -> None:
     # the daemon reopens a moved file (test_log): rotation moves it, no copytruncate
     directives = [line.strip() for line in text.splitlines()]
     assert "create" in directives and "copytruncate" not in directives
+
+
+def test_the_venv_install_of_the_readme(tmp_path: Path) -> None:
+    """`python3 -m venv DIR && DIR/bin/pip install .`: the alternative to the package."""
+    import sys
+
+    venv = tmp_path / "venv"
+    made = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True,
+                          text=True, timeout=300)
+    if made.returncode != 0:
+        pytest.skip(f"this Python makes no virtual environment: {made.stderr[-500:]}")
+    # a copy of the tree: pip builds in place and leaves build/ behind
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", "dist", "build", "*.egg-info", "__pycache__", ".*_cache", "bench"))
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(src)],
+                         capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
+    version = subprocess.run([str(venv / "bin" / "zfsrepl"), "--version"], capture_output=True,
+                             text=True, timeout=120)
+    assert (version.returncode, version.stdout) == (0, f"zfsrepl {__version__}\n")
