@@ -20,6 +20,7 @@ from zfsrepl import config, lock, managers
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
+from zfsrepl.log import logger
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.plan import newest_common
 from zfsrepl.snapshots import Snapshot, by_age
@@ -171,11 +172,22 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
                      if any(p.startswith(f"{side}: ") for p in problems)])
 
 
+def load_state(paths: ServicePaths) -> ServiceState:
+    """The state file as the store reads it; one holding a number beyond what Python can
+    turn into a time (hand-edited) reads as empty, with a warning: it is only a cache."""
+    try:
+        return StateStore(paths).load()
+    except OverflowError as exc:
+        logger.warning("%s: %s; showing the service as if it had no state file",
+                       paths.state_file, exc)
+        return ServiceState()
+
+
 def gather(config_dir: Path, state_dir: Path, name: str, *, live: bool,
            manager: str | None) -> ServiceStatus:
     """The status of one service, asking ZFS on both sides when `live`."""
     paths = ServicePaths(state_dir, name)
-    st = StateStore(paths).load()
+    st = load_state(paths)
     problems: list[str] = []
     definition_error = None
     svc: Service | None = None

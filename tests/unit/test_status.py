@@ -261,6 +261,12 @@ def test_status_cached_reads_a_hand_edited_state_file_with_huge_numbers(
     json.loads(capsys.readouterr().out)
     assert main([*dirs, "metrics", "web"]) == 0
     assert "zfsrepl_cycles_total" in capsys.readouterr().out
+    # 1e400 is infinity to JSON readers: no time, no integer can be made of it
+    write_state(tmp_path, "web", '{"newest": {"backup/web": {"snapshot": "s", '
+                                 '"creation": 1e400}}, "last_success": 1e400}')
+    assert main([*dirs, "status", "web", "--cached"]) == status.DEGRADED
+    assert "web: offline" in capsys.readouterr().out
+    assert main([*dirs, "metrics", "web"]) == 0
 
 
 def test_status_exit_codes_of_the_command(dirs: list[str], tmp_path: Path,

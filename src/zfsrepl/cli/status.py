@@ -16,7 +16,7 @@ from zfsrepl.errors import ZfsreplError
 from zfsrepl.lock import probe
 from zfsrepl.log import logger
 from zfsrepl.metrics import MetricsServer, ServiceSample, render
-from zfsrepl.state import ServicePaths, StateStore
+from zfsrepl.state import ServicePaths
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -159,7 +159,7 @@ def metrics_samples(ctx: Context, name: str | None) -> list[ServiceSample]:
     samples = []
     for each in _names(ctx, name):
         paths = ServicePaths(ctx.state_dir, each)
-        st = StateStore(paths).load()
+        st = status.load_state(paths)
         try:
             svc = config.load_service(ctx.config_dir, each)
         except ZfsreplError:
