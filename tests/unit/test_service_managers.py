@@ -162,6 +162,33 @@ def test_enable_writes_the_user_dropin(tmp_path: Path) -> None:
     assert str(path) in written and path.read_text() == identity
 
 
+def test_the_enable_command_runs_the_service_as_its_source_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import pwd
+    me = pwd.getpwuid(os.getuid()).pw_name
+    if me == "root":  # a user other than root, as the unit would run
+        me = next((p.pw_name for p in pwd.getpwall() if p.pw_uid >= 1), "")
+    assert me
+    etc, dirs = unit_dirs(tmp_path)
+    fake = FakeSystemctl()
+    monkeypatch.setattr(managers, "detect", lambda: "systemd")
+    monkeypatch.setattr(managers, "Systemd", lambda: Systemd(fake, dirs, etc))
+    confdir = tmp_path / "config"
+    (confdir / "services").mkdir(parents=True)
+    (confdir / "services" / "web.toml").write_text(dump_service(Service(
+        "web", Endpoint("a", me), Endpoint("b", "dst"), (FilesystemPair("p/a", "p/b"),))))
+    state, logs = tmp_path / "state", tmp_path / "log"
+    assert main(["--config-dir", str(confdir), "--state-dir", str(state), "--log-dir",
+                 str(logs), "enable", "web"]) == 0
+    dropin = (etc / "zfsrepl@web.service.d" / managers.USER_DROPIN_NAME).read_text()
+    assert f"User={me}\n" in dropin
+    assert (state / "services" / "web").stat().st_uid == pwd.getpwnam(me).pw_uid
+    out = capsys.readouterr().out
+    assert f"made {logs / 'web.log'} for {me}" in out
+    assert "enabled and started zfsrepl@web.service" in out
+
+
 def test_the_folders_dropin_makes_other_folders_writable() -> None:
     dropin = managers.render_dropin({"ZFSREPL_STATE_DIR": "/srv/state", "ZFSREPL_LOG_DIR":
                                      "/srv/my logs", "ZFSREPL_CONFIG_DIR": "/srv/conf"})
