@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import sys
 import types
 from dataclasses import dataclass, field
@@ -169,10 +170,26 @@ def check_service_name(name: str) -> None:
 
 
 def list_services(confdir: Path) -> list[str]:
+    """The services defined; a file that cannot be one is skipped with a warning saying
+    why (hidden files, an editor's, silently)."""
+    from zfsrepl.log import logger  # here: only a listing needs it
+
     folder = confdir / "services"
     if not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.glob("*.toml") if SERVICE_NAME_RE.fullmatch(p.stem))
+    names = []
+    for p in sorted(folder.glob("*.toml")):
+        if p.name.startswith("."):
+            continue
+        if not SERVICE_NAME_RE.fullmatch(p.stem):
+            logger.warning("%s: skipped: %r is not a service name (1-64 letters, digits, '_', "
+                           "'.' or '-', starting with a letter or digit); rename the file",
+                           p, p.stem)
+        elif not p.is_file():  # a FIFO would block whoever reads it
+            logger.warning("%s: skipped: not a regular file", p)
+        else:
+            names.append(p.stem)
+    return names
 
 
 def load_service(confdir: Path, name: str) -> Service:
@@ -188,14 +205,26 @@ def _toml_module() -> types.ModuleType:
     # Imported on use: the remote agent runs on a bare Python 3.9 and reads no TOML.
     if sys.version_info >= (3, 11):
         import tomllib
-    else:  # pragma: no cover - exercised on older interpreters only
-        import tomli as tomllib
+    else:
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise UsageError(
+                f"reading service definitions on Python {sys.version_info[0]}."
+                f"{sys.version_info[1]} needs the tomli module (tomllib comes with 3.11): "
+                "install python3-tomli, or `pip install tomli` where zfsrepl is installed") \
+                from None
     return tomllib
 
 
 def load_service_file(path: Path, expected_name: str | None = None) -> Service:
     try:
-        raw = path.read_bytes()
+        # Non-blocking: opening a FIFO put there by mistake must not hang the command.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"{path}: not a regular file; a service definition is a "
+                                  "TOML file")
+            raw = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     tomllib = _toml_module()
@@ -301,6 +330,9 @@ MAX_PARALLEL = 16
 # beyond any pause worth waiting out.
 MIN_STALL_TIMEOUT = 5
 MAX_STALL_TIMEOUT = 86400
+
+# Every duration in seconds is at most a leap year: beyond, time functions overflow.
+MAX_DURATION = 366 * 86400
 
 
 _RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?(?:/s)?$", re.IGNORECASE)
@@ -427,6 +459,10 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     keep_destination = r.integer("keep_destination", default=keep, minimum=1)
     hook_timeout = r.integer("hook_timeout", default=300, minimum=1)
     retry_delay = r.number("retry_delay", default=5.0, minimum=0.0)
+    for key, seconds in (("interval", interval), ("hook_timeout", hook_timeout),
+                         ("retry_delay", retry_delay)):
+        if seconds > MAX_DURATION:
+            r.fail(key, f"{data[key]!r} is too long", f"at most {MAX_DURATION} seconds (366 days)")
     parallel = r.integer("parallel", default=1, minimum=1, maximum=MAX_PARALLEL)
     stall_timeout = r.integer("stall_timeout", default=300, minimum=MIN_STALL_TIMEOUT,
                               maximum=MAX_STALL_TIMEOUT)
@@ -476,6 +512,10 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
                    "letters, digits and '_-.:'")
 
     raw_fs = data.get("filesystem")
+    if isinstance(raw_fs, dict):
+        r.fail("filesystem", "written as a single table [filesystem]",
+               "[[filesystem]], with two brackets, before each filesystem's source and "
+               "destination")
     if not isinstance(raw_fs, list) or not raw_fs:
         r.fail("filesystem", "missing", "one or more [[filesystem]] tables with source and "
                "destination")

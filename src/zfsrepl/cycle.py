@@ -274,8 +274,8 @@ class Cycle:
     def survey(self, take_snapshot: bool) -> CyclePlan:
         """List both sides and decide everything; raises before anything changes."""
         svc = self.service
-        hooks.check_executable("pre_snapshot", svc.pre_snapshot)
-        hooks.check_executable("post_snapshot", svc.post_snapshot)
+        hooks.check_executable("pre_snapshot", svc.pre_snapshot, svc.path)
+        hooks.check_executable("post_snapshot", svc.post_snapshot, svc.path)
         pairs = list(svc.filesystems)
         # the source first: its listing is local, done while the destination's ssh
         # connection may still be opening

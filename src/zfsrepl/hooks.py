@@ -39,19 +39,21 @@ def hook_problem(path: str, euid: int) -> str | None:
     return None
 
 
-def check_executable(key: str, path: str | None) -> None:
+def check_executable(key: str, path: str | None, definition: Path | None = None) -> None:
     """Refuse to start a cycle whose hook cannot run, or that anybody but root and the
-    user running zfsrepl could change (it runs as that user): before anything changes."""
+    user running zfsrepl could change (it runs as that user): before anything changes.
+    The error names the definition that asks for it, as every definition error does."""
     if path is None:
         return
+    where = f"{definition}: " if definition is not None else ""
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise ConfigError(f"{key}: {path} is not an executable file; expected the full path "
-                          'of an executable or "none"')
+        raise ConfigError(f"{where}{key}: {path} is not an executable file; expected the full "
+                          'path of an executable or "none"')
     euid = os.geteuid()
     problem = hook_problem(path, euid)
     if problem:
         me = "root" if euid == 0 else f"root or {user_name(euid)}"
-        raise ConfigError(f"{key}: refusing the hook {path}: {problem}; a hook runs as "
+        raise ConfigError(f"{where}{key}: refusing the hook {path}: {problem}; a hook runs as "
                           f"{user_name(euid)}, so it and every folder above it must belong "
                           f"to {me} and be writable by their owner only")
 

@@ -26,6 +26,7 @@ from typing import IO, Callable, Protocol
 from zfsrepl.capabilities import WIRE_TOOLS
 from zfsrepl.config import Endpoint
 from zfsrepl.errors import CommandError, ConnectionFailed, ZfsreplError
+from zfsrepl.log import commands_logger
 
 SSH_CONNECT_TIMEOUT = 10
 # AES-GCM first: with AES-NI it moves a stream ~25 % faster than the default
@@ -104,16 +105,28 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def not_found_hint(command: str) -> str:
+    """What to do about a command that is not there: a PATH without /usr/sbin (a plain
+    user's, cron's) is the usual cause for zfs."""
+    where = "at that path" if "/" in command else f"in PATH={os.environ.get('PATH', '')}"
+    if os.path.basename(command) != "zfs":
+        return f"command not found: {command} (looked {where}); install it or fix PATH"
+    return (f"command not found: {command} (looked {where}); set zfs_command in the "
+            "definition's [source] or [destination] table to its full path (e.g. "
+            'zfs_command = "/usr/sbin/zfs"), or add its folder to PATH')
+
+
 def _run(argv: list[str], label: str, *, input: bytes | None, timeout: float | None,
          shown: list[str] | None = None) -> Result:
     """Run `argv` (which stands for `shown`, e.g. through ssh) and wait at most
     `timeout` seconds (None: as long as it takes); a command that runs longer is killed
     and raises CommandError."""
+    commands_logger.debug("%s: running %s", label, shlex.join(argv))
     try:
         proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
                               stdin=None if input is not None else subprocess.DEVNULL)
     except FileNotFoundError:
-        raise CommandError(f"{label}: command not found: {argv[0]}", argv=argv) from None
+        raise CommandError(f"{label}: {not_found_hint(argv[0])}", argv=argv) from None
     except subprocess.TimeoutExpired:
         raise CommandError(f"{label}: {shlex.join(shown or argv)} did not finish within "
                            f"{timeout:g} s: cut it", argv=argv) from None
@@ -267,7 +280,10 @@ class SshHost:
                                    f"{first_line(result.stderr) or self._master_error()}",
                                    argv=argv, stderr=result.stderr, returncode=255)
         if check and result.returncode != 0:
-            raise CommandError(f"{self.label}: {first_line(result.stderr) or shlex.join(argv)}",
+            why = first_line(result.stderr) or shlex.join(argv)
+            if result.returncode == 127:  # the remote shell found no such command
+                why = f"{why}; {not_found_hint(argv[0]).partition('; ')[2]}"
+            raise CommandError(f"{self.label}: {why}",
                                argv=argv, stderr=result.stderr, returncode=result.returncode)
         return result
 

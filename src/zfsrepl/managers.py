@@ -15,7 +15,7 @@ import shlex
 import shutil
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,12 @@ SYSTEMD_UNIT_DIRS = (SYSTEMD_ETC, Path("/run/systemd/system"),
                      Path("/lib/systemd/system"))
 INSTALLED_MARK = "# Installed by `zfsrepl enable`; it rewrites this file when it differs."
 DROPIN_NAME = "zfsrepl-folders.conf"
+USER_DROPIN_NAME = "zfsrepl-user.conf"
+# The template grants no capability. Root's ZFS rights are CAP_SYS_ADMIN (and root
+# reads the files of others); sudo also needs to change identity.
+ROOT_CAPABILITIES = ("CAP_SYS_ADMIN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER")
+SUDO_CAPABILITIES = (*ROOT_CAPABILITIES, "CAP_SETUID", "CAP_SETGID", "CAP_AUDIT_WRITE",
+                     "CAP_SYS_RESOURCE")
 
 SMF_SERVICE = "application/zfsrepl"
 SMF_DTD = "/usr/share/lib/xml/dtd/service_bundle.dtd.1"
@@ -89,7 +95,7 @@ def no_manager_help(name: str, manager: str | None) -> str:
     if manager == "smf":
         how = (f"on Solaris and illumos: zfsrepl smf-manifest {q} > /var/svc/manifest/site/"
                f"zfsrepl-{name}.xml; svccfg import /var/svc/manifest/site/zfsrepl-{name}.xml; "
-               f"svcadm enable svc:/{SMF_SERVICE}:{name}")
+               f"svcadm enable {smf_fmri(name)}")
     elif manager == "rc":
         how = ("on FreeBSD: zfsrepl rc-script > /usr/local/etc/rc.d/zfsrepl; chmod 555 "
                f"/usr/local/etc/rc.d/zfsrepl; sysrc zfsrepl_enable=YES zfsrepl_services+={q}; "
@@ -129,7 +135,79 @@ def render_dropin(env: Mapping[str, str]) -> str:
     lines = ["# Written by `zfsrepl enable`: the folders this service was enabled with.",
              "[Service]"]
     lines += [f'Environment="{k}={v}"' for k, v in sorted(env.items())]
+    # The sandbox lets the service write its state and log folders only.
+    writable = [env[k] for k in ("ZFSREPL_STATE_DIR", "ZFSREPL_LOG_DIR") if k in env]
+    if writable:
+        lines.append("ReadWritePaths=" + " ".join(_systemd_quote(f"-{w}") for w in writable))
     return "\n".join(lines) + "\n"
+
+
+def render_user_dropin(user: str, group: str, rights: str) -> str:
+    """Who zfsrepl@NAME runs as: the definition's source user (`rights`: "allow" where
+    its ZFS rights come from `zfs allow`, "sudo" where zfs_command goes through sudo)."""
+    lines = ["# Written by `zfsrepl enable`: the user of the definition, and what its ZFS",
+             "# rights need from the sandbox.", "[Service]"]
+    if user == "root":
+        lines += ["# root: its ZFS rights are capabilities, not delegations.",
+                  f"CapabilityBoundingSet={' '.join(ROOT_CAPABILITIES)}"]
+        return "\n".join(lines) + "\n"
+    lines += [f"User={user}", f"Group={group}"]
+    if rights == "sudo":
+        lines += ["# zfs_command runs sudo, which must become root: no NoNewPrivileges, the",
+                  "# capabilities root's zfs needs, the system calls that change identity.",
+                  "NoNewPrivileges=no",
+                  f"CapabilityBoundingSet={' '.join(SUDO_CAPABILITIES)}",
+                  "SystemCallFilter=", "SystemCallFilter=@system-service",
+                  "ReadWritePaths=-/run/sudo -/var/lib/sudo"]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_folders(name: str, uid: int, gid: int, state_dir: Path, log_dir: Path) -> list[str]:
+    """What a service running as uid:gid must find made for it, as setup's root steps
+    make it: its state folder and log file (its own), and the metrics folder where none
+    is yet. Made only where missing; what exists is left as it is. Returns what was made."""
+    made = []
+    folder = state_dir / "services" / name
+    wanted = [(state_dir / "services", None, 0o755), (folder, (uid, gid), 0o750),
+              (state_dir / "metrics", (uid, gid), 0o755), (log_dir, None, 0o755)]
+    try:
+        for path, owner, mode in wanted:
+            if not path.exists():
+                path.mkdir(parents=True, mode=mode)
+                path.chmod(mode)
+                if owner is not None:
+                    os.chown(path, *owner)
+                made.append(str(path))
+        log = log_dir / f"{name}.log"
+        if not log.exists():
+            log.touch(mode=0o640)
+            os.chown(log, uid, gid)
+            made.append(str(log))
+    except OSError as exc:
+        raise ZfsreplError(f"cannot prepare {exc.filename}: {exc.strerror} (run as root)") \
+            from None
+    return made
+
+
+def service_identity(user: str, zfs_command: str) -> str:
+    """The user drop-in for a definition whose source user is `user`; UsageError if that
+    user does not exist on this host."""
+    import grp
+    import pwd
+
+    from zfsrepl.setup.rootscript import rights_of
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"the source user {user!r} of the definition does not exist on this "
+                         "host: create it (see `zfsrepl setup`) or correct [source] user") \
+            from None
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = str(entry.pw_gid)
+    return render_user_dropin(user, group, rights_of(zfs_command)[0])
 
 
 class Systemd:
@@ -158,9 +236,11 @@ class Systemd:
             raise ZfsreplError(f"cannot write {path}: {exc.strerror} (run as root)") from None
         return True
 
-    def install(self, name: str, command: list[str], env: Mapping[str, str]) -> list[str]:
-        """Put the template unit (and the service's folders) where systemd finds them;
-        return what was written. A unit from a package is used as it is."""
+    def install(self, name: str, command: list[str], env: Mapping[str, str],
+                identity: str | None = None) -> list[str]:
+        """Put the template unit (and the service's folders, and `identity`: the user
+        drop-in) where systemd finds them; return what was written. A unit from a
+        package is used as it is."""
         written: list[str] = []
         ours = self.etc_dir / SYSTEMD_TEMPLATE
         found = next((d / SYSTEMD_TEMPLATE for d in self.unit_dirs
@@ -168,6 +248,10 @@ class Systemd:
         installed_by_us = found == ours and ours.read_text("utf-8").startswith(INSTALLED_MARK)
         if (found is None or installed_by_us) and self._write(ours, render_unit(command)):
             written.append(str(ours))
+        if identity is not None:
+            user_dropin = self.etc_dir / f"{systemd_unit(name)}.d" / USER_DROPIN_NAME
+            if self._write(user_dropin, identity):
+                written.append(str(user_dropin))
         dropin = self.etc_dir / f"{systemd_unit(name)}.d" / DROPIN_NAME
         if env:
             if self._write(dropin, render_dropin(env)):
@@ -180,8 +264,9 @@ class Systemd:
             written.append(f"{dropin} (removed)")
         return written
 
-    def enable(self, name: str, command: list[str], env: Mapping[str, str]) -> list[str]:
-        written = self.install(name, command, env)
+    def enable(self, name: str, command: list[str], env: Mapping[str, str],
+               identity: str | None = None) -> list[str]:
+        written = self.install(name, command, env, identity)
         if written:
             self.systemctl("daemon-reload")
         self.systemctl("enable", "--now", systemd_unit(name))
@@ -208,15 +293,31 @@ class Systemd:
 # ---------------------------------------------------------------------------- SMF
 
 
+def smf_instance(name: str) -> str:
+    """The SMF instance name of service `name`: SMF wants a letter first, then letters,
+    digits, '_' or '-', so a '.' becomes '_' and a name starting with a digit gets
+    `svc-` before it (the start method still runs `zfsrepl run NAME`)."""
+    instance = name.replace(".", "_")
+    if not instance[:1].isalpha():
+        instance = f"svc-{instance}"
+    return instance
+
+
 def smf_fmri(name: str) -> str:
-    return f"svc:/{SMF_SERVICE}:{name}"
+    return f"svc:/{SMF_SERVICE}:{smf_instance(name)}"
 
 
-def check_smf_instance_name(name: str) -> None:
-    if not _SMF_INSTANCE_RE.match(name):
+def check_smf_instance_name(name: str, others: Sequence[str] = ()) -> None:
+    """Refuse a name whose SMF instance name is another service's too."""
+    instance = smf_instance(name)
+    if not _SMF_INSTANCE_RE.match(instance):
         raise UsageError(f"service name {name!r} cannot be an SMF instance name: SMF wants a "
                          "letter first, then letters, digits, '_' or '-'; rename the service "
                          "definition")
+    clash = [o for o in others if o != name and smf_instance(o) == instance]
+    if clash:
+        raise UsageError(f"services {name!r} and {clash[0]!r} would both be the SMF instance "
+                         f"{instance!r}; rename one of the definitions")
 
 
 def smf_manifest(name: str, command: list[str], user: str, group: str | None,
@@ -234,7 +335,7 @@ def smf_manifest(name: str, command: list[str], user: str, group: str | None,
                           restart_on="none", type="service")
         ET.SubElement(d, "service_fmri", value=fmri)
     ET.SubElement(svc, "method_context")
-    inst = ET.SubElement(svc, "instance", name=name, enabled="false")
+    inst = ET.SubElement(svc, "instance", name=smf_instance(name), enabled="false")
     ctx = ET.SubElement(inst, "method_context", working_directory="/")
     ET.SubElement(ctx, "method_credential", user=user, group=group or ":default")
     if env:

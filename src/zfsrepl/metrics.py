@@ -44,6 +44,9 @@ def escape(value: str) -> str:
 
 
 def _value(v: float) -> str:
+    # An integer beyond any float (a hand-edited state file) must not stop the metrics.
+    if isinstance(v, int) and abs(v) >= 1e15:
+        v = math.inf if v > 1e308 else -math.inf if v < -1e308 else float(v)
     if math.isnan(v):
         return "NaN"
     if math.isinf(v):

@@ -365,7 +365,7 @@ class Daemon:
 
     def load(self) -> Service:
         svc = config.load_service(self.config_dir, self.name)
-        hooks.check_executable("on_alarm", svc.on_alarm)
+        hooks.check_executable("on_alarm", svc.on_alarm, svc.path)
         return svc
 
     def _serve(self, svc: Service) -> int:

@@ -9,6 +9,7 @@ last cycle saw (cached in the state file) stands in, marked as cached.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,7 @@ from zfsrepl import config, lock, managers
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
+from zfsrepl.log import logger
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.plan import newest_common
 from zfsrepl.snapshots import Snapshot, by_age
@@ -45,6 +47,7 @@ class FilesystemStatus:
 class ServiceStatus:
     name: str
     state: str  # online, offline, disabled or maintenance
+    enabled: bool | None = None  # started by the service manager; None: cannot be asked
     reason: str | None = None  # why it is in maintenance
     maintenance_since: float | None = None
     pid: int | None = None  # of the running `zfsrepl run`
@@ -64,6 +67,8 @@ class ServiceStatus:
     sent_bytes_total: int = 0
     filesystems: list[FilesystemStatus] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what could not be found out
+    definition_error: str | None = None  # why the definition cannot be used
+    unreachable: list[str] = field(default_factory=list)  # sides ZFS could not be asked on
 
 
 def derive_state(maintenance: bool, running: bool, enabled: bool | None) -> str:
@@ -112,7 +117,8 @@ def filesystem_status(pair: FilesystemPair, naming: SnapshotNaming,
 
 def read_both_sides(svc: Service) -> tuple[dict[str, list[Snapshot] | None] | None,
                                            dict[str, list[Snapshot] | None] | None, list[str]]:
-    """Both sides' snapshot lists (None for a side that could not be asked), and why not."""
+    """Both sides' snapshot lists (None for a side that could not be asked), and why not
+    (each reason starts with the side's name)."""
     problems: list[str] = []
     src_lists = dst_lists = None
     try:
@@ -133,8 +139,10 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
           cycle: lock.Holder | None, enabled: bool | None,
           src_lists: Mapping[str, list[Snapshot] | None] | None,
           dst_lists: Mapping[str, list[Snapshot] | None] | None,
-          problems: Sequence[str], now: float) -> ServiceStatus:
-    """Put together what was found (pure)."""
+          problems: Sequence[str], now: float,
+          definition_error: str | None = None) -> ServiceStatus:
+    """Put together what was found (pure). `problems` from reading ZFS start with the
+    side ("source: ...", "destination: ...")."""
     fs: list[FilesystemStatus] = []
     if svc is not None:
         for pair in svc.filesystems:
@@ -145,7 +153,7 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
     busy = f"{cycle.describe()} is in a cycle" if cycle is not None else None
     return ServiceStatus(
         name=name,
-        state=derive_state(st.in_maintenance, daemon is not None, enabled),
+        state=derive_state(st.in_maintenance, daemon is not None, enabled), enabled=enabled,
         reason=st.maintenance_reason, maintenance_since=st.maintenance_since,
         pid=daemon.pid if daemon is not None else None, busy=busy,
         source=f"{svc.source.user}@{svc.source.host}" if svc else None,
@@ -157,38 +165,169 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
         last_cycle_seconds=st.last_cycle_seconds, cycles_total=st.cycles_total,
         cycle_failures_total=st.cycle_failures_total,
         attempt_failures_total=st.attempt_failures_total,
-        sent_bytes_total=st.sent_bytes_total, filesystems=fs, problems=list(problems))
+        sent_bytes_total=st.sent_bytes_total, filesystems=fs,
+        problems=[p for p in [definition_error, *problems] if p],
+        definition_error=definition_error,
+        unreachable=[side for side in ("source", "destination")
+                     if any(p.startswith(f"{side}: ") for p in problems)])
+
+
+def load_state(paths: ServicePaths) -> ServiceState:
+    """The state file as the store reads it; one holding a number beyond what Python can
+    turn into a time (hand-edited) reads as empty, with a warning: it is only a cache."""
+    try:
+        return StateStore(paths).load()
+    except OverflowError as exc:
+        logger.warning("%s: %s; showing the service as if it had no state file",
+                       paths.state_file, exc)
+        return ServiceState()
 
 
 def gather(config_dir: Path, state_dir: Path, name: str, *, live: bool,
            manager: str | None) -> ServiceStatus:
     """The status of one service, asking ZFS on both sides when `live`."""
     paths = ServicePaths(state_dir, name)
-    st = StateStore(paths).load()
+    st = load_state(paths)
     problems: list[str] = []
+    definition_error = None
     svc: Service | None = None
     try:
         svc = config.load_service(config_dir, name)
     except ZfsreplError as exc:
-        problems.append(str(exc))
+        definition_error = str(exc)
     src_lists = dst_lists = None
     if live and svc is not None:
-        src_lists, dst_lists, read_problems = read_both_sides(svc)
-        problems += read_problems
+        src_lists, dst_lists, problems = read_both_sides(svc)
     return build(name, st, svc, lock.probe(paths.daemon_lock), lock.probe(paths.cycle_lock),
                  managers.is_enabled(name, manager), src_lists, dst_lists, problems,
-                 time.time())
+                 time.time(), definition_error)
+
+
+# ---------------------------------------------------------------------------- health
+
+# Exit codes of `status` and `check`, those of monitoring plugins (Nagios, Icinga).
+OK, DEGRADED, CRITICAL, UNKNOWN = 0, 1, 2, 3
+NAGIOS_WORDS = {OK: "OK", DEGRADED: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+HEALTH_LABELS = {OK: "ok", DEGRADED: "degraded", CRITICAL: "critical", UNKNOWN: "unknown"}
+# Which code wins when several apply (or several services are shown): a service known
+# to be stopped outranks one whose hosts cannot be asked.
+_RANK = {OK: 0, DEGRADED: 1, UNKNOWN: 2, CRITICAL: 3}
+# Lag beyond this many intervals is degraded: one cycle late is normal, two is not.
+LAG_INTERVALS = 2
+
+
+@dataclass(frozen=True)
+class Health:
+    code: int
+    reasons: tuple[str, ...] = ()  # worst first
+
+    @property
+    def word(self) -> str:
+        return NAGIOS_WORDS[self.code]
+
+    @property
+    def label(self) -> str:
+        return HEALTH_LABELS[self.code]
+
+
+def worst(codes: Sequence[int]) -> int:
+    return max(codes, key=lambda c: _RANK[c], default=OK)
+
+
+def health(s: ServiceStatus, max_lag: float | None = None) -> Health:
+    """How a monitoring check sees one service (pure): CRITICAL in maintenance, with a
+    broken definition or a lag beyond `max_lag`; UNKNOWN when a host could not be
+    asked; DEGRADED when a lag is beyond LAG_INTERVALS x interval, nothing is
+    replicated yet, or the last attempt failed (the retries continue); else OK."""
+    found: list[tuple[int, str]] = []
+    if s.definition_error is not None:
+        found.append((CRITICAL, f"definition unusable: {s.definition_error}"))
+    if s.state == "maintenance":
+        found.append((CRITICAL, f"in maintenance: {s.reason}"))
+    if s.state == "offline" and s.enabled:
+        found.append((DEGRADED, "enabled in the service manager but not running"))
+    found += [(UNKNOWN, f"could not check the {p}") for p in s.problems
+              if p.split(":", 1)[0] in s.unreachable]
+    if s.definition_error is None:
+        limit = LAG_INTERVALS * s.interval if s.interval else None
+        for f in s.filesystems:
+            if f.lag_seconds is None:
+                found.append((DEGRADED, f"{f.source}: nothing replicated yet"))
+            elif max_lag is not None and f.lag_seconds > max_lag:
+                found.append((CRITICAL, f"{f.source}: lag {human_duration(f.lag_seconds)} "
+                                        f"beyond --max-lag {max_lag:g} s"))
+            elif limit is not None and f.lag_seconds > limit:
+                found.append((DEGRADED, f"{f.source}: lag {human_duration(f.lag_seconds)} "
+                                        f"beyond {LAG_INTERVALS} x interval ({limit} s)"))
+    failed_last = s.last_error_time is not None and (
+        s.last_success is None or s.last_error_time > s.last_success)
+    if failed_last and s.state != "maintenance":
+        found.append((DEGRADED, f"last attempt failed: {s.last_error}"))
+    if not found:
+        return Health(OK)
+    found.sort(key=lambda item: -_RANK[item[0]])
+    return Health(found[0][0], tuple(reason for _, reason in found))
+
+
+def _perf_label(text: str) -> str:
+    # Nagios perfdata: quoted label, no quote or '=' inside.
+    return "'" + text.replace("'", "").replace("=", "_") + "'"
+
+
+def check_line(s: ServiceStatus, h: Health, max_lag: float | None) -> str:
+    """One line in the Nagios plugin format: `ZFSREPL STATE - text | perfdata`."""
+    if h.reasons:
+        text = "; ".join(h.reasons)
+    else:
+        lags = [f.lag_seconds for f in s.filesystems if f.lag_seconds is not None]
+        text = f"{s.name} {s.state}, lag {human_duration(max(lags, default=0.0))}"
+    if h.code != OK:
+        text = f"{s.name}: {text}"
+    warn = LAG_INTERVALS * s.interval if s.interval else None
+    perf = []
+    for f in s.filesystems:
+        if f.lag_seconds is None or not math.isfinite(f.lag_seconds):
+            continue
+        thresholds = ";".join("" if t is None else f"{t:g}" for t in (warn, max_lag))
+        perf.append(f"{_perf_label('lag ' + f.source)}={f.lag_seconds:.0f}s;{thresholds};0;")
+    perf.append(f"failed_attempts={s.attempt_failures_total}c")
+    return f"ZFSREPL {h.word} - {text.replace('|', '/')} | {' '.join(perf)}"
 
 
 # ---------------------------------------------------------------------------- output
 
+# Bumped when a field changes meaning or goes away; new fields keep it.
+JSON_SCHEMA_VERSION = 1
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no infinity or NaN (a hand-edited state file may hold them): null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
 
 def to_json(statuses: Sequence[ServiceStatus]) -> dict[str, Any]:
-    """Times are seconds since the epoch; durations and lags are seconds."""
-    return {"services": [asdict(s) for s in statuses]}
+    """Times are seconds since the epoch; durations and lags are seconds. Each service
+    carries its health (`exit_code`, `health`, `health_reasons`); `exit_code` at the top
+    is the worst of them, the exit code of `zfsrepl status`."""
+    services = []
+    for s in statuses:
+        h = health(s)
+        services.append({**asdict(s), "exit_code": h.code, "health": h.label,
+                         "health_reasons": list(h.reasons)})
+    return _json_safe({"schema_version": JSON_SCHEMA_VERSION,
+                       "exit_code": worst([s["exit_code"] for s in services]),
+                       "services": services})
 
 
 def human_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "an unknown time"
     s = round(seconds)
     if s < 120:
         return f"{s} s"
@@ -202,7 +341,10 @@ def human_duration(seconds: float) -> str:
 def _when(ts: float | None, now: float) -> str:
     if ts is None:
         return "never"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    try:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a hand-edited state file
+        return f"{ts!r} (not a valid time)"
     delta = now - ts
     rel = f"{human_duration(delta)} ago" if delta >= 0 else f"in {human_duration(-delta)}"
     return f"{stamp} ({rel})"
@@ -215,6 +357,8 @@ def format_text(s: ServiceStatus, now: float) -> list[str]:
     elif s.pid is not None:
         head += f" (process {s.pid})"
     lines = [head]
+    h = health(s)
+    lines.append(f"  health: {h.label}" + (f" ({'; '.join(h.reasons)})" if h.reasons else ""))
     if s.state == "maintenance":
         lines += [f"  reason: {s.reason}",
                   f"  fix the cause, then: zfsrepl clear {s.name}"]

@@ -97,7 +97,10 @@ def start_fs(lab: Lab, area: Area, seed: int = 1) -> tuple[str, str, Path]:
 
 
 def status_json(repl: ZfsreplCli) -> dict[str, Any]:
-    data = json.loads(repl.run("status", "--json", SERVICE).stdout)
+    """The service's status; `status` exits with the health (0 to 3), as the JSON says."""
+    proc = repl.run("status", "--json", SERVICE, check=False)
+    data = json.loads(proc.stdout)
+    assert proc.returncode == data["exit_code"] and data["schema_version"] == 1
     (one,) = data["services"]
     return one
 
@@ -263,7 +266,10 @@ def test_destination_down_maintenance_alarm_then_clear_catches_up(
 
     st = status_json(repl)
     assert st["state"] == "maintenance" and st["reason"] == reason
-    text = repl.run("status", SERVICE).stdout.decode()
+    assert st["exit_code"] == 2 and st["health"] == "critical"
+    shown = repl.run("status", SERVICE, check=False)
+    assert shown.returncode == 2  # what a monitoring check reads
+    text = shown.stdout.decode()
     assert f"reason: {reason}" in text and "zfsrepl clear testrepl" in text
 
     # Started again before being cleared, it stays in maintenance.

@@ -7,6 +7,7 @@ import importlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,18 @@ def test_what_the_system_refuses_is_one_line_not_a_traceback(
     assert cli.main(["list"]) == 1
     err = capsys.readouterr().err
     assert err == "zfsrepl: error: No space left on device: /var/lib/zfsrepl/x.json\n"
+
+
+def test_a_reader_that_goes_away_gets_no_broken_pipe_message(tmp_path: Path) -> None:
+    services = tmp_path / "services"
+    services.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[2])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zfsrepl", "--config-dir", str(tmp_path), "--state-dir",
+         str(tmp_path), "status", "--json", "--cached"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # like `| head -1` gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait() in (0, 141)
+    assert "Broken pipe" not in err and "BrokenPipeError" not in err and err == ""

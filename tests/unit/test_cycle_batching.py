@@ -247,7 +247,7 @@ def test_a_failed_batched_snapshot_still_runs_the_post_hook(
     ran: list[dict[str, str]] = []
     monkeypatch.setattr(cycle_mod.hooks, "run_hook",
                         lambda key, path, env, timeout: ran.append(env))
-    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda key, path: None)
+    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda *args: None)
     svc = dataclasses.replace(SVC, pre_snapshot="/pre", post_snapshot="/post")
     c = cycle_mod.Cycle(svc, w.src, w.dst)
     cp = c.survey(take_snapshot=True)

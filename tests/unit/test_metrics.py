@@ -94,3 +94,48 @@ def test_a_port_in_use_is_one_clear_error() -> None:
             MetricsServer("127.0.0.1", first.port, lambda: "")
     finally:
         first.stop()
+
+
+def test_numbers_beyond_a_float_from_a_hand_edited_state_file_render() -> None:
+    st = ServiceState(cycles_total=10**400, last_success=float("inf"))
+    text = render([ServiceSample("web", "online", st, [])], 0.0)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["zfsrepl_cycles"].samples[0].value == float("inf")
+    assert 'zfsrepl_last_success_timestamp_seconds{service="web"} +Inf' in text
+
+
+def test_metrics_listen_serves_a_service_in_maintenance(tmp_path: Path) -> None:
+    """A service in maintenance has no process of its own to serve its metrics_port:
+    `zfsrepl metrics --listen` serves it from the state files all the same."""
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from zfsrepl.config import Endpoint, FilesystemPair, Service, dump_service
+
+    (tmp_path / "services").mkdir()
+    (tmp_path / "services" / "web.toml").write_text(dump_service(Service(
+        "web", Endpoint("srchost", "src"), Endpoint("desthost", "dst"),
+        (FilesystemPair("tank/web", "backup/web"),))))
+    state_file = tmp_path / "state" / "services" / "web" / "state.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps({"maintenance_since": 1.0, "maintenance_reason": "x"}))
+    env = {**os.environ, "PYTHONPATH": str(Path(metrics.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zfsrepl", "--config-dir", str(tmp_path), "--state-dir",
+         str(tmp_path / "state"), "--log-dir", str(tmp_path / "log"), "metrics", "--listen",
+         "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        found = re.search(r"serving metrics on (http://127\.0\.0\.1:\d+/metrics)", line)
+        assert found, line
+        with urllib.request.urlopen(found.group(1), timeout=30) as response:
+            text = response.read().decode()
+        assert 'zfsrepl_service_state{service="web",state="maintenance"} 1' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

@@ -3,6 +3,7 @@ manifest (validated against the service_bundle DTD) and the FreeBSD rc.d script.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -65,10 +66,133 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     (tmp_path / "zfsrepl@.service").write_text(managers.render_unit(COMMAND))
     # A template is verified through an instance of it.
     (tmp_path / "zfsrepl@testrepl.service").symlink_to("zfsrepl@.service")
+    # Documentation=man:zfsrepl(8): the man page the package build generates
+    man = tmp_path / "man" / "man8"
+    subprocess.run([sys.executable, str(Path(__file__).parents[2] / "scripts" /
+                                        "generate-extras"), str(man)], check=True,
+                   env={**os.environ, "PYTHONPATH": str(Path(managers.__file__).parents[1])})
     proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "zfsrepl@testrepl.service")],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MANPATH": str(tmp_path / "man")})
     # verify exits 0 on mere warnings: there must be none either.
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """Key -> values of the [Service] section (a key may repeat)."""
+    section = ""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("["):
+            section = line
+        elif "=" in line and not line.startswith("#") and section == "[Service]":
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_the_unit_is_sandboxed() -> None:
+    unit = unit_settings(managers.packaged(managers.SYSTEMD_TEMPLATE))
+    expected = {
+        "ProtectSystem": ["strict"], "ReadWritePaths": ["-/var/lib/zfsrepl -/var/log/zfsrepl"],
+        "PrivateTmp": ["yes"], "NoNewPrivileges": ["yes"], "CapabilityBoundingSet": [""],
+        "SystemCallArchitectures": ["native"], "UMask": ["0077"], "ProtectHome": ["read-only"],
+        "DeviceAllow": ["/dev/zfs rw"], "DevicePolicy": ["closed"],
+        "SystemCallFilter": ["@system-service", "~@privileged"],
+        "SyslogIdentifier": ["zfsrepl-%i"], "RestrictSUIDSGID": ["yes"],
+        "RestrictNamespaces": ["yes"], "ProtectKernelTunables": ["yes"],
+        "ProtectControlGroups": ["yes"], "LockPersonality": ["yes"],
+        "MemoryDenyWriteExecute": ["yes"],
+    }
+    assert {k: unit.get(k) for k in expected} == expected
+    # PrivateDevices would hide /dev/zfs; there is no User=: the drop-in of `enable` says
+    assert "PrivateDevices" not in unit and "User" not in unit
+    assert "StateDirectory" not in unit  # it would chown the folder shared by all services
+
+
+@pytest.mark.parametrize(("user", "rights", "settings"), [
+    ("src", "allow", {"User": ["src"], "Group": ["backup"]}),
+    ("src", "sudo", {"User": ["src"], "NoNewPrivileges": ["no"],
+                     "SystemCallFilter": ["", "@system-service"]}),
+    ("root", "allow", {"CapabilityBoundingSet": [" ".join(managers.ROOT_CAPABILITIES)]}),
+])
+def test_the_user_dropin(user: str, rights: str, settings: dict[str, list[str]]) -> None:
+    dropin = unit_settings(managers.render_user_dropin(user, "backup", rights))
+    assert {k: dropin.get(k) for k in settings} == settings
+    if user == "root":
+        assert "User" not in dropin
+    if rights == "sudo":
+        assert "CAP_SETUID" in dropin["CapabilityBoundingSet"][0]
+
+
+def test_service_identity_looks_the_user_up() -> None:
+    import pwd
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert managers.service_identity(me, "zfs").startswith("# Written by `zfsrepl enable`")
+    with pytest.raises(UsageError, match="source user 'no-such-user-zr' of the definition "
+                                         "does not exist on this host"):
+        managers.service_identity("no-such-user-zr", "zfs")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+@pytest.mark.parametrize(("user", "rights"), [("src", "allow"), ("src", "sudo"),
+                                              ("root", "allow")])
+def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path, user: str,
+                                                    rights: str) -> None:
+    """The README's score: `systemd-analyze security` at 3.0 or lower ("OK")."""
+    etc = tmp_path / "etc" / "systemd" / "system"
+    (etc / "zfsrepl@web.service.d").mkdir(parents=True)
+    (etc / "zfsrepl@.service").write_text(managers.packaged(managers.SYSTEMD_TEMPLATE))
+    (etc / "zfsrepl@web.service.d" / managers.USER_DROPIN_NAME).write_text(
+        managers.render_user_dropin(user, "src", rights))
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true",
+                           f"--root={tmp_path}", "zfsrepl@web.service"],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r"Overall exposure level for zfsrepl@web.service: (\d+\.\d+)",
+                      proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= 3.0
+
+
+def test_enable_writes_the_user_dropin(tmp_path: Path) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    identity = managers.render_user_dropin("src", "src", "allow")
+    written = Systemd(FakeSystemctl(), dirs, etc).enable("web", COMMAND, {}, identity)
+    path = etc / "zfsrepl@web.service.d" / managers.USER_DROPIN_NAME
+    assert str(path) in written and path.read_text() == identity
+
+
+def test_the_enable_command_runs_the_service_as_its_source_user(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import pwd
+    me = pwd.getpwuid(os.getuid()).pw_name
+    if me == "root":  # a user other than root, as the unit would run
+        me = next((p.pw_name for p in pwd.getpwall() if p.pw_uid >= 1), "")
+    assert me
+    etc, dirs = unit_dirs(tmp_path)
+    fake = FakeSystemctl()
+    monkeypatch.setattr(managers, "detect", lambda: "systemd")
+    monkeypatch.setattr(managers, "Systemd", lambda: Systemd(fake, dirs, etc))
+    confdir = tmp_path / "config"
+    (confdir / "services").mkdir(parents=True)
+    (confdir / "services" / "web.toml").write_text(dump_service(Service(
+        "web", Endpoint("a", me), Endpoint("b", "dst"), (FilesystemPair("p/a", "p/b"),))))
+    state, logs = tmp_path / "state", tmp_path / "log"
+    assert main(["--config-dir", str(confdir), "--state-dir", str(state), "--log-dir",
+                 str(logs), "enable", "web"]) == 0
+    dropin = (etc / "zfsrepl@web.service.d" / managers.USER_DROPIN_NAME).read_text()
+    assert f"User={me}\n" in dropin
+    assert (state / "services" / "web").stat().st_uid == pwd.getpwnam(me).pw_uid
+    out = capsys.readouterr().out
+    assert f"made {logs / 'web.log'} for {me}" in out
+    assert "enabled and started zfsrepl@web.service" in out
+
+
+def test_the_folders_dropin_makes_other_folders_writable() -> None:
+    dropin = managers.render_dropin({"ZFSREPL_STATE_DIR": "/srv/state", "ZFSREPL_LOG_DIR":
+                                     "/srv/my logs", "ZFSREPL_CONFIG_DIR": "/srv/conf"})
+    assert 'ReadWritePaths=-/srv/state "-/srv/my logs"\n' in dropin
 
 
 def test_enable_installs_the_unit_and_the_folders_then_enables_it(tmp_path: Path) -> None:
@@ -192,9 +316,19 @@ def test_smf_manifest_is_a_wait_model_service_run_by_zfsrepl_run() -> None:
     assert 'name="testrepl"' in text and 'name="application/zfsrepl"' in text
 
 
-def test_smf_refuses_a_name_smf_cannot_hold() -> None:
-    with pytest.raises(UsageError, match="SMF instance name"):
-        smf("1st.backup")
+def test_smf_takes_every_name_a_definition_takes() -> None:
+    text = smf("1st.backup")
+    assert '<instance name="svc-1st_backup" enabled="false">' in text
+    assert 'exec="/opt/zfsrepl/bin/zfsrepl run 1st.backup"' in text
+    assert managers.smf_fmri("a.b") == "svc:/application/zfsrepl:a_b"
+    assert managers.smf_fmri("web") == "svc:/application/zfsrepl:web"
+
+
+def test_smf_refuses_two_services_that_would_be_one_instance() -> None:
+    clash = "'a.b' and 'a_b' would both be the SMF instance 'a_b'"
+    with pytest.raises(UsageError, match=re.escape(clash)):
+        managers.check_smf_instance_name("a.b", ["a.b", "a_b", "web"])
+    managers.check_smf_instance_name("a.b", ["a.b", "web"])
 
 
 # ---------------------------------------------------------------------------- FreeBSD
@@ -251,3 +385,17 @@ def test_rc_script_starts_each_listed_service_through_daemon(tmp_path: Path) -> 
     assert one.startswith("rc stop ") and "run db" in one and "web" not in one
     assert rc("rcvar").startswith("rc rcvar")
     assert "no services" in rc("start", services="")
+
+
+def test_enable_prepares_the_folders_of_a_service_user(tmp_path: Path) -> None:
+    state, logs = tmp_path / "state", tmp_path / "log"
+    uid, gid = os.getuid(), os.getgid()
+    made = managers.prepare_folders("web", uid, gid, state, logs)
+    assert made == [str(state / "services"), str(state / "services" / "web"),
+                    str(state / "metrics"), str(logs), str(logs / "web.log")]
+    assert (state / "services" / "web").stat().st_mode & 0o777 == 0o750
+    assert (logs / "web.log").stat().st_mode & 0o777 == 0o640
+    assert (logs / "web.log").stat().st_uid == uid
+    (logs / "web.log").write_text("kept\n")
+    assert managers.prepare_folders("web", uid, gid, state, logs) == []  # only what is missing
+    assert (logs / "web.log").read_text() == "kept\n"

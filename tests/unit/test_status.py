@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,6 +72,7 @@ def test_build_and_text_of_a_service_in_maintenance() -> None:
     s = status.build("web", st, svc(), None, Holder(42, "runonce"), True, None, None,
                      ["destination: cannot connect"], NOW)
     assert s.state == "maintenance" and s.busy == "process 42 (runonce) is in a cycle"
+    assert s.unreachable == ["destination"]
     text = "\n".join(status.format_text(s, NOW))
     assert "web: maintenance since" in text
     assert "reason: could not replicate web after 3 attempt(s): refused" in text
@@ -119,7 +122,7 @@ def test_status_json_cached_for_every_service(dirs: list[str], tmp_path: Path,
     paths.create()
     with FileLock(paths.daemon_lock, "run") as lk:  # as if `run` were serving "db"... and web
         assert lk.try_acquire()
-        assert main([*dirs, "status", "--json", "--cached"]) == 0
+        assert main([*dirs, "status", "--json", "--cached"]) == status.CRITICAL
     data = json.loads(capsys.readouterr().out)
     by_name = {s["name"]: s for s in data["services"]}
     assert by_name["web"]["state"] == "maintenance"
@@ -154,3 +157,170 @@ def test_list_and_clear(dirs: list[str], tmp_path: Path,
     assert capsys.readouterr().out == "service web is not in maintenance\n"
     assert main([*dirs, "list", "--json"]) == 0
     assert {s["state"] for s in json.loads(capsys.readouterr().out)["services"]} == {"offline"}
+
+
+# ---------------------------------------------------------------------------- health
+
+
+def in_sync(lag: float = 10.0, **changes: Any) -> status.ServiceStatus:
+    """An online service every filesystem of which lags `lag` seconds (interval 30)."""
+    st = ServiceState(last_success=NOW - 10,
+                      newest={"backup/a": Newest(NAMING.format(4), int(NOW - lag))})
+    base = status.build("web", st, svc(), Holder(7, "run"), None, True, None, None, [], NOW)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize(("changes", "code", "reason"), [
+    ({}, status.OK, None),
+    ({"lag": 60.0}, status.OK, None),  # exactly 2 x interval is still in time
+    ({"lag": 61.0}, status.DEGRADED, "tank/a: lag 61 s beyond 2 x interval (60 s)"),
+    ({"last_error": "refused", "last_error_time": NOW - 1}, status.DEGRADED,
+     "last attempt failed: refused"),
+    ({"last_error": "old", "last_error_time": NOW - 100}, status.OK, None),  # success since
+    ({"state": "offline", "enabled": True}, status.DEGRADED,
+     "enabled in the service manager but not running"),
+    ({"state": "offline", "enabled": None}, status.OK, None),  # runonce from cron
+    ({"unreachable": ["destination"], "problems": ["destination: connection refused"]},
+     status.UNKNOWN, "could not check the destination: connection refused"),
+    ({"state": "maintenance", "reason": "retries ran out", "unreachable": ["source"]},
+     status.CRITICAL, "in maintenance: retries ran out"),
+    ({"definition_error": "web.toml: interval: missing"}, status.CRITICAL,
+     "definition unusable: web.toml: interval: missing"),
+])
+def test_health(changes: dict[str, Any], code: int, reason: str | None) -> None:
+    h = status.health(in_sync(**changes))
+    assert h.code == code
+    assert (h.reasons[0] if h.reasons else None) == reason
+
+
+def test_nothing_replicated_yet_is_degraded() -> None:
+    s = status.build("web", ServiceState(), svc(), Holder(7, "run"), None, True, None, None,
+                     [], NOW)
+    assert status.health(s).reasons == ("tank/a: nothing replicated yet",)
+
+
+def test_worst_puts_critical_above_unknown_above_degraded() -> None:
+    assert status.worst([]) == status.OK
+    assert status.worst([status.OK, status.DEGRADED]) == status.DEGRADED
+    assert status.worst([status.DEGRADED, status.UNKNOWN]) == status.UNKNOWN
+    assert status.worst([status.UNKNOWN, status.CRITICAL, status.OK]) == status.CRITICAL
+
+
+def test_max_lag_makes_a_lag_critical_and_goes_into_the_perfdata() -> None:
+    s = in_sync(lag=500.0)
+    h = status.health(s, max_lag=400)
+    assert h.code == status.CRITICAL
+    line = status.check_line(s, h, 400)
+    assert line == ("ZFSREPL CRITICAL - web: tank/a: lag 8 min beyond --max-lag 400 s | "
+                    "'lag tank/a'=500s;60;400;0; failed_attempts=0c")
+    ok = in_sync(lag=5.0)
+    assert status.check_line(ok, status.health(ok, 400), 400) == \
+        "ZFSREPL OK - web online, lag 5 s | 'lag tank/a'=5s;60;400;0; failed_attempts=0c"
+
+
+def test_the_text_shows_the_health() -> None:
+    text = status.format_text(in_sync(lag=61.0), NOW)
+    assert "  health: degraded (tank/a: lag 61 s beyond 2 x interval (60 s))" in text
+    assert "  health: ok" in status.format_text(in_sync(), NOW)
+
+
+def test_json_carries_a_schema_version_and_the_health() -> None:
+    data = status.to_json([in_sync(), in_sync(lag=61.0)])
+    assert data["schema_version"] == status.JSON_SCHEMA_VERSION == 1
+    assert data["exit_code"] == status.DEGRADED
+    assert [s["health"] for s in data["services"]] == ["ok", "degraded"]
+    assert data["services"][1]["exit_code"] == status.DEGRADED
+
+
+def test_huge_numbers_in_the_state_file_do_not_crash_the_output() -> None:
+    st = ServiceState(last_success=1e300, last_error="x", last_error_time=float("inf"),
+                      maintenance_since=1e300, maintenance_reason="r",
+                      newest={"backup/a": Newest(NAMING.format(1), 10**30)})
+    s = status.build("web", st, svc(), None, None, None, None, None, [], NOW)
+    text = "\n".join(status.format_text(s, NOW))
+    assert "1e+300 (not a valid time)" in text
+    assert json.loads(json.dumps(status.to_json([s]), allow_nan=False))
+    assert status.human_duration(float("inf")) == "an unknown time"
+
+
+def write_state(tmp_path: Path, name: str, text: str) -> None:
+    paths = ServicePaths(tmp_path / "state", name)
+    paths.create()
+    paths.state_file.write_text(text)
+
+
+def test_status_cached_reads_a_hand_edited_state_file_with_huge_numbers(
+        dirs: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_state(tmp_path, "web", json.dumps({"last_success": 1e308, "next_run": 1e308,
+                                             "last_error_time": 10**40, "last_error": "x",
+                                             "cycles_total": 10**40}))
+    code = main([*dirs, "status", "web", "--cached"])
+    out = capsys.readouterr().out
+    assert code == status.DEGRADED and "web: offline" in out
+    assert main([*dirs, "status", "web", "--cached", "--json"]) == status.DEGRADED
+    json.loads(capsys.readouterr().out)
+    assert main([*dirs, "metrics", "web"]) == 0
+    assert "zfsrepl_cycles_total" in capsys.readouterr().out
+    # 1e400 is infinity to JSON readers: no time, no integer can be made of it
+    write_state(tmp_path, "web", '{"newest": {"backup/web": {"snapshot": "s", '
+                                 '"creation": 1e400}}, "last_success": 1e400}')
+    assert main([*dirs, "status", "web", "--cached"]) == status.DEGRADED
+    assert "web: offline" in capsys.readouterr().out
+    assert main([*dirs, "metrics", "web"]) == 0
+
+
+def test_status_exit_codes_of_the_command(dirs: list[str], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # db never replicated: degraded; web in maintenance: critical, the worst of both
+    assert main([*dirs, "status", "db", "--cached"]) == status.DEGRADED
+    StateStore(ServicePaths(tmp_path / "state", "web")).update(
+        lambda s: state.enter_maintenance(s, NOW, "broken pipe"))
+    assert main([*dirs, "status", "web", "--cached"]) == status.CRITICAL
+    assert main([*dirs, "status", "--cached"]) == status.CRITICAL
+    (Path(dirs[1]) / "services" / "db.toml").write_text('name = "db"\n')
+    capsys.readouterr()
+    assert main([*dirs, "status", "db", "--cached"]) == status.CRITICAL
+    assert "db.toml: source: missing" in capsys.readouterr().err
+    assert main([*dirs, "status", "--cached"]) == status.CRITICAL  # every service
+    assert "health: critical (definition unusable: " in capsys.readouterr().out
+
+
+def test_status_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+    out = capsys.readouterr().out
+    for line in ("0  online and in sync", "1  degraded", "2  maintenance", "3  unknown"):
+        assert line in out
+
+
+def test_check_is_one_nagios_line(dirs: list[str], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    write_state(tmp_path, "web", json.dumps({
+        "last_success": NOW, "newest": {"backup/web": {"snapshot": "s", "creation": 1000}}}))
+    code = main([*dirs, "check", "web", "--cached", "--max-lag", "3600"])
+    out = capsys.readouterr().out
+    assert code == status.CRITICAL and out.count("\n") == 1
+    assert out.startswith("ZFSREPL CRITICAL - web: tank/web: lag ")
+    assert "| 'lag tank/web'=" in out and ";120;3600;0;" in out
+    assert main([*dirs, "check", "nosuch", "--cached"]) == status.CRITICAL
+    assert capsys.readouterr().out.startswith("ZFSREPL CRITICAL - nosuch: definition unusable")
+    assert main([*dirs, "check", "bad/name"]) == status.UNKNOWN
+    assert capsys.readouterr().out.startswith("ZFSREPL UNKNOWN - bad/name: invalid service")
+
+
+def test_check_refuses_a_max_lag_that_is_not_seconds(
+        dirs: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main([*dirs, "check", "web", "--max-lag", "1e400"])
+    assert "'1e400' is not a number of seconds above 0" in capsys.readouterr().err
+
+
+def test_the_check_line_of_the_readme() -> None:
+    web = Service("web", Endpoint("srchost", "src"), Endpoint("desthost", "dst"),
+                  (FilesystemPair("tank/web", "backup/web"),), interval=60)
+    st = ServiceState(last_success=NOW - 10,
+                      newest={"backup/web": Newest(NAMING.format(4), int(NOW - 185))})
+    s = status.build("web", st, web, Holder(7, "run"), None, True, None, None, [], NOW)
+    assert status.check_line(s, status.health(s, 3600), 3600) == (
+        "ZFSREPL WARNING - web: tank/web: lag 3 min beyond 2 x interval (120 s) | "
+        "'lag tank/web'=185s;120;3600;0; failed_attempts=0c")

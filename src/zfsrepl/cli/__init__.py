@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "setup": ("setup", "setup-remote"),
     "agent": ("agent",),
     "service": ("run", "clear"),
-    "status": ("status", "list", "metrics"),
+    "status": ("status", "check", "list", "metrics"),
     "managers": ("enable", "disable", "smf-manifest", "rc-script"),
     "failover": ("failover", "lockoutkey"),
     "doctor": ("doctor",),
@@ -80,11 +81,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser(command_word(words))
     args = parser.parse_args(words)
-    log.setup()
+    log.setup(level=log.level_for(quiet=args.quiet, verbose=args.verbose, debug=args.debug),
+              commands=args.debug)
     ctx = Context.from_args(args)
+    code = _handle(args, ctx)
+    try:
+        sys.stdout.flush()  # here, so that a closed pipe is seen while it can be handled
+    except BrokenPipeError:
+        _drop_stdout()
+    return code
+
+
+def _drop_stdout() -> None:
+    """The reader of standard output went away (`zfsrepl status | head -1`): say
+    nothing more there, and let the exit not complain of a broken pipe either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _handle(args: argparse.Namespace, ctx: object) -> int:
     try:
         code: int = args.handler(args, ctx)
         return code
+    except BrokenPipeError:
+        _drop_stdout()
+        return 141  # as a shell reports a command ended by SIGPIPE
     except ZfsreplError as exc:
         print(f"zfsrepl: error: {exc}", file=sys.stderr)
         return exc.exit_code

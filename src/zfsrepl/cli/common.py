@@ -21,6 +21,13 @@ def add_common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> No
     parser.add_argument("--log-dir", metavar="DIR", default=default,
                         help="per-service log files (default: $ZFSREPL_LOG_DIR or "
                              f"{config.DEFAULT_LOG_DIR})")
+    flag = argparse.SUPPRESS if suppress else False
+    parser.add_argument("-v", "--verbose", action="store_true", default=flag,
+                        help="log details too (DEBUG lines)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=flag,
+                        help="log only warnings and errors")
+    parser.add_argument("--debug", action="store_true", default=flag,
+                        help="log details and each zfs and ssh command run")
 
 
 @dataclass(frozen=True)

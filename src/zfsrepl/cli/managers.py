@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
              parents: list[argparse.ArgumentParser]) -> None:
     e = sub.add_parser(
         "enable", parents=parents, help="start a service now and at every boot (systemd)",
-        description="Install the zfsrepl@.service template unit where needed, then enable "
-                    "and start zfsrepl@NAME (like `svcadm enable`).")
+        description="Install the zfsrepl@.service template unit where needed and a drop-in "
+                    "that runs zfsrepl@NAME as the definition's source user, then enable and "
+                    "start zfsrepl@NAME (like `svcadm enable`).")
     e.add_argument("name", help="service name")
     e.set_defaults(handler=enable)
 
@@ -72,7 +73,16 @@ def enable(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)  # nothing starts on a bad definition
     _systemd_or_explain(svc.name)
     env = managers.folder_environment(ctx.config_dir, ctx.state_dir, ctx.log_dir)
-    for path in managers.Systemd().enable(svc.name, managers.zfsrepl_command(), env):
+    identity = managers.service_identity(svc.source.user, svc.source.zfs_command)
+    if svc.source.user != "root":
+        import pwd
+
+        entry = pwd.getpwnam(svc.source.user)  # service_identity found it
+        for path in managers.prepare_folders(svc.name, entry.pw_uid, entry.pw_gid,
+                                             ctx.state_dir, ctx.log_dir):
+            print(f"made {path} for {svc.source.user}")
+    for path in managers.Systemd().enable(svc.name, managers.zfsrepl_command(), env,
+                                          identity):
         print(f"wrote {path}")
     print(f"enabled and started {managers.systemd_unit(svc.name)}")
     return 0
@@ -88,6 +98,7 @@ def disable(args: argparse.Namespace, ctx: Context) -> int:
 
 def smf_manifest(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)
+    managers.check_smf_instance_name(svc.name, config.list_services(ctx.config_dir))
     env = managers.folder_environment(ctx.config_dir, ctx.state_dir, ctx.log_dir)
     text = managers.smf_manifest(svc.name, _command(args.command),
                                  args.user or svc.source.user, args.group, env)
