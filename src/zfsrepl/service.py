@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, ContextManager
 
-from zfsrepl import config, hooks, lock, logfile, state
+from zfsrepl import config, hooks, interrupts, lock, logfile, state
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, destination_after, replicate
 from zfsrepl.errors import UsageError, ZfsreplError
@@ -138,7 +138,7 @@ class Signals:
                 raise _Wake()
             return
         self.stop_signal = signum
-        self.check()
+        interrupts.stop_now_or_after_shield(self.check)
 
     def check(self) -> None:
         """Raise Stopped if a stop was asked for and nothing holds it back."""

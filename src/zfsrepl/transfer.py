@@ -39,8 +39,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 
+from zfsrepl import interrupts
 from zfsrepl.capabilities import COMPRESSORS, buffer_argv, decompress_argv, format_buffer_size
 from zfsrepl.errors import CommandError
 from zfsrepl.host import Tools, first_line, stop_process
@@ -455,10 +456,14 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
     cut = _Cut(procs)
     activity = _Activity(watchdog.timeout) if watchdog is not None else None
 
-    def spawned(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        procs.append(proc)
-        if cancel is not None:
-            cancel.track(proc)
+    def start(argv: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+        # A stop signal between the fork and this record would leave the process
+        # running unseen: it is held back until the process is recorded.
+        with interrupts.shielded():
+            proc = subprocess.Popen(argv, **kw)
+            procs.append(proc)
+            if cancel is not None:
+                cancel.track(proc)
         return proc
 
     def stalled() -> None:
@@ -480,8 +485,7 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
 
     with tempfile.TemporaryFile() as send_err, tempfile.TemporaryFile() as recv_err, \
             tempfile.TemporaryFile() as comp_err:
-        send = spawned(subprocess.Popen(sender, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.PIPE, stderr=send_err))
+        send: subprocess.Popen[bytes] | None = None
         comp: subprocess.Popen[bytes] | None = None
         recv: subprocess.Popen[bytes] | None = None
         feeder: _Feeder | None = None
@@ -490,13 +494,14 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
         comp_rc = 0
         recv_rc = send_rc = -1
         try:
+            send = start(sender, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=send_err)
             assert send.stdout is not None
             upstream = send.stdout  # what goes into ssh
             if compressor is not None:
                 try:
-                    comp = spawned(subprocess.Popen(
-                        compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                        stderr=comp_err))
+                    comp = start(compressor, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=comp_err)
                 except OSError as exc:
                     raise TransferFailed(f"{what} failed: cannot run {compressor[0]}: "
                                          f"{exc.strerror}", argv=compressor, stderr="",
@@ -505,8 +510,8 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                 feeder = _Feeder(send.stdout, comp.stdin, progress, wire, activity, stalled)
                 feeder.start()
                 upstream = comp.stdout
-            recv = spawned(subprocess.Popen(receiver, stdin=subprocess.PIPE,
-                                             stdout=subprocess.DEVNULL, stderr=recv_err))
+            recv = start(receiver, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=recv_err)
             assert recv.stdin is not None
             try:
                 count = _splice_all(upstream, recv.stdin, limit=limit,
@@ -531,11 +536,8 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
         finally:
             # Interrupted (signal, exception, a stall): leave no part of the pipeline
             # running.
-            stop_process(send)
-            if comp is not None:
-                stop_process(comp)
-            if recv is not None:
-                stop_process(recv)
+            for proc in procs:  # every one started, even one whose start was cut
+                stop_process(proc)
             if feeder is not None:
                 feeder.join()  # its pipes' other ends are gone: it is done
             if cancel is not None:
@@ -544,7 +546,8 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
             if progress is not None:
                 progress.finish()
         if cut.reason is not None:
-            recv_rc, send_rc = recv.returncode if recv else -1, send.returncode
+            recv_rc = recv.returncode if recv else -1
+            send_rc = send.returncode if send else -1
             comp_rc = comp.returncode if comp is not None else 0
         if feeder is not None and feeder.error is not None and not send_rc:
             # the stream did not reach the compressor whole: zfs receive must not be
