@@ -86,9 +86,11 @@ MAX_AGENT_BUFFER = 1 << 30
 # over" (diagnosis.ROLE_TAKEN_OVER); a unit test keeps them equal.
 ROLE_PROPERTY = "zfsrepl:role"
 ROLE_TAKEN_OVER = "source"
-# Properties a receive leaves as they are here, where this zfs has `receive -x`: a
-# stream with any of them could mount the replica over a system folder, share it or
-# make its set-uid programs and devices count.
+# Properties a receive leaves as they are here, where this zfs has `receive -x` and
+# runs as root: a stream with any of them could mount the replica over a system
+# folder, share it or make its set-uid programs and devices count. (Under `zfs allow`
+# ZFS itself refuses a received property the user has no right to, and setup grants
+# none of these; there -x would itself need those rights.)
 EXCLUDED_PROPERTIES = ("mountpoint", "canmount", "sharenfs", "sharesmb", "setuid", "exec",
                        "devices")
 
@@ -466,6 +468,12 @@ def excludes_properties(usage: str) -> bool:
     return "x" in capabilities.flags(capabilities._usage_of(usage.splitlines(), "receive"))
 
 
+def privileged(zfs_argv: Sequence[str], euid: int) -> bool:
+    """Whether zfs runs with root's rights: the agent is root, or runs zfs through a
+    program that grants them (sudo, doas, pfexec)."""
+    return euid == 0 or os.path.basename(zfs_argv[0]) in ("sudo", "doas", "pfexec")
+
+
 def with_exclusions(args: Sequence[str]) -> tuple[str, ...]:
     """`receive ...` with the dangerous properties excluded."""
     excluded = [w for p in EXCLUDED_PROPERTIES for w in ("-x", p)]
@@ -674,7 +682,7 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str
             return EXIT_CANNOT_RUN
         argvs.append([found, *helper[1:]])
     receive = decision.receive.args
-    if probe_exclusions(policy.zfs_argv):
+    if privileged(policy.zfs_argv, os.geteuid()) and probe_exclusions(policy.zfs_argv):
         receive = with_exclusions(receive)
     argvs.append([*policy.zfs_argv, *receive])
     log.write("INFO", "running: " + " | ".join(shlex.join(a) for a in argvs))
