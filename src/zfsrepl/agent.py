@@ -38,6 +38,21 @@ buffering, in this order, each optional but one of them there (see `Pipeline`):
 
 The agent runs such a pipeline itself, each program with an argv list joined by
 OS pipes (never a shell), the helpers as found on its PATH.
+
+It trusts nothing the sending side decides. Before it runs a request it checks on
+this host (README, "What the agent enforces"):
+
+    the takeover interlock   a request that changes a filesystem (receive, receive -A,
+                             destroy, rollback, hold, release) is refused while the
+                             filesystem carries zfsrepl:role=source
+    the stream               a receive reads the stream's first record (streamcheck) and
+                             refuses replication streams and anything else that is not
+                             one filesystem's send stream; where zfs runs as root and has
+                             receive -x, dangerous properties are excluded
+    the reach of -F          a forced receive is refused over descendants that are not
+                             the service's; nested destinations are refused altogether
+    what a listing shows     get -r -d 1 output is cut to the service's own datasets
+    resources                mbuffer at most MAX_AGENT_BUFFER; its own looks time out
 """
 
 from __future__ import annotations
