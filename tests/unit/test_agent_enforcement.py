@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -334,3 +335,18 @@ def test_pass_on_moves_the_rest_in_the_kernel(monkeypatch: pytest.MonkeyPatch) -
         assert reader.result() == data
     os.close(src_r)
     os.close(dst_r)
+
+
+@pytest.mark.skipif(not shutil.which("zstd"), reason="zstd is not installed")
+def test_a_replication_stream_behind_a_decompressor_is_refused_too(tmp_path: Path) -> None:
+    """The check reads what comes out of the helpers: the stream zfs would get."""
+    stream = begin(streamcheck.COMPOUNDSTREAM) + random.Random(4).randbytes(4 << 20)
+    packed = subprocess.run(["zstd", "-c"], input=stream, capture_output=True,
+                            check=True).stdout
+    proc = receive_through_agent(tmp_path, sys.executable, packed, FUSE_USAGE,
+                                 f"zstd -dc | zfs receive -u -F {shlex.quote(FS1)}")
+    assert proc.returncode == agent.EXIT_REFUSED, proc.stderr
+    assert proc.stderr.decode().startswith("zfsrepl agent: refused: the stream is a "
+                                           "replication stream")
+    assert proc.stderr.count(b"\n") == 1
+    assert not (tmp_path / "received").exists()
