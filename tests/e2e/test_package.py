@@ -193,3 +193,12 @@ def test_the_venv_install_of_the_readme(tmp_path: Path) -> None:
     version = subprocess.run([str(venv / "bin" / "zfsrepl"), "--version"], capture_output=True,
                              text=True, timeout=120)
     assert (version.returncode, version.stdout) == (0, f"zfsrepl {__version__}\n")
+
+
+def test_the_maintainer_scripts_reload_systemd_and_enable_nothing(deb: Path,
+                                                                  tmp_path: Path) -> None:
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp_path / "control")], check=True)
+    postinst = (tmp_path / "control" / "postinst").read_text()
+    assert "systemctl --system daemon-reload" in postinst and "py3compile" in postinst
+    assert "enable" not in postinst.replace("zfsrepl enable NAME", "")
+    assert "daemon-reload" in (tmp_path / "control" / "postrm").read_text()
