@@ -88,6 +88,7 @@ def test_the_contents(deb: Path) -> None:
         "/usr/bin/zfsrepl": "-rwxr-xr-x",
         "/usr/lib/python3/dist-packages/zfsrepl/agent.py": "-rw-r--r--",
         "/usr/lib/systemd/system/zfsrepl@.service": "-rw-r--r--",
+        "/usr/lib/systemd/system/zfsrepl-metrics.service": "-rw-r--r--",
         "/usr/share/man/man8/zfsrepl.8.gz": "-rw-r--r--",
         "/usr/share/bash-completion/completions/zfsrepl": "-rw-r--r--",
         "/etc/logrotate.d/zfsrepl": "-rw-r--r--",
