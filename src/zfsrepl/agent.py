@@ -38,6 +38,21 @@ buffering, in this order, each optional but one of them there (see `Pipeline`):
 
 The agent runs such a pipeline itself, each program with an argv list joined by
 OS pipes (never a shell), the helpers as found on its PATH.
+
+It trusts nothing the sending side decides. Before it runs a request it checks on
+this host (README, "What the agent enforces"):
+
+    the takeover interlock   a request that changes a filesystem (receive, receive -A,
+                             destroy, rollback, hold, release) is refused while the
+                             filesystem carries zfsrepl:role=source
+    the stream               a receive reads the stream's first record (streamcheck) and
+                             refuses replication streams and anything else that is not
+                             one filesystem's send stream; where zfs runs as root and has
+                             receive -x, dangerous properties are excluded
+    the reach of -F          a forced receive is refused over descendants that are not
+                             the service's; nested destinations are refused altogether
+    what a listing shows     get -r -d 1 output is cut to the service's own datasets
+    resources                mbuffer at most MAX_AGENT_BUFFER; its own looks time out
 """
 
 from __future__ import annotations
@@ -86,9 +101,11 @@ MAX_AGENT_BUFFER = 1 << 30
 # over" (diagnosis.ROLE_TAKEN_OVER); a unit test keeps them equal.
 ROLE_PROPERTY = "zfsrepl:role"
 ROLE_TAKEN_OVER = "source"
-# Properties a receive leaves as they are here, where this zfs has `receive -x`: a
-# stream with any of them could mount the replica over a system folder, share it or
-# make its set-uid programs and devices count.
+# Properties a receive leaves as they are here, where this zfs has `receive -x` and
+# runs as root: a stream with any of them could mount the replica over a system
+# folder, share it or make its set-uid programs and devices count. (Under `zfs allow`
+# ZFS itself refuses a received property the user has no right to, and setup grants
+# none of these; there -x would itself need those rights.)
 EXCLUDED_PROPERTIES = ("mountpoint", "canmount", "sharenfs", "sharesmb", "setuid", "exec",
                        "devices")
 
@@ -466,6 +483,12 @@ def excludes_properties(usage: str) -> bool:
     return "x" in capabilities.flags(capabilities._usage_of(usage.splitlines(), "receive"))
 
 
+def privileged(zfs_argv: Sequence[str], euid: int) -> bool:
+    """Whether zfs runs with root's rights: the agent is root, or runs zfs through a
+    program that grants them (sudo, doas, pfexec)."""
+    return euid == 0 or os.path.basename(zfs_argv[0]) in ("sudo", "doas", "pfexec")
+
+
 def with_exclusions(args: Sequence[str]) -> tuple[str, ...]:
     """`receive ...` with the dangerous properties excluded."""
     excluded = [w for p in EXCLUDED_PROPERTIES for w in ("-x", p)]
@@ -674,7 +697,7 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str
             return EXIT_CANNOT_RUN
         argvs.append([found, *helper[1:]])
     receive = decision.receive.args
-    if probe_exclusions(policy.zfs_argv):
+    if privileged(policy.zfs_argv, os.geteuid()) and probe_exclusions(policy.zfs_argv):
         receive = with_exclusions(receive)
     argvs.append([*policy.zfs_argv, *receive])
     log.write("INFO", "running: " + " | ".join(shlex.join(a) for a in argvs))

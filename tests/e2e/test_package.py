@@ -88,6 +88,7 @@ def test_the_contents(deb: Path) -> None:
         "/usr/bin/zfsrepl": "-rwxr-xr-x",
         "/usr/lib/python3/dist-packages/zfsrepl/agent.py": "-rw-r--r--",
         "/usr/lib/systemd/system/zfsrepl@.service": "-rw-r--r--",
+        "/usr/lib/systemd/system/zfsrepl-metrics.service": "-rw-r--r--",
         "/usr/share/man/man8/zfsrepl.8.gz": "-rw-r--r--",
         "/usr/share/bash-completion/completions/zfsrepl": "-rw-r--r--",
         "/etc/logrotate.d/zfsrepl": "-rw-r--r--",
@@ -193,3 +194,13 @@ def test_the_venv_install_of_the_readme(tmp_path: Path) -> None:
     version = subprocess.run([str(venv / "bin" / "zfsrepl"), "--version"], capture_output=True,
                              text=True, timeout=120)
     assert (version.returncode, version.stdout) == (0, f"zfsrepl {__version__}\n")
+
+
+def test_the_maintainer_scripts_reload_systemd_and_enable_nothing(deb: Path,
+                                                                  tmp_path: Path) -> None:
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp_path / "control")], check=True)
+    postinst = (tmp_path / "control" / "postinst").read_text()
+    assert "systemctl --system daemon-reload" in postinst and "py3compile" in postinst
+    commands = [line for line in postinst.splitlines() if not line.lstrip().startswith("#")]
+    assert not [line for line in commands if "enable" in line]
+    assert "daemon-reload" in (tmp_path / "control" / "postrm").read_text()

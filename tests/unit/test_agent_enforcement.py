@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -178,6 +179,15 @@ def test_receive_excludes_dangerous_properties_where_zfs_can() -> None:
             "devices"} <= excluded
 
 
+def test_exclusions_only_where_zfs_runs_as_root() -> None:
+    # under zfs allow, ZFS refuses a received property the user has no right to set,
+    # and -x would need that right itself
+    assert agent.privileged(("sudo", "-n", "/usr/sbin/zfs"), 1000)
+    assert agent.privileged(("/usr/bin/pfexec", "zfs"), 1000)
+    assert agent.privileged(("zfs",), 0)
+    assert not agent.privileged(("/usr/sbin/zfs",), 1000)
+
+
 def test_every_check_the_agent_runs_has_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []
 
@@ -253,10 +263,17 @@ def begin(kind: int) -> bytes:
 
 
 def receive_through_agent(tmp_path: Path, python: str, stream: bytes, usage: str,
-                          command: str | None = None) -> subprocess.CompletedProcess[bytes]:
+                          command: str | None = None, *, sudo: bool = False
+                          ) -> subprocess.CompletedProcess[bytes]:
     fake = tmp_path / "fakezfs.py"
     fake.write_text(FAKE_ZFS)
-    zfs_command = shlex.join([sys.executable, str(fake), str(tmp_path / "received"), usage])
+    prefix = []
+    if sudo:  # zfs run "as root" through a stand-in sudo that runs its arguments
+        (tmp_path / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+        (tmp_path / "sudo").chmod(0o755)
+        prefix = [str(tmp_path / "sudo")]
+    zfs_command = shlex.join([*prefix, sys.executable, str(fake), str(tmp_path / "received"),
+                              usage])
     env = {"PATH": os.environ.get("PATH", ""),
            "PYTHONPATH": str(Path(agent.__file__).parents[1]),
            "SSH_ORIGINAL_COMMAND": command or f"zfs receive -u -F {shlex.quote(FS1)}"}
@@ -292,7 +309,8 @@ def test_where_zfs_has_receive_x_the_dangerous_properties_are_excluded(
         tmp_path: Path) -> None:
     stream = begin(streamcheck.SUBSTREAM) + b"x" * 1000
     proc = receive_through_agent(tmp_path, sys.executable, stream, OPENZFS_USAGE,
-                                 f"zfs receive -u -o readonly=on {shlex.quote(FS1)}")
+                                 f"zfs receive -u -o readonly=on {shlex.quote(FS1)}",
+                                 sudo=True)
     assert (proc.returncode, proc.stderr) == (0, b"")
     args = json.loads((tmp_path / "received.args").read_text())
     assert args == list(agent.with_exclusions(("receive", "-u", "-o", "readonly=on", FS1)))
@@ -317,3 +335,18 @@ def test_pass_on_moves_the_rest_in_the_kernel(monkeypatch: pytest.MonkeyPatch) -
         assert reader.result() == data
     os.close(src_r)
     os.close(dst_r)
+
+
+@pytest.mark.skipif(not shutil.which("zstd"), reason="zstd is not installed")
+def test_a_replication_stream_behind_a_decompressor_is_refused_too(tmp_path: Path) -> None:
+    """The check reads what comes out of the helpers: the stream zfs would get."""
+    stream = begin(streamcheck.COMPOUNDSTREAM) + random.Random(4).randbytes(4 << 20)
+    packed = subprocess.run(["zstd", "-c"], input=stream, capture_output=True,
+                            check=True).stdout
+    proc = receive_through_agent(tmp_path, sys.executable, packed, FUSE_USAGE,
+                                 f"zstd -dc | zfs receive -u -F {shlex.quote(FS1)}")
+    assert proc.returncode == agent.EXIT_REFUSED, proc.stderr
+    assert proc.stderr.decode().startswith("zfsrepl agent: refused: the stream is a "
+                                           "replication stream")
+    assert proc.stderr.count(b"\n") == 1
+    assert not (tmp_path / "received").exists()

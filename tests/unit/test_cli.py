@@ -130,3 +130,17 @@ def test_a_reader_that_goes_away_gets_no_broken_pipe_message(tmp_path: Path) -> 
     err = proc.stderr.read().decode()
     assert proc.wait() in (0, 141)
     assert "Broken pipe" not in err and "BrokenPipeError" not in err and err == ""
+
+
+def test_every_command_takes_verbose_quiet_and_debug() -> None:
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        if name == "agent":  # a forced command: it parses its own arguments
+            continue
+        options = {s for a in command._actions for s in a.option_strings}
+        assert {"-v", "--verbose", "-q", "--quiet", "--debug"} <= options, name
+    args = parser.parse_args(["list", "-q"])
+    assert (args.quiet, args.verbose, args.debug) == (True, False, False)
+    args = parser.parse_args(["--debug", "list"])
+    assert (args.quiet, args.verbose, args.debug) == (False, False, True)

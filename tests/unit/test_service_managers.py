@@ -154,6 +154,25 @@ def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path, user: str,
     assert float(found.group(1)) <= 3.0
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+def test_the_metrics_unit_reads_every_state_file_and_nothing_else(tmp_path: Path) -> None:
+    text = managers.packaged("zfsrepl-metrics.service")
+    unit = unit_settings(text)
+    assert unit["ExecStart"] == ["/usr/bin/zfsrepl metrics --listen ${ZFSREPL_METRICS_LISTEN}"]
+    assert unit["CapabilityBoundingSet"] == ["CAP_DAC_READ_SEARCH"]
+    assert unit["ProtectSystem"] == ["strict"] and "ReadWritePaths" not in unit
+    etc = tmp_path / "etc" / "systemd" / "system"
+    etc.mkdir(parents=True)
+    (etc / "zfsrepl-metrics.service").write_text(text)
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true",
+                           f"--root={tmp_path}", "zfsrepl-metrics.service"],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r"Overall exposure level for zfsrepl-metrics.service: (\d+\.\d+)",
+                      proc.stdout)
+    assert found, proc.stdout + proc.stderr
+    assert float(found.group(1)) <= 3.0
+
+
 def test_enable_writes_the_user_dropin(tmp_path: Path) -> None:
     etc, dirs = unit_dirs(tmp_path)
     identity = managers.render_user_dropin("src", "src", "allow")

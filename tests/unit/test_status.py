@@ -310,9 +310,12 @@ def test_check_is_one_nagios_line(dirs: list[str], tmp_path: Path,
 
 def test_check_refuses_a_max_lag_that_is_not_seconds(
         dirs: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:
         main([*dirs, "check", "web", "--max-lag", "1e400"])
-    assert "'1e400' is not a number of seconds above 0" in capsys.readouterr().err
+    assert exc.value.code == status.UNKNOWN  # a monitoring plugin's usage error
+    assert capsys.readouterr().out == (
+        "ZFSREPL UNKNOWN - zfsrepl check: argument --max-lag: '1e400' is not a number of "
+        "seconds above 0\n")
 
 
 def test_the_check_line_of_the_readme() -> None:

@@ -7,9 +7,13 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from zfsrepl import __version__
 from zfsrepl.errors import ZfsreplError
+
+if TYPE_CHECKING:
+    from zfsrepl.cli.common import Context
 
 # Each module of zfsrepl.cli has register(subparsers, parents) adding its commands; a
 # command's handler is stored as the parser default `handler(args, ctx) -> exit code`.
@@ -100,7 +104,7 @@ def _drop_stdout() -> None:
     os.close(devnull)
 
 
-def _handle(args: argparse.Namespace, ctx: object) -> int:
+def _handle(args: argparse.Namespace, ctx: Context) -> int:
     try:
         code: int = args.handler(args, ctx)
         return code

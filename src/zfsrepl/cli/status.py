@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable, NoReturn
 
 from zfsrepl import config, managers, status
 from zfsrepl.cli.common import Context
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     c.add_argument("--cached", action="store_true",
                    help="do not ask ZFS: use the lag seen by the last cycle")
     c.set_defaults(handler=check)
+    c.error = _nagios_usage_error(c)  # type: ignore[method-assign,assignment]
 
     ls = sub.add_parser("list", parents=parents, help="list the services defined here",
                         description="List the services defined in the configuration folder, "
@@ -73,10 +75,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
 
 EXIT_CODES = """exit status (as monitoring plugins use it; the worst service counts):
   0  online and in sync (every lag within 2 x interval, last attempt succeeded)
-  1  degraded: a lag beyond 2 x interval, nothing replicated yet, or the last
-     attempt failed while retries remain
-  2  maintenance, or a definition that cannot be used (or a bad command line)
+  1  degraded: a lag beyond 2 x interval, nothing replicated yet, the last
+     attempt failed while retries remain, or enabled but not running
+  2  maintenance, or a definition that cannot be used (or a bad command line;
+     for check: 3)
   3  unknown: a host could not be asked"""
+
+
+def _nagios_usage_error(parser: argparse.ArgumentParser) -> Callable[[str], NoReturn]:
+    """A monitoring plugin's bad command line is UNKNOWN, in its one-line format."""
+    def error(message: str) -> NoReturn:
+        print(f"ZFSREPL UNKNOWN - {parser.prog}: {message}")
+        sys.exit(status.UNKNOWN)
+    return error
 
 
 def _seconds(text: str) -> float:
