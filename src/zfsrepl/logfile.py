@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import sys
 from pathlib import Path
 
-from zfsrepl.fileio import open_file
+from zfsrepl.fileio import UnsafePath, open_file
 from zfsrepl.log import DATEFMT, FORMAT, logger
 
 
@@ -15,9 +16,32 @@ class _SafeLogFile(logging.handlers.WatchedFileHandler):
     """A watched log file that is (re)opened like every file zfsrepl writes: never
     through a link, only in a folder and file of this user or root (see fileio)."""
 
+    _refused = False
+
     def _open(self):  # type: ignore[no-untyped-def]  # typeshed: returns a text stream
         fd = open_file(Path(self.baseFilename), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The standard handlers let an error of (re)opening escape into the logging call.
+        try:
+            self.reopenIfNeeded()
+            if self.stream is None:
+                self.stream = self._open()
+        except Exception:
+            self.handleError(record)
+            return
+        logging.StreamHandler.emit(self, record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A file replaced by a link after rotation: say so once, not a traceback a line.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, UnsafePath):
+            if not self._refused:
+                self._refused = True
+                sys.stderr.write(f"zfsrepl: no longer writing the log file: {exc.strerror}\n")
+            return
+        super().handleError(record)
 
 
 def log_path(log_dir: Path, name: str) -> Path:

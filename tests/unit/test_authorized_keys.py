@@ -109,3 +109,26 @@ def test_update_file_keeps_mode_and_is_atomic(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     leftovers = [p.name for p in path.parent.iterdir() if p.name.startswith(".authorized")]
     assert leftovers == []
+
+
+def test_the_lock_beside_the_file_is_not_reached_through_a_link(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o700)
+    (ssh / ".zfsrepl-authorized_keys.lock").symlink_to(target)
+    with pytest.raises(UsageError, match="symbolic link"):
+        ak.update(ssh / "authorized_keys", lambda c: c + b"x\n")
+    assert not target.exists() and not (ssh / "authorized_keys").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a folder of another user")
+def test_root_does_not_edit_a_file_in_another_users_folder(tmp_path: Path) -> None:
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o700)
+    keys = ssh / "authorized_keys"
+    keys.write_bytes(b"ssh-ed25519 AAAA zfsrepl:web:src@h\n")
+    os.chown(ssh, 65534, 65534)
+    with pytest.raises(UsageError, match=r"owned by nobody.*run zfsrepl as nobody"):
+        ak.update(keys, lambda c: b"")
+    assert keys.read_bytes() == b"ssh-ed25519 AAAA zfsrepl:web:src@h\n"
+    assert not (ssh / ".zfsrepl-authorized_keys.lock").exists()

@@ -659,6 +659,8 @@ def test_zfs_command_forms_that_are_accepted(tmp_path: Path, value: str) -> None
     ("ControlMaster=yes", "connection"),
     ("Include=/tmp/ssh_config", "reads"),
     ("ForwardAgent=yes", "keys"),
+    ("ForwardX11=yes", "runs a command"),
+    ("ControlPersist=600", "connection"),
     ("XAuthLocation=/tmp/evil", "runs a command"),
     ("ProxyJump=-oProxyCommand=id", "ProxyJump"),
     ("ProxyJump=jump host", "ProxyJump"),

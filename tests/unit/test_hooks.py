@@ -72,3 +72,11 @@ def test_a_link_to_a_hook_is_checked_where_it_leads(tmp_path: Path) -> None:
 def test_a_missing_hook_is_still_one_message(tmp_path: Path) -> None:
     refused = _refusal("pre_snapshot", tmp_path / "nope")
     assert refused is not None and "is not an executable file" in refused
+
+
+def test_a_hook_in_a_sticky_shared_folder_passes(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: others cannot rename or replace what is ours
+    hook = _hook(shared / "mine")
+    assert _refusal("pre_snapshot", hook) is None

@@ -192,3 +192,22 @@ def test_folder_and_file_problems_are_pure_decisions(tmp_path: Path) -> None:
     assert "not a regular file" in (fileio.file_problem(folder, mine) or "")
     os.link(file, tmp_path / "g")
     assert "hard link" in (fileio.file_problem(os.stat(file), mine) or "")
+
+
+def test_a_log_file_replaced_by_a_link_is_left_alone_with_one_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = _target(tmp_path)
+    log_dir = tmp_path / "log"
+    handler = logfile.attach(log_dir, "web")
+    assert handler is not None
+    try:
+        path = logfile.log_path(log_dir, "web")
+        path.rename(log_dir / "web.log.1")
+        path.symlink_to(target)
+        for _ in range(3):
+            logger.warning("a line that must not reach the target")
+    finally:
+        logfile.detach(handler)
+    assert target.read_bytes() == SECRET
+    err = capsys.readouterr().err
+    assert err.count("no longer writing the log file") == 1 and "Traceback" not in err, err

@@ -10,12 +10,13 @@ byte for byte.
 from __future__ import annotations
 
 import fcntl
+import os
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zfsrepl.errors import UsageError
-from zfsrepl.fileio import write_atomically
+from zfsrepl.fileio import UnsafePath, open_file, write_atomically
 
 MARKER_PREFIX = "zfsrepl:"
 
@@ -98,15 +99,24 @@ def update(path: Path, change: Callable[[bytes], bytes | None]) -> bool:
     folder = path.parent
     if not folder.exists():
         folder.mkdir(mode=0o700, parents=True)
-    with open(folder / ".zfsrepl-authorized_keys.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        # Like every file zfsrepl writes: no link followed, only in a folder of this user
+        # or root (root editing a user's file would write where that user points).
+        lock = open_file(folder / ".zfsrepl-authorized_keys.lock",
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            old = path.read_bytes()
-            mode = path.stat().st_mode & 0o7777
-        except FileNotFoundError:
-            old, mode = b"", 0o600
-        new = change(old)
-        if new is None:
-            return False
-        write_atomically(path, new, mode)
-        return True
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                old = path.read_bytes()
+                mode = path.stat().st_mode & 0o7777
+            except FileNotFoundError:
+                old, mode = b"", 0o600
+            new = change(old)
+            if new is None:
+                return False
+            write_atomically(path, new, mode)
+            return True
+        finally:
+            os.close(lock)
+    except UnsafePath as exc:
+        raise UsageError(f"refusing to change {path}: {exc.strerror}") from None

@@ -173,7 +173,7 @@ _SELF_CHECK = [
     'here=$(dirname -- "$0")',
     'for p in "$0" "$here"; do',
     '    if [ -L "$p" ] || [ -z "$(find "$p" -prune -user 0 ! -perm -020 ! -perm -002)" ]; then',
-    '        echo "refusing to run: $p is not one that only root can write; as root, copy this'
+    '        echo "refusing to run: someone other than root can change $p. As root, copy this'
     ' script into a folder only root can write (e.g. install -m 0700 $0 /root/), check its'
     ' SHA-256 against the one setup printed, and run that copy" >&2',
     "        exit 1",
