@@ -34,7 +34,7 @@ and a receive of the forms above behind the helpers of wire compression and
 buffering, in this order, each optional but one of them there (see `Pipeline`):
 
     zstd -dc | mbuffer -q -m SIZE | zfs receive ...       zstd or lz4; SIZE like 16M, 1G
-                                                          (K, M, G; 1M to 64G)
+                                                          (K, M, G; 1M to 1G)
 
 The agent runs such a pipeline itself, each program with an argv list joined by
 OS pipes (never a shell), the helpers as found on its PATH.
@@ -94,9 +94,8 @@ _PROBE_TIMEOUT = 30
 # ends the request instead of holding the connection forever.
 _CHECK_TIMEOUT = 120
 # The most memory one stream's mbuffer may take here: a key holder chooses the size
-# and may open streams in parallel, so each is bounded (1 GiB is far beyond what
-# smooths a network stream).
-MAX_AGENT_BUFFER = 1 << 30
+# and may open streams in parallel, so each is bounded; definitions are held to it.
+MAX_AGENT_BUFFER = capabilities.MAX_BUFFER
 # Where the interlock lives (zfs.py ROLE_PROPERTY) and the value that means "taken
 # over" (diagnosis.ROLE_TAKEN_OVER); a unit test keeps them equal.
 ROLE_PROPERTY = "zfsrepl:role"
@@ -259,15 +258,13 @@ def _pipeline(words: list[str], policy: Policy) -> Decision:
                            f"{shlex.join(form)!r}")
         size = capabilities.parse_buffer_size(form[3])
         if size is None:
+            # the upper bound is the most this host gives one stream: a key may open
+            # many streams at once
             return Refused(f"mbuffer's size must be a whole number with K, M or G, from "
                            f"{capabilities.format_buffer_size(capabilities.MIN_BUFFER)} to "
                            f"{capabilities.format_buffer_size(MAX_AGENT_BUFFER)} "
-                           f"(like 16M), not {form[3]!r}")
-        if size > MAX_AGENT_BUFFER:
-            return Refused(f"an mbuffer of {form[3]} is more than this host gives one "
-                           f"stream ({capabilities.format_buffer_size(MAX_AGENT_BUFFER)}: "
-                           "a key may open many streams at once); set `buffer` in the "
-                           "definition to at most that")
+                           f"(like 16M), not {form[3]!r}; set `buffer` in the definition "
+                           "within that")
         rest.pop(0)
     if rest:
         return Refused(f"{shlex.join(rest[0])!r} is not allowed in a pipeline; "

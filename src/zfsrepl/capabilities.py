@@ -114,7 +114,11 @@ WIRE_TOOLS = (*COMPRESSORS, BUFFER_TOOL)
 _SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _SIZE_RE = re.compile(r"^([1-9][0-9]{0,9})([KMG])$")
 MIN_BUFFER = 1 << 20
-MAX_BUFFER = 64 << 30
+# One stream's mbuffer: the agent refuses more (a key holder may open many streams at
+# once), and 1 GiB is far beyond what smooths a network stream.
+MAX_BUFFER = 1 << 30
+# All of a service's parallel streams' buffers together, on the receiving host.
+MAX_BUFFER_TOTAL = 4 << 30
 
 
 def compress_argv(tool: str) -> list[str]:

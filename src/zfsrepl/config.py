@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from zfsrepl.capabilities import MAX_BUFFER, MIN_BUFFER, format_buffer_size
+from zfsrepl.capabilities import MAX_BUFFER, MAX_BUFFER_TOTAL, MIN_BUFFER, format_buffer_size
 from zfsrepl.errors import ConfigError, UsageError
 from zfsrepl.naming import SnapshotNaming, valid_name_component
 
@@ -495,10 +495,10 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
 
     # mbuffer takes all of -m at its start, one per stream, on the receiving host: the
     # streams of one cycle together may ask it for no more than one largest buffer.
-    if buffer is not None and buffer * parallel > MAX_BUFFER:
+    if buffer is not None and buffer * parallel > MAX_BUFFER_TOTAL:
         r.fail("buffer", f"{data['buffer']!r} times parallel = {parallel} is "
                f"{format_buffer_size(buffer * parallel)}",
-               f"buffer x parallel of at most {format_buffer_size(MAX_BUFFER)} in all")
+               f"buffer x parallel of at most {format_buffer_size(MAX_BUFFER_TOTAL)} in all")
 
     for side in ("source", "destination"):
         if side not in data:

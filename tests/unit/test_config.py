@@ -681,9 +681,9 @@ def test_ssh_options_that_tune_the_connection_are_accepted(tmp_path: Path,
 
 
 def test_buffers_of_all_parallel_streams_are_bounded(tmp_path: Path) -> None:
-    # 16 streams of 64G: a TiB the receiving host would be asked to allocate
-    config_error(tmp_path, set_top('parallel = 16', set_top('buffer = "64G"')),
-                 "buffer", "'64G'", "parallel = 16", "64G in all")
-    path = write(tmp_path, set_top('parallel = 4', set_top('buffer = "16G"')))
+    # 16 streams of 1G: 16G the receiving host would be asked to allocate at once
+    config_error(tmp_path, set_top('parallel = 16', set_top('buffer = "1G"')),
+                 "buffer", "'1G'", "parallel = 16", "4G in all")
+    path = write(tmp_path, set_top('parallel = 4', set_top('buffer = "1G"')))
     svc = load_service_file(path)
-    assert (svc.parallel, svc.buffer) == (4, 16 << 30)
+    assert (svc.parallel, svc.buffer) == (4, 1 << 30)

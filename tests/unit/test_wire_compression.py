@@ -65,8 +65,8 @@ def test_defaults_are_no_compression_and_no_buffer() -> None:
 
 @pytest.mark.parametrize(("value", "size", "written"), [
     ("128M", 128 << 20, "128M"), ("1G", 1 << 30, "1G"), ("16m", 16 << 20, "16M"),
-    ("1024M", 1 << 30, "1G"), ("1536K", 1536 << 10, "1536K"), ("2GiB", 2 << 30, "2G"),
-    ("64MB", 64 << 20, "64M"), ("1M", 1 << 20, "1M"), ("64G", 64 << 30, "64G"),
+    ("1024M", 1 << 30, "1G"), ("1536K", 1536 << 10, "1536K"), ("1GiB", 1 << 30, "1G"),
+    ("64MB", 64 << 20, "64M"), ("1M", 1 << 20, "1M"),
 ])
 def test_buffer_sizes(value: str, size: int, written: str) -> None:
     svc = config.parse_service(definition(buffer=value, wire_compression="zstd"))
@@ -97,14 +97,14 @@ def test_a_bad_wire_compression_names_file_key_and_what_is_expected(value: objec
     assert 'expected "none", "zstd", "lz4" or "auto"' in msg
 
 
-@pytest.mark.parametrize("value", ["16", "0M", "512K", "65G", "1T", "1.5G", "lots", "",
+@pytest.mark.parametrize("value", ["16", "0M", "512K", "2G", "1025M", "65G", "1T", "1.5G", "lots", "",
                                    "-16M", "16 M B", "10%", 16 << 20, True, ["16M"]])
 def test_a_bad_buffer_names_file_key_and_what_is_expected(value: object) -> None:
     with pytest.raises(ConfigError) as exc:
         config.parse_service(definition(buffer=value), Path("/c/s.toml"))
     msg = str(exc.value)
     assert msg.startswith(f"/c/s.toml: buffer: {value!r} is not valid; expected "), msg
-    assert '"none" or a size for mbuffer -m' in msg and "from 1M to 64G" in msg
+    assert '"none" or a size for mbuffer -m' in msg and "from 1M to 1G" in msg
 
 
 def test_a_typo_of_the_keys_is_pointed_out() -> None:
