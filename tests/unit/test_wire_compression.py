@@ -97,8 +97,9 @@ def test_a_bad_wire_compression_names_file_key_and_what_is_expected(value: objec
     assert 'expected "none", "zstd", "lz4" or "auto"' in msg
 
 
-@pytest.mark.parametrize("value", ["16", "0M", "512K", "2G", "1025M", "65G", "1T", "1.5G", "lots", "",
-                                   "-16M", "16 M B", "10%", 16 << 20, True, ["16M"]])
+@pytest.mark.parametrize("value", ["16", "0M", "512K", "2G", "1025M", "65G", "1T", "1.5G",
+                                   "lots", "", "-16M", "16 M B", "10%", 16 << 20, True,
+                                   ["16M"]])
 def test_a_bad_buffer_names_file_key_and_what_is_expected(value: object) -> None:
     with pytest.raises(ConfigError) as exc:
         config.parse_service(definition(buffer=value), Path("/c/s.toml"))
