@@ -547,6 +547,16 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
             if value in seen:
                 r.fail(f"filesystem[{i}].{attr}", f"{value!r} appears twice", "each once")
             seen.add(value)
+    # A forced receive into a destination destroys what its sender does not have below
+    # it: one destination inside another would be destroyed by the other's receive.
+    for i, pair in enumerate(pairs, start=1):
+        outer = next((p.destination for p in pairs
+                      if pair.destination.startswith(p.destination + "/")), None)
+        if outer is not None:
+            r.fail(f"filesystem[{i}].destination",
+                   f"{pair.destination!r} lies inside the destination {outer!r}",
+                   "destinations side by side, none inside another (a forced receive "
+                   "into the outer one would destroy the inner one)")
 
     return Service(
         name=name, source=source, destination=destination, filesystems=tuple(pairs),

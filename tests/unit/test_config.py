@@ -522,6 +522,17 @@ def test_duplicate_filesystem(tmp_path: Path, attr: str, side: str) -> None:
                  f"'rpool/{side}/testfs1' appears twice", "each once")
 
 
+def test_a_destination_inside_another_is_refused(tmp_path: Path) -> None:
+    text = variant('destination = "rpool/dst/testfs2"', 'destination = "rpool/dst/testfs1/in"')
+    config_error(tmp_path, text, "filesystem[2].destination",
+                 "'rpool/dst/testfs1/in' lies inside the destination 'rpool/dst/testfs1'",
+                 "none inside another")
+    # a name that merely starts the same is no nesting
+    side = variant('destination = "rpool/dst/testfs2"', 'destination = "rpool/dst/testfs10"')
+    assert load_service_file(write(tmp_path, side)).filesystems[1].destination == \
+        "rpool/dst/testfs10"
+
+
 def test_name_differs_from_file_name(tmp_path: Path) -> None:
     config_error(tmp_path, EXAMPLE, "name", "'testrepl' differs from the file name 'other'",
                  'name = "other"', name="other")
