@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -170,9 +171,14 @@ def to_json(st: ServiceState) -> dict[str, Any]:
 
 
 def _number(value: Any) -> float | None:
+    """A finite number, or None (JSON from a hand may hold 1e400, which reads as inf)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _count(value: Any) -> int:

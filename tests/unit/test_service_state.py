@@ -90,3 +90,10 @@ def test_paths_of_a_service(tmp_path: Path) -> None:
     assert p.state_file == tmp_path / "services" / "web" / "state.json"
     assert p.metrics_file == tmp_path / "metrics" / "web.prom"
     assert p.cycle_lock.parent == p.daemon_lock.parent == p.folder
+
+
+def test_numbers_beyond_a_float_read_as_missing() -> None:
+    s = state.from_json({"last_success": float("inf"), "cycles_total": 3,
+                         "newest": {"b/a": {"snapshot": "x", "creation": float("inf")},
+                                    "b/c": {"snapshot": "y", "creation": 10 ** 400}}})
+    assert s.last_success is None and s.cycles_total == 3 and s.newest == {}
