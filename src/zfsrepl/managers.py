@@ -165,11 +165,15 @@ def render_user_dropin(user: str, group: str, rights: str) -> str:
 def prepare_folders(name: str, uid: int, gid: int, state_dir: Path, log_dir: Path) -> list[str]:
     """What a service running as uid:gid must find made for it, as setup's root steps
     make it: its state folder and log file (its own), and the metrics folder where none
-    is yet. Made only where missing; what exists is left as it is. Returns what was made."""
+    is yet. Made only where missing; what exists is left as it is. Returns what was made.
+
+    The metrics folder is shared by every service, whatever user each runs as: root's,
+    writable by all and sticky like /tmp, so that each writes and replaces only its own
+    file."""
     made = []
     folder = state_dir / "services" / name
     wanted = [(state_dir / "services", None, 0o755), (folder, (uid, gid), 0o750),
-              (state_dir / "metrics", (uid, gid), 0o755), (log_dir, None, 0o755)]
+              (state_dir / "metrics", None, 0o1777), (log_dir, None, 0o755)]
     try:
         for path, owner, mode in wanted:
             if not path.exists():

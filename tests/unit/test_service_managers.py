@@ -413,6 +413,9 @@ def test_enable_prepares_the_folders_of_a_service_user(tmp_path: Path) -> None:
     assert made == [str(state / "services"), str(state / "services" / "web"),
                     str(state / "metrics"), str(logs), str(logs / "web.log")]
     assert (state / "services" / "web").stat().st_mode & 0o777 == 0o750
+    # every service's user writes its own file there, none can replace another's
+    assert (state / "metrics").stat().st_mode & 0o7777 == 0o1777
+    assert (state / "metrics").stat().st_uid == os.geteuid()
     assert (logs / "web.log").stat().st_mode & 0o777 == 0o640
     assert (logs / "web.log").stat().st_uid == uid
     (logs / "web.log").write_text("kept\n")

@@ -1,0 +1,22 @@
+"""Every unit test gets the zfsrepl loggers back as they were: a test that calls the
+command line's main() sets up handlers on the streams pytest captures for that test,
+which are closed by the time a later test logs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from zfsrepl import log
+
+
+@pytest.fixture(autouse=True)
+def _loggers_as_they_were() -> Iterator[None]:
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate)
+             for lg in (log.logger, log.commands_logger)]
+    yield
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
