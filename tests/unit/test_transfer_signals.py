@@ -14,17 +14,7 @@ import pytest
 
 from zfsrepl import interrupts, transfer
 
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
+from .processes import wait_gone
 
 
 @pytest.mark.parametrize("nth", [1, 2])
@@ -47,10 +37,8 @@ def test_sigterm_right_after_a_fork_leaves_no_process_behind(
     monkeypatch.undo()
     try:
         assert len(started) == nth
-        deadline = time.monotonic() + 30  # stop_process has ended them (SIGTERM) already
-        while not all(gone(pid) for pid in started) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert all(gone(pid) for pid in started), started
+        # stop_process has ended them (SIGTERM) already; the wait is a bound
+        assert all(wait_gone(pid, 30) for pid in started), started
     finally:
         for pid in started:  # a failed run leaves nothing behind either
             with contextlib.suppress(ProcessLookupError):
