@@ -168,6 +168,10 @@ class SshHost:
                     f"ConnectTimeout={self.connect_timeout}", "ServerAliveInterval=15",
                     "ServerAliveCountMax=4", "LogLevel=ERROR", *SSH_DEFAULT_OPTIONS):
             argv += ["-o", opt]
+        if ep.address:
+            # `host` is a logical name whose address may move to another node: connect to
+            # `address`, check the host key under `host` (known_hosts lists every node's).
+            argv += ["-o", f"HostName={ep.address}", "-o", f"HostKeyAlias={ep.host}"]
         if ep.port:
             argv += ["-p", str(ep.port)]
         if ep.identity:
