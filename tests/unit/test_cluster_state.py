@@ -86,6 +86,14 @@ def make_service(name: str = NAME, filesystems: tuple[str, ...] = FS) -> Service
                    interval=10, retries=1, retry_delay=0.0)
 
 
+@pytest.fixture(autouse=True)
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() and log.setup() take the logger off the root: give it back to later tests
+    for attr in ("propagate", "handlers", "level"):
+        monkeypatch.setattr(log.logger, attr, getattr(log.logger, attr))
+    monkeypatch.setattr(log.logger, "handlers", list(log.logger.handlers))
+
+
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeZfsHost:
     host = FakeZfsHost()
