@@ -170,8 +170,10 @@ class SshHost:
             argv += ["-o", opt]
         if ep.address:
             # `host` is a logical name whose address may move to another node: connect to
-            # `address`, check the host key under `host` (known_hosts lists every node's).
-            argv += ["-o", f"HostName={ep.address}", "-o", f"HostKeyAlias={ep.host}"]
+            # `address`, check the host key under `host` (known_hosts lists every node's),
+            # and not also under the address, which each node answers with its own key.
+            argv += ["-o", f"HostName={ep.address}", "-o", f"HostKeyAlias={ep.host}",
+                     "-o", "CheckHostIP=no"]
         if ep.port:
             argv += ["-p", str(ep.port)]
         if ep.identity:

@@ -56,6 +56,7 @@ def test_ssh_connects_to_the_address_and_checks_the_key_under_the_logical_name()
     argv = host._base()
     assert "HostName=198.51.100.12" in options(argv)
     assert "HostKeyAlias=dst-cluster" in options(argv)
+    assert "CheckHostIP=no" in options(argv)  # the address is each node's in turn
     # never a blind acceptance of whatever key answers
     assert not any(o.startswith("StrictHostKeyChecking") for o in options(argv))
 
