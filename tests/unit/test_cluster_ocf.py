@@ -39,7 +39,10 @@ if "run" in args:
     if os.environ.get("STAND_IN_FAIL"):
         print("zfsrepl: error: cannot open the lock: Permission denied", file=sys.stderr)
         sys.exit(2)
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    if os.environ.get("STAND_IN_IGNORE_TERM"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     with FileLock(folder / "run.lock", "run") as lk:
         lk.try_acquire()
         while True:
@@ -75,8 +78,10 @@ class Agent:
         env.update({f"OCF_RESKEY_{k}": v for k, v in {**self.params, **params}.items()})
         return env
 
-    def __call__(self, action: str, **params: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["sh", str(AGENT), action], env=self.env(**params),
+    def __call__(self, action: str, extra: dict[str, str] | None = None,
+                 **params: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(AGENT), action], env={**self.env(**params),
+                                                               **(extra or {})},
                               capture_output=True, text=True, timeout=60, check=False)
 
     def holder(self) -> lock.Holder | None:
@@ -116,6 +121,19 @@ def test_start_monitor_stop(agent: Agent) -> None:
     assert agent("stop").returncode == OCF_SUCCESS
     assert agent.holder() is None
     assert agent("monitor").returncode == OCF_NOT_RUNNING
+
+
+def test_stop_kills_a_service_that_does_not_go_before_the_stop_times_out(
+        agent: Agent) -> None:
+    assert agent("start", {"STAND_IN_IGNORE_TERM": "1"}).returncode == OCF_SUCCESS
+    holder = agent.holder()
+    assert holder is not None
+    # 6 s for the stop: SIGTERM, then SIGKILL with the agent's margin of 5 s left (at
+    # least 5 s after the SIGTERM)
+    stop = agent("stop", {"OCF_RESKEY_CRM_meta_timeout": "6000"})
+    assert stop.returncode == OCF_SUCCESS
+    assert "did not stop on SIGTERM: killing it" in stop.stderr
+    assert agent.holder() is None
 
 
 def test_maintenance_is_a_failure_with_its_reason(agent: Agent) -> None:
