@@ -167,7 +167,6 @@ def test_the_destination_moves_to_a_node_with_another_host_key(
     refused = repl.run("runonce", SERVICE, check=False)
     out = text(refused)
     assert refused.returncode == 1, out
-    print("REFUSED:", out)
     assert f"cannot connect to {lab.dst.user}@{LOGICAL}" in out, out
     assert "Host key verification failed" in out or "HOST IDENTIFICATION HAS CHANGED" in out, out
     assert "Traceback" not in out
