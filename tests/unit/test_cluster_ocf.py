@@ -149,6 +149,18 @@ def test_maintenance_is_a_failure_with_its_reason(agent: Agent) -> None:
     assert agent("stop").returncode == OCF_SUCCESS
 
 
+def test_stop_stops_a_service_in_maintenance_that_has_not_gone_yet(agent: Agent) -> None:
+    # zfsrepl run records the maintenance, runs on_alarm, then exits: a stop meanwhile
+    # must still stop it
+    assert agent("start").returncode == OCF_SUCCESS
+    assert agent.holder() is not None
+    StateStore(ServicePaths(agent.state, NAME)).update(
+        lambda s: state.enter_maintenance(s, 1.0, "destination unreachable"))
+    assert agent("monitor").returncode == OCF_ERR_GENERIC
+    assert agent("stop").returncode == OCF_SUCCESS
+    assert agent.holder() is None
+
+
 def test_a_run_that_fails_at_once_fails_the_start_with_its_message(agent: Agent) -> None:
     env_fail = agent.env()
     env_fail["STAND_IN_FAIL"] = "1"
