@@ -9,7 +9,7 @@ run lock of services and run the resource agent as root on this machine
 The move of the destination is played in its namespace: an sshd with one host key
 serves the logical address, then it goes and one with another key takes its place,
 as when the address moves to the other node of a cluster (the pool with it; here it
-is the same pool). Pacemaker and Corosync themselves are not run here.
+is the same pool). A real Pacemaker runs in test_cluster_pacemaker.py.
 """
 
 from __future__ import annotations
