@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,7 @@ if "run" in args:
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
     with FileLock(folder / "run.lock", "run") as lk:
         lk.try_acquire()
+        print("2026-01-01 00:00:00 INFO service running", file=sys.stderr, flush=True)
         while True:
             time.sleep(0.05)
 from zfsrepl import cluster_state
@@ -134,6 +136,18 @@ def test_stop_kills_a_service_that_does_not_go_before_the_stop_times_out(
     assert stop.returncode == OCF_SUCCESS
     assert "did not stop on SIGTERM: killing it" in stop.stderr
     assert agent.holder() is None
+
+
+def test_the_services_standard_error_does_not_grow_while_it_runs(agent: Agent) -> None:
+    assert agent("start").returncode == OCF_SUCCESS
+    err = agent.rsctmp / "zfsrepl-zfsrepl-web.err"
+    wait = 0
+    while not err.read_text() and wait < 100:  # its first line may come just after
+        time.sleep(0.1)
+        wait += 1
+    assert "service running" in err.read_text()
+    assert agent("monitor").returncode == OCF_SUCCESS
+    assert err.read_text() == ""
 
 
 def test_maintenance_is_a_failure_with_its_reason(agent: Agent) -> None:
