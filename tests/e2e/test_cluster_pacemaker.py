@@ -279,13 +279,30 @@ def pool(lab: Lab) -> Iterator[tuple[str, Path]]:
     try:
         yield POOL, img_dir
     finally:
+        destroy_pool(lab, img_dir)
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
+def destroy_pool(lab: Lab, img_dir: Path) -> None:
+    """Import the pool if the cluster exported it, destroy it (riding out "busy"), and
+    only then remove its disk: never the disk of a pool still imported."""
+    why = ""
+    deadline = time.monotonic() + 60
+    while True:
         if lab.src.root(["zpool", "list", POOL], check=False).returncode != 0:
             lab.src.root(["zpool", "import", "-d", str(img_dir), "-o", "cachefile=none",
                           POOL], check=False)
-        lab.src.root(["zpool", "destroy", "-f", POOL], check=False)
-        shutil.rmtree(img_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            mnt.rmdir()
+            if lab.src.root(["zpool", "list", POOL], check=False).returncode != 0:
+                break  # neither imported nor importable: nothing left of it in ZFS
+        destroyed = lab.src.root(["zpool", "destroy", "-f", POOL], check=False)
+        if destroyed.returncode == 0:
+            break
+        why = (destroyed.stderr + destroyed.stdout).decode(errors="replace").strip()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cannot destroy the pool {POOL}: {why}")
+        time.sleep(0.5)
+    shutil.rmtree(img_dir, ignore_errors=True)
 
 
 def test_pacemaker_runs_pool_address_and_service(
