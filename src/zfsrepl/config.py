@@ -81,6 +81,9 @@ class Endpoint:
     # How zfs is started on that host, e.g. "sudo -n /usr/sbin/zfs" where rights
     # come from a sudo rule instead of `zfs allow`.
     zfs_command: str = "zfs"
+    # Where ssh connects when `host` is a logical name (a cluster's moving address):
+    # `host` still names the snapshots and is the name its host keys are listed under.
+    address: str | None = None
 
     @property
     def zfs_argv(self) -> list[str]:
@@ -245,7 +248,7 @@ _TOP_KEYS = {
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
     "bandwidth_limit", "wire_compression", "buffer", "parallel", "stall_timeout",
 }
-_ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command"}
+_ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command", "address"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
 
 
@@ -439,8 +442,12 @@ def _endpoint(path: Path | None, data: dict[str, Any], where: str) -> Endpoint:
         r.fail("zfs_command", f"{zfs_command!r} is not a command", 'e.g. "zfs"')
     if not _ZFS_COMMAND_RE.fullmatch(zfs_command):
         r.fail("zfs_command", f"{zfs_command!r} is not valid", ZFS_COMMAND_EXPECTED)
+    address = r.string("address", required=False, pattern=_HOST_RE,
+                       expected="the address or name ssh connects to for this host")
+    if address is not None and address.startswith("-"):
+        r.fail("address", f"{address!r} starts with '-'", "a host name or address")
     return Endpoint(host=host, user=user, port=port, identity=identity,
-                    ssh_options=tuple(options), zfs_command=zfs_command)
+                    ssh_options=tuple(options), zfs_command=zfs_command, address=address)
 
 
 def parse_service(data: dict[str, Any], path: Path | None = None,
@@ -596,6 +603,8 @@ def _endpoint_toml(ep: Endpoint) -> list[str]:
         lines.append("ssh_options = [" + ", ".join(_toml_str(o) for o in ep.ssh_options) + "]")
     if ep.zfs_command != "zfs":
         lines.append(f"zfs_command = {_toml_str(ep.zfs_command)}")
+    if ep.address:
+        lines.append(f"address = {_toml_str(ep.address)}")
     return lines
 
 

@@ -194,6 +194,12 @@ class SshHost:
                     f"ConnectTimeout={self.connect_timeout}", "ServerAliveInterval=15",
                     "ServerAliveCountMax=4", "LogLevel=ERROR", *SSH_DEFAULT_OPTIONS):
             argv += ["-o", opt]
+        if ep.address:
+            # `host` is a logical name whose address may move to another node: connect to
+            # `address`, check the host key under `host` (known_hosts lists every node's),
+            # and not also under the address, which each node answers with its own key.
+            argv += ["-o", f"HostName={ep.address}", "-o", f"HostKeyAlias={ep.host}",
+                     "-o", "CheckHostIP=no"]
         if ep.port:
             argv += ["-p", str(ep.port)]
         if ep.identity:

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, ContextManager
 
-from zfsrepl import config, hooks, interrupts, lock, logfile, state
+from zfsrepl import cluster_state, config, hooks, interrupts, lock, logfile, state
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, destination_after, replicate
 from zfsrepl.errors import UsageError, ZfsreplError
@@ -324,7 +324,8 @@ class Daemon:
     def __init__(self, config_dir: Path, state_dir: Path, log_dir: Path, name: str, *,
                  metrics_file: Path | None = None, runner: CycleRunner | None = None,
                  signals: Signals | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 pool_state: bool | None = None) -> None:
         self.config_dir = config_dir
         self.log_dir = log_dir
         self.name = name
@@ -335,6 +336,9 @@ class Daemon:
         if runner is None:
             self._kept = runner = KeptConnection()
         self.runner = runner
+        # Maintenance also kept in ZFS, to move with the pool (cluster_state); by default
+        # only beside the real cycle: a cycle given by the caller brings its own ZFS.
+        self.pool_state = self._kept is not None if pool_state is None else pool_state
         self.signals = signals or Signals()
         self.monotonic = monotonic
         self.st = ServiceState()
@@ -371,6 +375,8 @@ class Daemon:
     def _serve(self, svc: Service) -> int:
         self.svc = svc
         self.st = self.store.load()
+        if self.pool_state:
+            self.st = cluster_state.adopt(svc, self.store, self.st, time.time())
         if self.st.in_maintenance:
             logger.warning("service %s is in maintenance since %s: %s; fix the cause, then "
                            "run `zfsrepl clear %s`", self.name,
@@ -461,6 +467,8 @@ class Daemon:
         with self.signals.deferred():
             now = time.time()
             self._update(lambda s: state.enter_maintenance(s, now, reason))
+            if self.pool_state:
+                cluster_state.mark(svc, now, reason)
             self.state_name = "maintenance"
             self._publish()
             logger.warning("service %s is now in maintenance: fix the cause, then run "

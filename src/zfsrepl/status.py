@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zfsrepl import config, lock, managers
+from zfsrepl import cluster_state, config, lock, managers
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
@@ -197,6 +197,8 @@ def gather(config_dir: Path, state_dir: Path, name: str, *, live: bool,
         definition_error = str(exc)
     src_lists = dst_lists = None
     if live and svc is not None:
+        # a maintenance that came with the pool from another cluster node
+        st = cluster_state.with_maintenance(st, cluster_state.read(svc), time.time())
         src_lists, dst_lists, problems = read_both_sides(svc)
     return build(name, st, svc, lock.probe(paths.daemon_lock), lock.probe(paths.cycle_lock),
                  managers.is_enabled(name, manager), src_lists, dst_lists, problems,

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "managers": ("enable", "disable", "smf-manifest", "rc-script"),
     "failover": ("failover", "lockoutkey"),
     "doctor": ("doctor",),
+    "cluster": ("start-all", "stop-all", "state"),
 }
 MODULE_OF = {command: module for module, names in COMMANDS.items() for command in names}
 

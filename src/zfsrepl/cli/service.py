@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zfsrepl import config, logfile, managers, state
+from zfsrepl import cluster_state, config, logfile, managers, state
 from zfsrepl.cli.common import Context
 from zfsrepl.log import logger
 from zfsrepl.service import Daemon, publish
@@ -46,13 +46,16 @@ def clear(args: argparse.Namespace, ctx: Context) -> int:
     svc = config.load_service(ctx.config_dir, args.name)
     paths = ServicePaths(ctx.state_dir, svc.name)
     store = StateStore(paths)
-    before = store.load()
+    in_zfs = cluster_state.read(svc)  # moved with the pool from another cluster node
+    before = cluster_state.with_maintenance(store.load(), in_zfs, 0.0)
     if not before.in_maintenance:
         print(f"service {svc.name} is not in maintenance")
         return 0
     handler = logfile.attach(ctx.log_dir, svc.name)
     try:
         after = store.update(state.clear_maintenance)
+        if in_zfs is not None:
+            cluster_state.clear(svc)
         logger.info("maintenance of %s cleared (it was: %s)", svc.name,
                     before.maintenance_reason)
     finally:
