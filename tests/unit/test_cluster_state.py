@@ -257,7 +257,7 @@ def test_status_shows_the_moved_maintenance_and_clear_clears_both(
 
     monkeypatch.setattr(status, "read_both_sides", lambda svc: (None, None, []))
     fake.props["tank/a"][property_name(NAME)] = "1700000000 destination unreachable"
-    assert main([*dirs.args, "status", NAME]) == 0
+    assert main([*dirs.args, "status", NAME]) == 2  # maintenance: critical
     out = capsys.readouterr().out
     assert f"{NAME}: maintenance since" in out and "reason: destination unreachable" in out
 
