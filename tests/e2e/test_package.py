@@ -89,6 +89,7 @@ def test_the_contents(deb: Path) -> None:
         "/usr/lib/python3/dist-packages/zfsrepl/agent.py": "-rw-r--r--",
         "/usr/lib/systemd/system/zfsrepl@.service": "-rw-r--r--",
         "/usr/lib/systemd/system/zfsrepl-metrics.service": "-rw-r--r--",
+        "/usr/lib/ocf/resource.d/zfsrepl/service": "-rwxr-xr-x",
         "/usr/share/man/man8/zfsrepl.8.gz": "-rw-r--r--",
         "/usr/share/bash-completion/completions/zfsrepl": "-rw-r--r--",
         "/etc/logrotate.d/zfsrepl": "-rw-r--r--",
@@ -149,7 +150,7 @@ def test_bash_completes_commands_and_service_names(root: Path, tmp_path: Path) -
         return out.stdout.split()
 
     assert {"status", "check", "runonce", "--debug"} <= set(complete(""))
-    assert complete("sta") == ["status"]
+    assert complete("stat") == ["status", "state"]
     assert complete("status", "") == ["web"]
     assert "--max-lag" in complete("check", "--m")
 
