@@ -288,7 +288,9 @@ def endpoints(hosts: st.SearchStrategy[str]) -> st.SearchStrategy[Endpoint]:
 def services(draw: st.DrawFn) -> Service:
     n = draw(st.integers(1, 4))
     sources = draw(st.lists(DATASETS, min_size=n, max_size=n, unique=True))
-    destinations = draw(st.lists(DATASETS, min_size=n, max_size=n, unique=True))
+    # side by side: a destination inside another is refused
+    destinations = draw(st.lists(DATASETS, min_size=n, max_size=n, unique=True).filter(
+        lambda ds: not any(a.startswith(b + "/") for a in ds for b in ds)))
     return Service(
         name=draw(SERVICE_NAMES),
         source=draw(endpoints(SRC_HOSTS)),
