@@ -536,7 +536,10 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
         finally:
             # Interrupted (signal, exception, a stall): leave no part of the pipeline
             # running.
-            for proc in procs:  # every one started, even one whose start was cut
+            # Every one started, even one whose start was cut; the receiving end first,
+            # so that the sender's writes fail and it ends on its own (a zfs send run
+            # through sudo is not ours to kill: only sudo is).
+            for proc in reversed(procs):
                 stop_process(proc)
             if feeder is not None:
                 feeder.join()  # its pipes' other ends are gone: it is done

@@ -195,7 +195,9 @@ def test_maintenance_moves_with_the_pool(lab: Lab, area: Area, repl: ZfsreplCli)
 
     # The node that takes the pool over has no state folder of this service.
     lab.src.run(["rm", "-rf", str(repl.state_dir / "services" / SERVICE)])
-    status = repl.run("status", SERVICE).stdout.decode()
+    shown = repl.run("status", SERVICE, check=False)
+    assert shown.returncode == 2, text(shown)  # maintenance: critical, as monitoring reads it
+    status = shown.stdout.decode()
     assert f"{SERVICE}: maintenance since" in status, status
     assert f"reason: {reason}" in status, status
     assert repl.run("state", SERVICE).stdout.decode() == f"maintenance {reason}\n"
@@ -206,7 +208,8 @@ def test_maintenance_moves_with_the_pool(lab: Lab, area: Area, repl: ZfsreplCli)
     assert f"maintenance of {SERVICE} cleared (it was: {reason})" in cleared, cleared
     assert zfs_value(lab, src, prop) == "-"
     assert repl.run("state", SERVICE).stdout.decode() == "offline\n"
-    assert "maintenance" not in repl.run("status", SERVICE).stdout.decode().splitlines()[0]
+    after = repl.run("status", SERVICE, check=False).stdout.decode()
+    assert "maintenance" not in after.splitlines()[0], after
 
 
 # ---------------------------------------------------------------------------- the resource agent
