@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from lab import own_snapshots, wait_for
+from lab import LabHost, own_snapshots, wait_for
 
 from .rounds import (
     BETWEEN,
@@ -52,9 +52,14 @@ class Kind:
     play: Callable[[Round, str], None]
     needs: frozenset[str] = frozenset()  # lab features
     skip: str = ""  # why the kind is not played at all
+    # variant -> the bug it finds, not fixed yet: the short campaign leaves these
+    # variants to their regression tests (test_regressions.py, strict xfail)
+    known_bugs: tuple[tuple[str, str], ...] = ()
 
-    def variant(self, index: int) -> str:
-        return self.variants[index % len(self.variants)]
+    def variant(self, index: int, *, known_bugs: bool = True) -> str:
+        bugs = dict(self.known_bugs)
+        variants = [v for v in self.variants if known_bugs or v not in bugs]
+        return variants[index % len(variants)]
 
 
 # ------------------------------------------------------------------------ 1: kill -9
@@ -132,7 +137,7 @@ def _play_ssh(r: Round, variant: str) -> None:
 
 
 def _play_link(r: Round, variant: str) -> None:
-    r.settings["ssh_options"] = KEEPALIVE_OPTIONS
+    r.settings["destination"] = {"ssh_options": KEEPALIVE_OPTIONS}
     r.baseline()
     r.write_data()
     pause = (1.0, 3.0) if variant == "short" else (KEEPALIVE_SECONDS + 2, KEEPALIVE_SECONDS + 5)
@@ -144,9 +149,15 @@ def _play_link(r: Round, variant: str) -> None:
 # ------------------------------------------------------------------------ 5: pool full
 
 
-def _used(r: Round, host_name: str, fs: str) -> int:
-    host = r.lab.src if host_name == "src" else r.lab.dst
-    return int(host.zfs("get", "-Hp", "-o", "value", "used", fs).strip())
+def _set_quota(host: LabHost, fs: str, room: int) -> None:
+    """A quota on `fs` of what it uses now plus `room` bytes. zfs-fuse counts data just
+    written only once it is synced, and refuses a quota below what it will count: try
+    again with the new figure until it takes it."""
+    def attempt() -> bool:
+        used = int(host.zfs("get", "-Hp", "-o", "value", "used", fs).strip())
+        proc = host.root(["zfs", "set", f"quota={used + room}", fs], check=False)
+        return proc.returncode == 0
+    wait_for(f"a quota on {fs}", attempt, timeout=60)
 
 
 def _play_full(r: Round, variant: str) -> None:
@@ -157,7 +168,7 @@ def _play_full(r: Round, variant: str) -> None:
 
         def fill(run: Running) -> None:
             # room for a few blocks, not for the stream
-            r.lab.dst.zfs("set", f"quota={_used(r, 'dst', parent) + (256 << 10)}", parent)
+            _set_quota(r.lab.dst, parent, 256 << 10)
 
         def free() -> None:
             r.lab.dst.zfs("set", "quota=none", parent)
@@ -170,7 +181,7 @@ def _play_full(r: Round, variant: str) -> None:
         # The source full when the snapshot is taken: a quota on the parent, filled
         # up to it by a file that the applications could not finish writing.
         parent, (src, _) = r.area.src, r.pairs[0]
-        r.lab.src.zfs("set", f"quota={_used(r, 'src', parent) + (1 << 20)}", parent)
+        _set_quota(r.lab.src, parent, 1 << 20)
         try:
             _fill_until_full(r, r.lab.src.mountpoint(src) / "filler.bin")
             r.define()
@@ -300,11 +311,14 @@ def _play_hostkey(r: Round, variant: str) -> None:
     r.baseline()
     r.write_data()
     r.outcome.moment = r.outcome.phase = BETWEEN
-    # The destination now shows a key the source does not know for it: the source
-    # user's known hosts are replaced for this service only (the lab's stay as they are).
+    # The destination now shows a key the source does not know for it ("changed": another
+    # key is known for it; "unknown": none is): the source user's known hosts are replaced
+    # for this service only (the lab's stay as they are).
     known = r.repl.base / "known_hosts"
-    r.repl.put(known, f"{r.lab.dst.address} {_other_host_key(r)}\n".encode())
-    r.define(ssh_options=[f"UserKnownHostsFile={known}", "StrictHostKeyChecking=yes"])
+    entry = f"{r.lab.dst.address} {_other_host_key(r)}\n" if variant == "changed" else ""
+    r.repl.put(known, entry.encode())
+    r.define(destination={"ssh_options": [f"UserKnownHostsFile={known}",
+                                          "StrictHostKeyChecking=yes"]})
     run = r.start("runonce", SERVICE)
     code = r.finish(run, bound=120)
     text = run.text()
@@ -333,15 +347,19 @@ def _play_state(r: Round, variant: str) -> None:
     state = folder / "state.json"
     scripts = {
         "truncated": f'f={state}; s=$(wc -c < "$f"); truncate -s $((s / 2)) "$f"',
-        "garbage": f"head -c 300 /dev/urandom > {state}",
         "deleted": f"rm -rf {folder}",
         "unreadable": f"chmod 000 {state}",
         "folder-unwritable": f"chmod 0555 {folder}",
     }
     undo = {"unreadable": f"chmod 0644 {state}", "folder-unwritable": f"chmod 0755 {folder}"}
 
+    garbage = r.rng.randbytes(300)
+
     def spoil(run: Running | None = None) -> None:
-        r.lab.src.root(["sh", "-c", scripts[variant]])
+        if variant == "garbage":
+            r.repl.put(state, garbage)
+        else:
+            r.lab.src.root(["sh", "-c", scripts[variant]])
 
     if r.rng.random() < 0.5:
         r.outcome.moment = r.outcome.phase = BETWEEN
@@ -367,6 +385,18 @@ def _not_played(r: Round, variant: str) -> None:
     raise RoundFailed("not played")
 
 
+# Bugs the campaign found in code it does not fix here (see test_regressions.py).
+STATE_NOT_UTF8 = (
+    "state.py StateStore.load: a state file that is not UTF-8 raises UnicodeDecodeError "
+    "out of read_text (only OSError is caught there, ValueError only around json.loads): "
+    "every runonce then ends in a traceback until the file is deleted by hand")
+
+HOSTKEY_BANNER = (
+    "host.py first_line: when the destination's host key changed, the error is ssh's "
+    "banner ('cannot connect to dst@HOST: @@@@@@@@ @ WARNING: REMOTE HOST IDENTIFICATION "
+    "HAS CHANGED! @'), not its message ('Host key for HOST has changed ... Host key "
+    "verification failed'): it never says 'host key' nor what to check (known_hosts)")
+
 KINDS: tuple[Kind, ...] = (
     Kind(1, "kill", "kill -9 of runonce / run mid-cycle", ("runonce", "run"), _play_kill),
     Kind(2, "ssh", "ssh cut: stream client, master, destination sshd",
@@ -381,9 +411,11 @@ KINDS: tuple[Kind, ...] = (
          ("destination-newest", "destination-all", "source-newest"), _play_common),
     Kind(7, "concurrent", "two runonce at once / runonce during run",
          ("two-runonce", "runonce-no-wait", "runonce-during-run"), _play_concurrent),
-    Kind(8, "hostkey", "the destination's host key changed", ("changed",), _play_hostkey),
+    Kind(8, "hostkey", "the destination's host key changed / unknown", ("changed", "unknown"),
+         _play_hostkey, known_bugs=(("changed", HOSTKEY_BANNER),)),
     Kind(9, "state", "the state folder spoiled",
-         ("truncated", "garbage", "deleted", "unreadable", "folder-unwritable"), _play_state),
+         ("truncated", "garbage", "deleted", "unreadable", "folder-unwritable"), _play_state,
+         known_bugs=(("garbage", STATE_NOT_UTF8),)),
     Kind(10, "clock", "the wall clock stepped", ("back", "forward"), _not_played,
          skip="the machine's clock is shared; no contained way to step it"),
 )

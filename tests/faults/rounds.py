@@ -27,6 +27,7 @@ from lab import (
     destroy,
     own_snapshots,
     release_holds,
+    retry_busy,
     snapshot_checksums,
     tree_checksums,
     wait_for,
@@ -40,6 +41,8 @@ HANG_BOUND = 240.0
 # How long processes of the round may take to go after the round's last cycle (zfs-fuse
 # may still be finishing an orphaned transfer).
 LEFTOVER_BOUND = 30.0
+# How long the round's datasets may stay busy after it (see Round.cleanup).
+BUSY_BOUND = 300.0
 # Recovery: this many cycles at most (each with the definition's retries).
 RECOVERY_CYCLES = 3
 
@@ -473,6 +476,15 @@ class Round:
                 run.proc.kill()
                 run.proc.wait()
         self.repl.destroy()
+        # zfs-fuse finishes a cut transfer in its daemon, where no process shows it, and
+        # keeps its snapshots busy meanwhile: give it time before the area goes.
+        for host, fs in ((self.lab.src, self.area.src), (self.lab.dst, self.area.dst)):
+            started = time.monotonic()
+            release_holds(self.lab, host, fs)
+            retry_busy(lambda h=host, f=fs: h.zfs("destroy", "-R", f), timeout=BUSY_BOUND)
+            waited = time.monotonic() - started
+            if waited > 5:
+                self.outcome.notes.append(f"{fs} stayed busy for {waited:.0f}s after the round")
 
 
 def _tail(text: str, n: int = 2000) -> str:
