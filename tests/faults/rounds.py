@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import random
 import subprocess
@@ -481,7 +482,7 @@ class Round:
         for host, fs in ((self.lab.src, self.area.src), (self.lab.dst, self.area.dst)):
             started = time.monotonic()
             release_holds(self.lab, host, fs)
-            retry_busy(lambda h=host, f=fs: h.zfs("destroy", "-R", f), timeout=BUSY_BOUND)
+            retry_busy(functools.partial(host.zfs, "destroy", "-R", fs), timeout=BUSY_BOUND)
             waited = time.monotonic() - started
             if waited > 5:
                 self.outcome.notes.append(f"{fs} stayed busy for {waited:.0f}s after the round")
