@@ -149,7 +149,7 @@ def load(dirs: Iterable[Path]) -> list[dict[str, object]]:
 
 
 COLUMNS = ("kind", "backend", "rounds", "recovered", "chains broken", "content mismatches",
-           "tracebacks", "leftover processes", "round errors", "commit")
+           "tracebacks", "unclear errors", "leftover processes", "round errors", "commit")
 
 
 def table(records: list[dict[str, object]]) -> str:
@@ -167,6 +167,7 @@ def table(records: list[dict[str, object]]) -> str:
                sum(bool(r["chain_broken"]) for r in rs),
                sum(int(str(r["mismatches"])) for r in rs),
                sum(int(str(r["tracebacks"])) for r in rs),
+               sum(int(str(r.get("unclear", 0))) for r in rs),
                sum(bool(r["leftovers"]) for r in rs),
                sum(bool(r["harness_error"]) for r in rs),
                ", ".join(commits)]

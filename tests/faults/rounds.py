@@ -106,6 +106,7 @@ class Outcome:
     chain_broken: bool = False
     mismatches: int = 0
     tracebacks: int = 0
+    unclear: int = 0  # errors that do not say clearly what went wrong
     leftovers: list[str] = dataclasses.field(default_factory=list)
     harness_error: Optional[str] = None  # the round itself failed (not zfsrepl)
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -114,7 +115,8 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return (self.recovered and not self.chain_broken and not self.mismatches
-                and not self.tracebacks and not self.leftovers and not self.harness_error)
+                and not self.tracebacks and not self.unclear and not self.leftovers
+                and not self.harness_error)
 
     def describe(self) -> str:
         head = (f"{self.kind}/{self.variant} at {self.moment or '-'}"
@@ -132,6 +134,8 @@ class Outcome:
             what.append(f"{self.mismatches} content mismatch(es)")
         if self.tracebacks:
             what.append(f"{self.tracebacks} traceback(s)")
+        if self.unclear:
+            what.append(f"{self.unclear} unclear error(s)")
         if self.leftovers:
             what.append(f"left running: {self.leftovers}")
         return head + "; ".join(what) + "".join(f"\n    {n}" for n in self.notes)
@@ -460,6 +464,11 @@ class Round:
                 self.kill(pid, "KILL")
 
     # -- helpers for kinds ----------------------------------------------------------------
+
+    def unclear(self, what: str, text: str) -> None:
+        """zfsrepl failed as it should, but its message does not say clearly why."""
+        self.outcome.unclear += 1
+        self.outcome.notes.append(f"{what}:\n{_tail(text)}")
 
     def destroy_snapshot(self, host_name: str, fs: str, name: str) -> None:
         """Destroy a snapshot by hand, as an administrator would (releasing holds first
