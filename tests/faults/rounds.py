@@ -434,6 +434,11 @@ class Round:
                 self.outcome.notes.append(f"{src}: newest differ: {s_snaps} / {d_snaps}")
                 continue
             newest = s_snaps[-1]
+            keep = int(self.settings["keep"])
+            if len(s_snaps) > keep or len(d_snaps) > keep:
+                # after a clean cycle, retention leaves `keep` on each side
+                self.outcome.notes.append(f"{src}: retention left {len(s_snaps)} / "
+                                          f"{len(d_snaps)} snapshots (keep = {keep})")
             for name in d_snaps:
                 if name not in s_snaps:
                     continue  # the source's retention went first (a cut cycle): not a mismatch
