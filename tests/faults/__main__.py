@@ -108,6 +108,11 @@ def main(argv: list[str]) -> int:
                 for name in sorted(missing):
                     print(f"kind {name}: not played on {lab.backend} (needs "
                           f"{', '.join(sorted(KINDS_BY_NAME[name].needs - lab.features))})")
+                for kind in {k for k, _ in todo if k.name not in missing}:
+                    why = kind.unplayable(lab)
+                    if why:
+                        print(f"kind {kind.name}: not played: {why}")
+                        missing.add(kind.name)
                 todo = [(k, i) for k, i in todo if k.name not in missing]
                 chunk_end = time.monotonic() + args.chunk_minutes * 60
                 while todo and time.monotonic() < chunk_end:

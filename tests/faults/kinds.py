@@ -12,12 +12,13 @@ message and the README document, as an operator would; that counts as recovered.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import subprocess
 from pathlib import Path
 from typing import Callable
 
-from lab import LabHost, own_snapshots, wait_for
+from lab import Lab, LabHost, own_snapshots, wait_for
 
 from .rounds import (
     BETWEEN,
@@ -52,6 +53,8 @@ class Kind:
     play: Callable[[Round, str], None]
     needs: frozenset[str] = frozenset()  # lab features
     skip: str = ""  # why the kind is not played at all
+    # why the kind cannot be played in this lab ("" when it can)
+    unplayable: Callable[[Lab], str] = lambda lab: ""
     # variant -> the bug it finds, not fixed yet: the short campaign leaves these
     # variants to their regression tests (test_regressions.py, strict xfail)
     known_bugs: tuple[tuple[str, str], ...] = ()
@@ -378,6 +381,68 @@ def _play_state(r: Round, variant: str) -> None:
     r.recover()
 
 
+# ------------------------------------------------------------------------ 10: clock
+
+# libfaketime (Debian package faketime), preloaded into zfsrepl alone: sudo drops
+# LD_PRELOAD, so zfs and the machine's clock never see it. A fixed offset per process:
+# libfaketime cannot step the clock of a running Python process (time.sleep then fails
+# with EINVAL), so the clock is stepped between cycles. The loop of `run` schedules by
+# the monotonic clock, which a step of the wall clock does not move.
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def _no_faketime(lab: Lab) -> str:
+    found = lab.src.root(["test", "-e", FAKETIME_LIB], check=False).returncode == 0
+    return "" if found else f"no {FAKETIME_LIB} on the source host (apt-get install faketime)"
+
+
+def _play_clock(r: Round, variant: str) -> None:
+    r.baseline()
+    r.outcome.moment = r.outcome.phase = BETWEEN
+    step = "-1h" if variant == "back" else "+1h"
+    stepped = {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": step}
+    # two cycles an hour off, then the clock stepped back to the right time
+    for env in (stepped, stepped, None):
+        r.write_data()
+        code, text = r.runonce(env=env)
+        if code != 0:
+            r.outcome.notes.append(f"cycle with the clock at {step if env else '+0'}:\n"
+                                   f"{_tail(text)}")
+            raise RoundFailed(f"a cycle failed after the clock was stepped {variant}")
+        for args in (("status", SERVICE, "--json"), ("metrics", SERVICE)):
+            code, out = r.command(*args, env=env)
+            lags = _lags(args[0], out)
+            if code != 0 or not lags or any(lag < 0 or lag > 2 * 3600 for lag in lags):
+                r.unclear(f"`zfsrepl {' '.join(args)}` with the clock at "
+                          f"{step if env else '+0'}: lags {lags}", out)
+    r.outcome.recovered = True
+
+
+def _lags(what: str, out: str) -> list[float]:
+    """The lags `status --json` or `metrics` reports."""
+    if what == "metrics":
+        return [float(ln.rsplit(" ", 1)[1]) for ln in out.splitlines()
+                if ln.startswith("zfsrepl_lag_seconds{")]
+    try:
+        data = json.loads(out)
+    except ValueError:
+        return []
+    found: list[float] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "lag_seconds" and isinstance(value, (int, float)):
+                    found.append(float(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+    walk(data)
+    return found
+
+
 # ------------------------------------------------------------------------ kinds
 
 
@@ -416,7 +481,7 @@ KINDS: tuple[Kind, ...] = (
     Kind(9, "state", "the state folder spoiled",
          ("truncated", "garbage", "deleted", "unreadable", "folder-unwritable"), _play_state,
          known_bugs=(("garbage", STATE_NOT_UTF8),)),
-    Kind(10, "clock", "the wall clock stepped", ("back", "forward"), _not_played,
-         skip="the machine's clock is shared; no contained way to step it"),
+    Kind(10, "clock", "the wall clock stepped an hour back / forward between cycles",
+         ("back", "forward"), _play_clock, unplayable=_no_faketime),
 )
 KINDS_BY_NAME = {k.name: k for k in KINDS}

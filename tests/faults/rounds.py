@@ -16,7 +16,7 @@ import json
 import random
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -220,11 +220,11 @@ class Round:
 
     # -- processes ------------------------------------------------------------------------
 
-    def start(self, *args: str) -> Running:
+    def start(self, *args: str, env: Optional[Mapping[str, str]] = None) -> Running:
         """`zfsrepl ARGS` as the source user in the background, output to a file."""
         out = self.workdir / f"{len(self.runs):02d}-{args[0]}.out"
         with open(out, "wb") as sink:
-            proc = self.lab.src.popen(self.repl.argv(*args), stdout=sink.fileno(),
+            proc = self.lab.src.popen(self.repl.argv(*args), env=env, stdout=sink.fileno(),
                                       stderr=subprocess.STDOUT)
         run = Running(proc, out, args[0])
         self.runs.append(run)
@@ -245,14 +245,14 @@ class Round:
             run.proc.wait()
             raise RoundFailed(f"zfsrepl {run.verb} hung") from None
 
-    def command(self, *args: str) -> tuple[int, str]:
+    def command(self, *args: str, env: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
         """`zfsrepl ARGS` to its end: exit status and output (kept for the checks)."""
-        run = self.start(*args)
+        run = self.start(*args, env=env)
         code = self.finish(run)
         return code, run.text()
 
-    def runonce(self, *extra: str) -> tuple[int, str]:
-        return self.command("runonce", *extra, SERVICE)
+    def runonce(self, *extra: str, env: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
+        return self.command("runonce", *extra, SERVICE, env=env)
 
     def processes(self) -> dict[int, tuple[int, str]]:
         """pid -> (ppid, "user args") of every process of the lab's users, and of every

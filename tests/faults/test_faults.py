@@ -32,6 +32,9 @@ def test_fault_kind_recovers(lab: Lab, kind: Kind, campaign_seed: str, tmp_path:
     missing = kind.needs - lab.features
     if missing:
         pytest.skip(f"needs {', '.join(sorted(missing))} (lab backend {lab.backend})")
+    why = kind.unplayable(lab)
+    if why:
+        pytest.skip(why)
     failed = []
     for i in range(ROUNDS):
         seed = round_seed(campaign_seed, kind.name, i)

@@ -27,8 +27,9 @@ SUDOERS=/etc/sudoers.d/zfsrepl-lab
 USER_PATH="$BIN:/usr/local/bin:/usr/bin:/bin"
 ROOT_PATH="$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # /usr/bin/python3 is the users' runtime for zfsrepl (Debian's 3.11, standard library only);
-# zstd, lz4 and mbuffer are what wire compression and buffering use where present
-PACKAGES="zfs-fuse openssh-server openssh-client sudo libxml2-utils iproute2 procps util-linux python3 systemd zstd lz4 mbuffer"
+# zstd, lz4 and mbuffer are what wire compression and buffering use where present;
+# faketime steps the clock of zfsrepl alone in the fault campaign (tests/faults)
+PACKAGES="zfs-fuse openssh-server openssh-client sudo libxml2-utils iproute2 procps util-linux python3 systemd zstd lz4 mbuffer faketime"
 
 log() { echo "zfsrepl-lab: $*"; }
 die() { echo "zfsrepl-lab: ERROR: $*" >&2; exit 1; }
