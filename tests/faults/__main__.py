@@ -56,6 +56,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="the campaign's seed (default: a new one, printed)")
     p.add_argument("--chunk-minutes", type=float, default=10.0,
                    help="hold the lab at most this long at a time (default 10)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="start no round after this many minutes (default: no limit)")
     p.add_argument("--out", type=Path, help="folder for the results "
                    "(default /var/tmp/zfsrepl-faults/<backend>-<time>)")
     p.add_argument("--keep-lab", action="store_true",
@@ -100,8 +102,9 @@ def main(argv: list[str]) -> int:
         print(f"kind {k.number} {k.name}: not played: {k.skip}")
     todo = [(k, i) for k, i in todo if not k.skip]
     failed = 0
+    deadline = time.monotonic() + args.max_minutes * 60 if args.max_minutes else None
     with open(out / "rounds.jsonl", "a") as results:
-        while todo:
+        while todo and (deadline is None or time.monotonic() < deadline):
             last_chunk = False
             with lab_session(keep=True) as lab:
                 missing = {k.name for k, _ in todo if k.needs - lab.features}
@@ -115,6 +118,8 @@ def main(argv: list[str]) -> int:
                         missing.add(kind.name)
                 todo = [(k, i) for k, i in todo if k.name not in missing]
                 chunk_end = time.monotonic() + args.chunk_minutes * 60
+                if deadline is not None:
+                    chunk_end = min(chunk_end, deadline)
                 while todo and time.monotonic() < chunk_end:
                     kind, i = todo.pop(0)
                     seed_i = round_seed(seed, kind.name, i)
@@ -126,7 +131,7 @@ def main(argv: list[str]) -> int:
                     results.flush()
                     failed += not outcome.ok
                     print(f"[{len(todo)} left] {outcome.describe()}", flush=True)
-                last_chunk = not todo
+                last_chunk = not todo or (deadline is not None and time.monotonic() >= deadline)
             if not last_chunk:
                 print("letting the lab go for other sessions", flush=True)
                 time.sleep(5)
