@@ -81,7 +81,10 @@ def chosen_kinds(text: str) -> list[Kind]:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.summary:
-        print(table(load(args.summary)))
+        records = load(args.summary)
+        print(table(records))
+        print()
+        print(phases(records))
         return 0
     if os.geteuid() != 0:
         print("scripts/faults: run as root (the lab creates pools, users and namespaces)",
@@ -138,7 +141,10 @@ def main(argv: list[str]) -> int:
     if not args.keep_lab:
         _teardown_if_ours()
     print()
-    print(table(load([out])))
+    records = load([out])
+    print(table(records))
+    print()
+    print(phases(records))
     return 1 if failed else 0
 
 
@@ -182,6 +188,19 @@ def table(records: list[dict[str, object]]) -> str:
                sum(bool(r["harness_error"]) for r in rs),
                ", ".join(commits)]
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def phases(records: list[dict[str, object]]) -> str:
+    """Where the faults of each kind landed: the moment aimed at, and where the cycle
+    really was then (a late moment may find the stream or the cycle over)."""
+    counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for r in records:
+        counts[f"{r['kind']} ({r['backend']})"][f"{r['moment']} -> {r['phase']}"] += 1
+    lines = ["| kind | moment aimed at -> phase of the cycle hit: rounds |", "|---|---|"]
+    for kind, c in sorted(counts.items()):
+        lines.append(f"| {kind} | " + ", ".join(f"{k}: {n}" for k, n in sorted(c.items()))
+                     + " |")
     return "\n".join(lines)
 
 
