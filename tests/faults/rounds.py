@@ -338,7 +338,9 @@ class Round:
             return "in the stream"
         if " taken" in text:
             return "after the snapshot"
-        return "before the snapshot"
+        if "pre_snapshot hook" in text:
+            return "in the snapshot phase"
+        return "connecting and listing"
 
     # -- steps ----------------------------------------------------------------------------
 
