@@ -103,6 +103,7 @@ class Outcome:
     moment: str = ""
     phase: str = ""  # where the cycle really was when the fault landed
     recovered: bool = False
+    recovery_cycles: int = 0  # cycles run after the fault until one succeeded
     chain_broken: bool = False
     mismatches: int = 0
     tracebacks: int = 0
@@ -394,6 +395,7 @@ class Round:
         text = ""
         for _ in range(RECOVERY_CYCLES):
             code, text = self.runonce()
+            self.outcome.recovery_cycles += 1
             self._no_full_resend(existed, text)
             if code == 0:
                 self.outcome.recovered = True
