@@ -166,7 +166,7 @@ def load(dirs: Iterable[Path]) -> list[dict[str, object]]:
 
 COLUMNS = ("kind", "backend", "rounds", "recovered", "chains broken", "content mismatches",
            "tracebacks", "unclear errors", "leftover processes", "round errors",
-           "cycles to recover (most)", "commit")
+           "cycles to recover (most)", "recovered later (s, most)", "commit")
 
 
 def table(records: list[dict[str, object]]) -> str:
@@ -188,6 +188,7 @@ def table(records: list[dict[str, object]]) -> str:
                sum(bool(r["leftovers"]) for r in rs),
                sum(bool(r["harness_error"]) for r in rs),
                max(int(str(r.get("recovery_cycles", 0))) for r in rs) or "-",
+               max(round(float(str(r.get("late_recovery", 0)))) for r in rs) or "-",
                ", ".join(commits)]
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)

@@ -46,6 +46,10 @@ LEFTOVER_BOUND = 30.0
 BUSY_BOUND = 300.0
 # Recovery: this many cycles at most (each with the definition's retries).
 RECOVERY_CYCLES = 3
+# Not recovered by then: a cycle this often, for at most this long, to learn whether and
+# when it does (a round that recovers this late still counts as not recovered).
+LATE_EVERY = 20.0
+LATE_BOUND = 300.0
 
 # The moments a fault can land at, in the order a cycle passes them.
 LISTING = "listing"  # the connection is opening, both sides are being listed
@@ -104,6 +108,7 @@ class Outcome:
     phase: str = ""  # where the cycle really was when the fault landed
     recovered: bool = False
     recovery_cycles: int = 0  # cycles run after the fault until one succeeded
+    late_recovery: float = 0.0  # seconds after the first RECOVERY_CYCLES until one did
     chain_broken: bool = False
     mismatches: int = 0
     tracebacks: int = 0
@@ -401,7 +406,20 @@ class Round:
                 self.outcome.recovered = True
                 return text
         self.outcome.notes.append(f"last recovery cycle:\n{_tail(text)}")
-        raise RoundFailed(f"no cycle succeeded in {RECOVERY_CYCLES} after the fault")
+        started = time.monotonic()
+        while time.monotonic() - started < LATE_BOUND:
+            time.sleep(LATE_EVERY)  # as a service's interval would
+            code, text = self.runonce()
+            self.outcome.recovery_cycles += 1
+            self._no_full_resend(existed, text)
+            if code == 0:
+                self.outcome.late_recovery = time.monotonic() - started
+                self.outcome.notes.append(
+                    f"recovered only {self.outcome.late_recovery:.0f}s after the first "
+                    f"{RECOVERY_CYCLES} cycles, at cycle {self.outcome.recovery_cycles}")
+                return text
+        raise RoundFailed(f"no cycle succeeded in {RECOVERY_CYCLES} after the fault, nor in "
+                          f"{LATE_BOUND:.0f}s more")
 
     # -- checks ---------------------------------------------------------------------------
 
