@@ -34,6 +34,8 @@ from .zfs import (
 )
 
 BACKENDS = ("fuse", "openzfs")
+# The sessions this process has open (at most one lab: see lab_session).
+_open_sessions: list[Lab] = []
 
 __all__ = [
     "BACKENDS",
@@ -68,17 +70,33 @@ def lab_session(*, keep: bool = False) -> Iterator[Lab]:
 
     It is set up if needed and, if this session set it up, torn down at the end
     unless ``keep``.
+
+    A session opened while this process has one open already (two test folders with
+    their own ``lab`` fixtures in one pytest run) is that same session: the lab's lock
+    is per open file, and a second one would wait for the first forever.
     """
     backend = os.environ.get("ZFSREPL_LAB_BACKEND") or "fuse"
+    if _open_sessions:
+        yield _open_sessions[-1]
+        return
+    lab: Lab
     if backend == "fuse":
         from .fuse import fuse_lab_session
 
         with fuse_lab_session(keep=keep) as lab:
-            yield lab
+            _open_sessions.append(lab)
+            try:
+                yield lab
+            finally:
+                _open_sessions.remove(lab)
     elif backend == "openzfs":
         from .openzfs import openzfs_lab_session
 
-        with openzfs_lab_session(keep=keep) as vm_lab:
-            yield vm_lab
+        with openzfs_lab_session(keep=keep) as lab:
+            _open_sessions.append(lab)
+            try:
+                yield lab
+            finally:
+                _open_sessions.remove(lab)
     else:
         raise ValueError(f"unknown lab backend {backend!r} (known: {', '.join(BACKENDS)})")

@@ -14,7 +14,7 @@ import contextlib
 import signal
 import subprocess
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -222,6 +222,35 @@ class Lab(abc.ABC):
     def stop_children(self) -> list[list[str]]:
         """Stop background processes the hosts' :meth:`LabHost.popen` left running."""
         return [argv for host in self.hosts for argv in host.stop_children()]
+
+    def set_link(self, up: bool) -> None:
+        """Set the link between the hosts (each host's end of their veth pair) up or down.
+
+        Down, packets between the hosts go nowhere, as on a cut cable: open TCP
+        connections stay open until a keep-alive or a timeout gives up on them. Runs in
+        the hosts' network namespaces, so it works on every backend; the lab's own
+        control channels (the VM's ssh) do not use this link.
+        """
+        state = "up" if up else "down"
+        for host in self.hosts:
+            host.root(["sh", "-c", _SET_VETHS, "sh", state])
+
+    @contextlib.contextmanager
+    def link_down(self) -> Iterator[None]:
+        """The link between the hosts down within the context, up again after, always."""
+        try:
+            self.set_link(False)
+            yield
+        finally:
+            self.set_link(True)
+
+
+# Sets every veth of the current network namespace (a lab host has one) to "$1".
+_SET_VETHS = """
+for dev in $(ip -o link show type veth | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'); do
+    ip link set "$dev" "$1" || exit 1
+done
+"""
 
 
 def _text(data: object) -> str:

@@ -29,8 +29,9 @@ ROOT_PATH="$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # /usr/bin/python3 is the users' runtime for zfsrepl (Debian's 3.11, standard library only);
 # zstd, lz4 and mbuffer are what wire compression and buffering use where present;
 # nftables drops packets in a namespace for the stalled-transfer tests; Pacemaker,
-# Corosync and the resource agents run the cluster tests (ocf-tester, a one-node cluster)
-PACKAGES="zfs-fuse openssh-server openssh-client sudo libxml2-utils iproute2 procps util-linux python3 systemd zstd lz4 mbuffer nftables resource-agents pacemaker corosync pacemaker-cli-utils"
+# Corosync and the resource agents run the cluster tests (ocf-tester, a one-node cluster);
+# faketime steps the clock of zfsrepl alone in the fault campaign (tests/faults)
+PACKAGES="zfs-fuse openssh-server openssh-client sudo libxml2-utils iproute2 procps util-linux python3 systemd zstd lz4 mbuffer nftables resource-agents pacemaker corosync pacemaker-cli-utils faketime"
 
 log() { echo "zfsrepl-lab: $*"; }
 die() { echo "zfsrepl-lab: ERROR: $*" >&2; exit 1; }

@@ -1,0 +1,46 @@
+"""The short fault campaign that the test command runs: a few rounds of each kind.
+
+Each round is a real fault at a random moment of a real cycle in the lab (see
+faults/__init__.py for what is checked afterwards). The rounds of a kind go through its
+variants in turn, leaving those that find a known bug to test_regressions.py; the moment
+is drawn from the seed (printed; ``ZFSREPL_FAULTS_SEED`` replays it).
+``ZFSREPL_FAULTS_ROUNDS`` sets the rounds per kind (default 2). The full campaign, with
+many rounds and figures, is ``scripts/faults``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lab import Lab
+
+from .kinds import KINDS, Kind
+from .rounds import play_round, round_seed
+
+pytestmark = pytest.mark.backends("fuse", "openzfs")
+
+ROUNDS = int(os.environ.get("ZFSREPL_FAULTS_ROUNDS") or 2)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=[f"{k.number}-{k.name}" for k in KINDS])
+def test_fault_kind_recovers(lab: Lab, kind: Kind, campaign_seed: str, tmp_path: Path) -> None:
+    if kind.skip:
+        pytest.skip(kind.skip)
+    missing = kind.needs - lab.features
+    if missing:
+        pytest.skip(f"needs {', '.join(sorted(missing))} (lab backend {lab.backend})")
+    why = kind.unplayable(lab)
+    if why:
+        pytest.skip(why)
+    failed = []
+    for i in range(ROUNDS):
+        seed = round_seed(campaign_seed, kind.name, i)
+        variant = kind.variant(i, known_bugs=False)
+        outcome = play_round(lab, kind, variant, seed, tmp_path / f"round-{i}")
+        print(outcome.describe())
+        if not outcome.ok:
+            failed.append(outcome.describe())
+    assert not failed, "\n".join(failed)
