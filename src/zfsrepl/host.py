@@ -70,6 +70,20 @@ def first_line(text: str) -> str:
     return lines[0] if len(lines) == 1 else " ".join(lines[:2])
 
 
+def ssh_error(text: str, host: str) -> str:
+    """What ssh's error output says, in one line. A host key that does not match comes
+    with a banner of '@' lines that says nothing by itself: it becomes what happened
+    and what to check."""
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or \
+            "Host key verification failed" in text:
+        why = ("its host key is not the one known_hosts lists for it"
+               if "HAS CHANGED" in text else "its host key is not in known_hosts")
+        return (f"host key verification failed for {host}: {why}; check that {host} is the "
+                "host you mean, then put its key in the service user's known_hosts "
+                f"(ssh-keygen -R {host}, then ssh to it once, or ssh-keyscan)")
+    return first_line(text)
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """Terminate `proc` if it still runs; kill it if it does not go within `grace` s."""
     if proc.poll() is None:
@@ -264,7 +278,8 @@ class SshHost:
         if self._master_err is None:
             return ""
         self._master_err.seek(0)
-        return first_line(self._master_err.read().decode("utf-8", "replace"))
+        return ssh_error(self._master_err.read().decode("utf-8", "replace"),
+                         self.endpoint.host)
 
     def command(self, argv: list[str]) -> list[str]:
         return self.remote_command(" ".join(shlex.quote(a) for a in argv))

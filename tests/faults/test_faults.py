@@ -25,10 +25,11 @@ pytestmark = pytest.mark.backends("fuse", "openzfs")
 ROUNDS = int(os.environ.get("ZFSREPL_FAULTS_ROUNDS") or 2)
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=[f"{k.number}-{k.name}" for k in KINDS])
+PLAYED = [k for k in KINDS if not k.skip]  # a kind not played yet is no test at all
+
+
+@pytest.mark.parametrize("kind", PLAYED, ids=[f"{k.number}-{k.name}" for k in PLAYED])
 def test_fault_kind_recovers(lab: Lab, kind: Kind, campaign_seed: str, tmp_path: Path) -> None:
-    if kind.skip:
-        pytest.skip(kind.skip)
     missing = kind.needs - lab.features
     if missing:
         pytest.skip(f"needs {', '.join(sorted(missing))} (lab backend {lab.backend})")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zfsrepl.config import Endpoint
-from zfsrepl.host import SshHost, die_with_parent
+from zfsrepl.host import SshHost, die_with_parent, ssh_error
 
 from .processes import gone, wait_gone
 
@@ -119,3 +119,26 @@ def test_no_writable_temporary_folder_is_one_clear_error(
         host.start()
     assert "cannot make a folder for the ssh connection to u@h" in str(exc.value)
     assert "set TMPDIR" in str(exc.value)
+
+
+CHANGED_KEY = """\
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Host key for 198.51.100.12 has changed and you have requested strict checking.
+Host key verification failed.
+"""
+
+
+def test_a_changed_host_key_is_one_line_naming_the_host_and_what_to_check() -> None:
+    msg = ssh_error(CHANGED_KEY, "dsthost")
+    assert "@" not in msg and "\n" not in msg
+    assert msg.startswith("host key verification failed for dsthost: its host key is not "
+                          "the one known_hosts lists for it")
+    assert "ssh-keygen -R dsthost" in msg
+    unknown = ssh_error("No ED25519 host key is known for dsthost and you have requested "
+                        "strict checking.\nHost key verification failed.\n", "dsthost")
+    assert "its host key is not in known_hosts" in unknown
+    assert ssh_error("ssh: connect to host x port 22: Connection refused\n", "x") == \
+        "ssh: connect to host x port 22: Connection refused"
