@@ -356,6 +356,8 @@ def test_accepted_request_execs_the_agents_zfs(tmp_path: Path,
         raise SystemExit(0)
 
     monkeypatch.setattr(os, "execvp", fake_exec)
+    # the interlock's listing, without asking this machine's ZFS: FS1 is there, not taken over
+    monkeypatch.setattr(agent, "inspect", lambda zfs_argv, args: {FS1: "-"})
     with pytest.raises(SystemExit):
         agent.serve(f"zfs destroy '{FS1}@{NAMING.format(4)}'".encode(), POLICY,
                     agent.AgentLog("svc", str(tmp_path / "log")))
