@@ -26,6 +26,19 @@ ROUNDS = int(os.environ.get("ZFSREPL_FAULTS_ROUNDS") or 2)
 
 
 PLAYED = [k for k in KINDS if not k.skip]  # a kind not played yet is no test at all
+# Variants the full campaign plays but the test command leaves out, by backend: on
+# zfs-fuse a link cut longer than the keep-alive leaves the send going on inside the
+# daemon for minutes, holding the snapshots busy (RELIABILITY.md); such a round takes
+# minutes where the others take seconds.
+LONG_ROUNDS = {"fuse": {("link", "long")}}
+
+
+def short_variant(kind: Kind, index: int, backend: str) -> str:
+    """The `index`th variant of the short campaign: every variant in turn but the long
+    ones of this backend."""
+    long = LONG_ROUNDS.get(backend, set())
+    variants = [v for v in kind.variants if (kind.name, v) not in long]
+    return variants[index % len(variants)]
 
 
 @pytest.mark.parametrize("kind", PLAYED, ids=[f"{k.number}-{k.name}" for k in PLAYED])
@@ -39,7 +52,7 @@ def test_fault_kind_recovers(lab: Lab, kind: Kind, campaign_seed: str, tmp_path:
     failed = []
     for i in range(ROUNDS):
         seed = round_seed(campaign_seed, kind.name, i)
-        variant = kind.variant(i, known_bugs=False)
+        variant = short_variant(kind, i, lab.backend)
         outcome = play_round(lab, kind, variant, seed, tmp_path / f"round-{i}")
         print(outcome.describe())
         if not outcome.ok:
