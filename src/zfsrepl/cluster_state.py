@@ -20,7 +20,7 @@ right still goes into maintenance, with a warning that the state will not move.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from zfsrepl import state
@@ -122,41 +122,38 @@ def read(svc: Service, zfs: Zfs | None = None) -> Maintenance | None:
     return combine(_values(zfs or source_zfs(svc), svc))
 
 
+def _failures(zfs: Zfs, calls: list[tuple[str, list[str]]]) -> Iterator[tuple[str, str]]:
+    """Run each (filesystem, zfs argv); (filesystem, why) for each that failed."""
+    for fs, argv in calls:
+        try:
+            result = zfs.host.run(argv, check=False)
+        except ZfsreplError as exc:
+            yield fs, str(exc)
+            continue
+        if result.returncode != 0:
+            yield fs, first_line(result.stderr) or f"exit status {result.returncode}"
+
+
 def mark(svc: Service, since: float, reason: str, zfs: Zfs | None = None) -> None:
     """Record the maintenance on every source filesystem (one `zfs set` each: the ZFS
     of the Solaris 10 era sets one dataset per call)."""
     zfs = zfs or source_zfs(svc)
     setting = f"{property_name(svc.name)}={encode(since, reason)}"
-    for pair in svc.filesystems:
-        try:
-            result = zfs.host.run(zfs.argv("set", setting, pair.source), check=False)
-        except ZfsreplError as exc:
-            why = str(exc)
-        else:
-            if result.returncode == 0:
-                continue
-            why = first_line(result.stderr) or f"exit status {result.returncode}"
+    calls = [(p.source, zfs.argv("set", setting, p.source)) for p in svc.filesystems]
+    for fs, why in _failures(zfs, calls):
         logger.warning("cannot record the maintenance of %s in ZFS on %s: %s; a cluster "
                        "node that takes the pool over will not see it (the source user "
-                       "needs the userprop right)", svc.name, pair.source, why)
+                       "needs the userprop right)", svc.name, fs, why)
 
 
 def clear(svc: Service, zfs: Zfs | None = None) -> None:
     """Remove the property where it is set (`zfs inherit` removes a user property)."""
     zfs = zfs or source_zfs(svc)
-    for fs in _values(zfs, svc):
-        try:
-            result = zfs.host.run(zfs.argv("inherit", property_name(svc.name), fs),
-                                  check=False)
-        except ZfsreplError as exc:
-            why = str(exc)
-        else:
-            if result.returncode == 0:
-                continue
-            why = first_line(result.stderr) or f"exit status {result.returncode}"
+    name = property_name(svc.name)
+    calls = [(fs, zfs.argv("inherit", name, fs)) for fs in _values(zfs, svc)]
+    for fs, why in _failures(zfs, calls):
         logger.warning("cannot remove the maintenance of %s from ZFS on %s: %s; remove it "
-                       "with: zfs inherit %s %s", svc.name, fs, why, property_name(svc.name),
-                       fs)
+                       "with: zfs inherit %s %s", svc.name, fs, why, name, fs)
 
 
 def adopt(svc: Service, store: StateStore, st: ServiceState, now: float,
