@@ -536,10 +536,11 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
         finally:
             # Interrupted (signal, exception, a stall): leave no part of the pipeline
             # running.
-            # Every one started, even one whose start was cut; the receiving end first,
-            # so that the sender's writes fail and it ends on its own (a zfs send run
-            # through sudo is not ours to kill: only sudo is).
-            for proc in reversed(procs):
+            # Every one started, even one whose start was cut; the sender first, while
+            # its stream still flows: a zfs send run through sudo ends by the SIGTERM
+            # sudo relays, and on zfs-fuse one whose readers are gone first may hang
+            # where no signal of ours reaches it.
+            for proc in procs:
                 stop_process(proc)
             if feeder is not None:
                 feeder.join()  # its pipes' other ends are gone: it is done
