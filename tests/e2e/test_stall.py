@@ -97,9 +97,11 @@ def stopping(word: str) -> Iterator[tuple[Callable[[Pipeline], None], Callable[[
 
 
 @pytest.fixture
-def stalled_setup(lab: Lab, area: Area, repl: ZfsreplCli) -> tuple[str, str]:
+def stalled_setup(lab: Lab, area: Area, repl: ZfsreplCli) -> Iterator[tuple[str, str]]:
     """A filesystem replicated once, then ~18 MiB more data to send at 1 MiB/s: an
-    incremental that lasts long enough to stall in the middle."""
+    incremental that lasts long enough to stall in the middle. Afterwards, a stream
+    process of this area that zfs-fuse kept going after its stop (a sender run through
+    sudo, stopped and continued) is ended by pid, so that no later test finds it."""
     if "local-processes" not in lab.features:
         pytest.skip("the test signals the hosts' processes on this machine")
     src, dst = f"{area.src}/fs", f"{area.dst}/fs"
@@ -110,7 +112,12 @@ def stalled_setup(lab: Lab, area: Area, repl: ZfsreplCli) -> tuple[str, str]:
     write_tree(lab.src.mountpoint(src), seed=2, n_files=24, size=1 << 20)
     repl.write_service(filesystems=[(src, dst)], retries=2, retry_delay=5,
                        bandwidth_limit="1M", stall_timeout=STALL)
-    return src, dst
+    yield src, dst
+    left = list(pipeline_processes(src, dst))
+    signal_all(left, signal.SIGCONT)
+    signal_all(left, signal.SIGKILL)
+    wait_for("this test's stream processes to end",
+             lambda: not pipeline_processes(src, dst), timeout=60)
 
 
 def stall_and_recover(lab: Lab, repl: ZfsreplCli, tmp_path: Path, src: str, dst: str,
