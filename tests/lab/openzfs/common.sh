@@ -54,6 +54,20 @@ ssh_opts() {
     echo "-i $(image_dir)/id_ed25519 -p $(vm_port) -o StrictHostKeyChecking=no" \
         "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=10"
 }
+mounted() {  # PATH: something is mounted at PATH (also a dead FUSE mount, which mountpoint(1) misses)
+    awk -v p="$1" '$5 == p { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
+# unmount_dead_sshfs: an sshfs that was killed (or a machine image saved while the lab was
+# up) leaves LABDIR/mnt mounted but dead ("transport endpoint is not connected"), which
+# breaks every later use of the path, even `install -d`
+unmount_dead_sshfs() {
+    mounted "$LABDIR/mnt" || return 0
+    [ -s "$STATE/sshfs" ] && pid_is "$(cat "$STATE/sshfs")" sshfs "$LABDIR/mnt" && return 0
+    log "unmounting $LABDIR/mnt, left by an sshfs that is gone"
+    umount -l "$LABDIR/mnt" || die "cannot unmount $LABDIR/mnt"
+}
+
 qemu_pid() {  # the lab's qemu, if it runs
     local p
     p=$(cat "$STATE/qemu" 2>/dev/null) && pid_is "$p" qemu-system-x86_64 "$LABDIR/" && echo "$p"

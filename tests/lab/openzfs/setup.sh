@@ -43,7 +43,7 @@ sync_code() {
 check_lab() {
     [ -e "$LABDIR/lab.env" ] || { echo "no $LABDIR/lab.env"; return 1; }
     [ -n "$(qemu_pid)" ] || { echo "the VM is not running"; return 1; }
-    mountpoint -q "$LABDIR/mnt" || { echo "$LABDIR/mnt is not mounted"; return 1; }
+    mountpoint -q "$LABDIR/mnt" || { echo "$LABDIR/mnt is not mounted (or its sshfs is gone)"; return 1; }
     vm_ssh "test -e $LABDIR/lab.env" >/dev/null 2>&1 9>&- || { echo "the VM does not answer"; return 1; }
 }
 
@@ -61,6 +61,7 @@ fi
 [ $# -eq 0 ] || die "usage: setup.sh [--check | --sync-code]"
 
 lab_lock
+unmount_dead_sshfs
 install -d -m 0755 "$LABDIR" "$RUN" "$LABDIR/mnt" "$LABDIR/log"
 install -d -m 0700 "$STATE"
 
@@ -84,7 +85,7 @@ IMG=$(bash "$HERE/build.sh" 9>&- | tail -n 1) || die "image build failed"
 # ------------------------------------------------------------------ VM
 if [ -z "$(qemu_pid)" ]; then
     # a VM that is gone leaves nothing worth keeping: start from a fresh overlay
-    if mountpoint -q "$LABDIR/mnt"; then umount -l "$LABDIR/mnt"; fi
+    if mounted "$LABDIR/mnt"; then umount -l "$LABDIR/mnt"; fi
     rm -f "$STATE/qemu" "$STATE/master" "$STATE/sshfs" "$LABDIR/root.qcow2" "$CTL"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     echo "$port" > "$RUN/port"

@@ -9,10 +9,11 @@ HERE=$(dirname "$(readlink -f "$0")")
 . "$HERE/common.sh"
 
 lab_lock
+unmount_dead_sshfs
 [ -d "$STATE" ] || { log "nothing to undo in $LABDIR"; rm -f "$LOCK"; exit 0; }
 rc=0
 
-if mountpoint -q "$LABDIR/mnt"; then
+if mounted "$LABDIR/mnt"; then
     fusermount3 -u "$LABDIR/mnt" 2>/dev/null || fusermount -u "$LABDIR/mnt" 2>/dev/null ||
         umount -l "$LABDIR/mnt" || rc=1
 fi
