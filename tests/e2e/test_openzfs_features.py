@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 
 import pytest
 
@@ -23,6 +22,7 @@ from lab import (
     ZfsreplCli,
     snapshot_checksums,
     tree_checksums,
+    wait_for,
     write_tree,
 )
 
@@ -67,6 +67,14 @@ def text(proc: subprocess.CompletedProcess[bytes]) -> str:
     return proc.stdout.decode() + proc.stderr.decode()
 
 
+def received_bytes(lab: Lab, fs: str) -> int:
+    """What the `zfs receive` into `fs` has read from its stream so far (0 if none runs)."""
+    script = (f"for p in $(pgrep -f 'zfs receive .*{fs}$'); do "
+              "sed -n 's/^rchar: //p' /proc/$p/io; done")
+    out = lab.dst.root(["sh", "-c", script], check=False).stdout.decode().split()
+    return max((int(n) for n in out if n.isdigit()), default=0)
+
+
 def make_fs(lab: Lab, fs: str, seed: int, *opts: str) -> dict[str, str]:
     lab.src.zfs("create", *opts, fs)
     mnt = lab.src.mountpoint(fs)
@@ -89,7 +97,8 @@ def test_a_cut_transfer_resumes_where_it_stopped(lab: Lab, area: Area,
     for raw in proc.stderr:
         if b"starting full send" in raw:
             break
-    time.sleep(3)
+    # cut it once the receiver has read 1 MiB of the ~3 MiB: by bytes, not by time
+    wait_for("the receive to read 1 MiB", lambda: received_bytes(lab, dst) >= 1 << 20)
     proc.terminate()
     proc.communicate(timeout=60)
     token = prop(lab.dst, dst, "receive_resume_token")
