@@ -34,36 +34,16 @@ E2E_DIR = Path(__file__).resolve().parent
 if str(E2E_DIR.parent) not in sys.path:
     sys.path.insert(0, str(E2E_DIR.parent))
 
-from lab import BACKENDS, Area, Lab, ZfsreplCli, claim_area, lab_session  # noqa: E402
-
-
-def backend() -> str:
-    return os.environ.get("ZFSREPL_LAB_BACKEND") or "fuse"
+from lab import Area, Lab, ZfsreplCli, claim_area, lab_session  # noqa: E402
+from lab.collect import add_backends_marker, select_by_backend  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "backends(*names): lab backends the test runs on (default: fuse only)"
-    )
+    add_backends_marker(config)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    selected: list[pytest.Item] = []
-    deselected: list[pytest.Item] = []
-    for item in items:
-        if E2E_DIR not in item.path.resolve().parents:
-            selected.append(item)
-            continue
-        item.add_marker(pytest.mark.e2e)
-        marker = item.get_closest_marker("backends")
-        names = marker.args if marker else ("fuse",)
-        unknown = set(names) - set(BACKENDS)
-        if unknown:
-            raise pytest.UsageError(f"{item.nodeid}: unknown lab backends {sorted(unknown)}")
-        (selected if backend() in names else deselected).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = selected
+    select_by_backend(config, items, E2E_DIR, [pytest.mark.e2e])
 
 
 @pytest.fixture(scope="session")

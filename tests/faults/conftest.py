@@ -18,37 +18,17 @@ FAULTS_DIR = Path(__file__).resolve().parent
 if str(FAULTS_DIR.parent) not in sys.path:
     sys.path.insert(0, str(FAULTS_DIR.parent))
 
-from lab import BACKENDS, Lab, lab_session  # noqa: E402
-
-
-def backend() -> str:
-    return os.environ.get("ZFSREPL_LAB_BACKEND") or "fuse"
+from lab import Lab, lab_session  # noqa: E402
+from lab.collect import add_backends_marker, select_by_backend  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "backends(*names): lab backends the test runs on (default: fuse only)")
+    add_backends_marker(config)
     config.addinivalue_line("markers", "faults: a round of the fault campaign")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    selected: list[pytest.Item] = []
-    deselected: list[pytest.Item] = []
-    for item in items:
-        if FAULTS_DIR not in item.path.resolve().parents:
-            selected.append(item)
-            continue
-        item.add_marker(pytest.mark.e2e)
-        item.add_marker(pytest.mark.faults)
-        marker = item.get_closest_marker("backends")
-        names = marker.args if marker else ("fuse",)
-        unknown = set(names) - set(BACKENDS)
-        if unknown:
-            raise pytest.UsageError(f"{item.nodeid}: unknown lab backends {sorted(unknown)}")
-        (selected if backend() in names else deselected).append(item)
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = selected
+    select_by_backend(config, items, FAULTS_DIR, [pytest.mark.e2e, pytest.mark.faults])
 
 
 @pytest.fixture(scope="session")
