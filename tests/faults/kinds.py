@@ -353,8 +353,20 @@ def _play_state(r: Round, variant: str) -> None:
         "deleted": f"rm -rf {folder}",
         "unreadable": f"chmod 000 {state}",
         "folder-unwritable": f"chmod 0555 {folder}",
+        # a small tmpfs over the folder, holding a copy of its files, then filled up
+        "folder-full": (
+            f'd={folder}; t=$(mktemp -d); cp -a "$d"/. "$t"/ && '
+            'mount -t tmpfs -o "size=256k,uid=$(stat -c %u "$d"),gid=$(stat -c %g "$d"),'
+            'mode=$(stat -c %a "$d")" zfsrepl-fault-full "$d" && cp -a "$t"/. "$d"/; '
+            'rm -rf "$t"; dd if=/dev/zero of="$d/.fill" bs=4096 2>/dev/null; true'),
     }
-    undo = {"unreadable": f"chmod 0644 {state}", "folder-unwritable": f"chmod 0755 {folder}"}
+    undo = {"unreadable": f"chmod 0644 {state}", "folder-unwritable": f"chmod 0755 {folder}",
+            "folder-full": f"rm -f {folder}/.fill"}
+    if variant == "folder-full":
+        # before the round's files go; the tmpfs must not outlive the round
+        r.cleanups.append(lambda: r.lab.src.root(
+            ["sh", "-c", f"if mountpoint -q {folder}; then umount {folder} || "
+                         f"umount -l {folder}; fi"], check=False))
 
     garbage = r.rng.randbytes(300)
 
@@ -467,7 +479,8 @@ KINDS: tuple[Kind, ...] = (
     Kind(8, "hostkey", "the destination's host key changed / unknown", ("changed", "unknown"),
          _play_hostkey),
     Kind(9, "state", "the state folder spoiled",
-         ("truncated", "garbage", "deleted", "unreadable", "folder-unwritable"), _play_state),
+         ("truncated", "garbage", "deleted", "unreadable", "folder-unwritable", "folder-full"),
+         _play_state),
     Kind(10, "clock", "the wall clock stepped an hour back / forward between cycles",
          ("back", "forward"), _play_clock, unplayable=_no_faketime),
 )

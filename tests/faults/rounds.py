@@ -192,6 +192,8 @@ class Round:
         self.settings: dict[str, Any] = {"keep": 2, "retries": 2, "retry_delay": 1,
                                          "interval": 3600}
         self.runs: list[Running] = []
+        # what a fault set up that must go before the round's files
+        self.cleanups: list[Callable[[], object]] = []
         self.expected: dict[str, dict[str, str]] = {}
         self.stream_bytes = 0
         self.patterns = [f"{area.src}/", f"{area.dst}/", f"{self.repl.base}/"]
@@ -512,6 +514,8 @@ class Round:
                     self.kill(pid, "KILL")
                 run.proc.kill()
                 run.proc.wait()
+        for undo in self.cleanups:
+            undo()
         self.repl.destroy()
         # zfs-fuse finishes a cut transfer in its daemon, where no process shows it, and
         # keeps its snapshots busy meanwhile: give it time before the area goes.
