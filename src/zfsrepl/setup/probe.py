@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from zfsrepl.zfswrap import WRAPPER_PATH
+
 # System locations first: a wrapper named zfs earlier on PATH must not end up in a
 # sudo rule.
 _ZFS_PATHS = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs", "/usr/bin/zfs")
@@ -30,8 +32,9 @@ class ZfsProbe:
     @property
     def zfs_command(self) -> str:
         """The definition's zfs_command for this host."""
-        path = self.zfs_path or "zfs"
-        return path if self.allow else f"sudo -n {path}"
+        if not self.allow:
+            return f"sudo -n {WRAPPER_PATH}"
+        return self.zfs_path or "zfs"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
