@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -14,9 +15,11 @@ import pytest
 
 from zfsrepl import agent, cluster_state, config, diagnosis, failover, streamcheck, zfs, zfswrap
 from zfsrepl.config import Endpoint, FilesystemPair, Service
+from zfsrepl.errors import UsageError
 from zfsrepl.host import Result
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.plan import Send
+from zfsrepl.setup import apply, rootscript
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.zfswrap import Refused, Rule, Run, decide
 
@@ -421,3 +424,38 @@ def test_the_wrapper_is_a_valid_zfs_command() -> None:
     # zfs_command holds it like any zfs path (the loader's safety rule is unchanged)
     assert config._ZFS_COMMAND_RE.fullmatch(f"sudo -n {zfswrap.WRAPPER_PATH}")
     assert shlex.split(SVC.source.zfs_command) == PREFIX
+
+
+# ---------------------------------------------------------------------------- the root script
+
+PLACES = apply.Places(Path("/etc/zfsrepl"), Path("/var/log/zfsrepl"), Path("/var/lib/zfsrepl"))
+
+
+def test_the_root_script_writes_a_sudo_rule_for_the_wrapper_alone() -> None:
+    svc = apply.normalized(SVC, PLACES.config_dir)
+    src = rootscript.render(apply.root_step(svc, "source", PLACES))
+    dst_step = apply.root_step(svc, "destination", PLACES)
+    dst = rootscript.render(dst_step)
+    for text, user in ((src, "src"), (dst, "dst")):
+        assert f"'{user} ALL=(root) NOPASSWD: {zfswrap.WRAPPER_PATH}'" in text
+        assert "NOPASSWD: /usr/sbin/zfs" not in text
+        for name in zfswrap.MODULES:  # the wrapper's own copy, root's
+            assert f"{zfswrap.LIB_DIR}/zfsrepl/{name}" in text
+    # the rule: exactly the service's filesystems of that side
+    rule = zfswrap.parse_rule(dst_step.sudo_rule or "", "rule")
+    assert isinstance(rule, Rule)
+    assert rule.filesystems == {FS1, FS2} and rule.side == "destination"
+    assert rule.naming == svc.naming
+    # received set-uid programs and devices do not count where root mounts a replica
+    for parent in dst_step.datasets:
+        assert f'"$zfs" set setuid=off {shlex.quote(parent)}' in dst
+        assert f'"$zfs" set devices=off {shlex.quote(parent)}' in dst
+    assert "setuid=off" not in src
+
+
+def test_a_sudo_rule_for_zfs_itself_is_refused() -> None:
+    svc = apply.normalized(SVC, PLACES.config_dir)
+    bare = Endpoint("srchost", "src", zfs_command="sudo -n /usr/sbin/zfs")
+    step = apply.root_step(dataclasses.replace(svc, source=bare), "source", PLACES)
+    with pytest.raises(UsageError, match="root's power over every dataset"):
+        rootscript.render(step)

@@ -235,6 +235,13 @@ def _wrapper_lines(step: RootStep) -> list[str]:
                   MODULE_END,
                   'chmod 0644 "$tmp"',
                   f'mv -f "$tmp" {q(f"{lib}/{name}")}']
+    if step.side == "destination":
+        # The user may receive any one filesystem's stream into its replicas, and root
+        # mounts them (at boot; through the wrapper): set-uid programs and device nodes
+        # in them must not count. The replicas inherit this (streams carry no properties).
+        for ds in step.datasets:
+            lines.append(f"echo {q(f'Setting setuid=off and devices=off on {ds}')}")
+            lines += [f'"$zfs" set {prop}=off {q(ds)}' for prop in ("setuid", "devices")]
     launcher_py = ("import sys; sys.path.insert(0, sys.argv[1]); from zfsrepl import zfswrap; "
                    "sys.stdout.write(zfswrap.launcher(sys.argv[2], sys.argv[3]))")
     rule = f"{step.user} ALL=(root) NOPASSWD: {zfswrap.WRAPPER_PATH}"
