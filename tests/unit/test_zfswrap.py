@@ -459,3 +459,22 @@ def test_a_sudo_rule_for_zfs_itself_is_refused() -> None:
     step = apply.root_step(dataclasses.replace(svc, source=bare), "source", PLACES)
     with pytest.raises(UsageError, match="root's power over every dataset"):
         rootscript.render(step)
+
+
+def test_setup_waits_for_the_wrapper_of_its_own_version(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zfswrap, "LIB_DIR", str(tmp_path / "lib"))
+    monkeypatch.setattr(zfswrap, "RULES_DIR", str(tmp_path / "rules"))
+    step = apply.root_step(apply.normalized(SVC, PLACES.config_dir), "destination", PLACES)
+    found = rootscript._wrapper_problems(step)
+    assert len(found) == 2 and "rule" in found[0] and "zfs wrapper in" in found[1]
+    lib = tmp_path / "lib" / "zfsrepl"
+    lib.mkdir(parents=True)
+    for name, text in rootscript.wrapper_modules().items():
+        (lib / name).write_text(text)
+    Path(step.rule_file).parent.mkdir(parents=True)
+    Path(step.rule_file).write_text(step.sudo_rule or "")
+    assert rootscript._wrapper_problems(step) == []
+    (lib / "agent.py").write_text("# an older version\n")
+    assert rootscript._wrapper_problems(step) == [
+        f"the zfs wrapper in {lib} is missing or not this setup's version"]
