@@ -467,8 +467,10 @@ def invoking_user() -> str | None:
     """Who ran sudo: its SUDO_UID (which sudo sets itself), None for root itself."""
     if os.geteuid() != 0:
         return ""  # not through sudo: no rights to give
-    uid = os.environ.get("SUDO_UID", "0")
-    if not uid.isdigit() or int(uid) == 0:
+    uid = os.environ.get("SUDO_UID", "0" if os.getuid() == 0 else "")
+    if not (uid.isascii() and uid.isdigit()):
+        return ""  # sudo always sets it: something else started this
+    if int(uid) == 0:
         return None
     try:
         return pwd.getpwuid(int(uid)).pw_name

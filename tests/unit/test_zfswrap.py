@@ -410,6 +410,8 @@ def test_without_sudo_nothing_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert zfswrap.invoking_user() is None  # root through sudo: root's own rights
     monkeypatch.setenv("SUDO_UID", "65534")
     assert zfswrap.invoking_user() == "nobody"
+    monkeypatch.setenv("SUDO_UID", "x")
+    assert zfswrap.invoking_user() == ""
 
 
 def test_the_launcher_runs_isolated_from_the_installed_copy() -> None:
