@@ -323,7 +323,8 @@ def _stream(kind: int) -> bytes:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the wrapper runs as root")
 
 
-def _wrapper(tmp_path: Path, usage: str = OPENZFS) -> tuple[list[str], Path]:
+def _wrapper(tmp_path: Path, usage: str = OPENZFS,
+             python: str = sys.executable) -> tuple[list[str], Path]:
     """The installed copy (only zfswrap.MODULES, isolated Python), a fake zfs, rules."""
     lib = tmp_path / "lib" / "zfsrepl"
     lib.mkdir(parents=True)
@@ -341,7 +342,7 @@ def _wrapper(tmp_path: Path, usage: str = OPENZFS) -> tuple[list[str], Path]:
             "from zfsrepl import zfswrap; "
             f"sys.exit(zfswrap.main(sys.argv[1:], {str(fake)!r}, "
             f"{str(tmp_path / 'rules')!r}))")
-    return [sys.executable, "-I", "-c", code], bin_dir
+    return [python, "-I", "-c", code], bin_dir
 
 
 def _run(argv: list[str], args: list[str],
@@ -373,11 +374,18 @@ def test_an_allowed_form_runs_the_real_zfs_with_a_clean_environment(tmp_path: Pa
     assert env["PATH"] == zfswrap.ENVIRONMENT["PATH"]
 
 
+PY39 = Path("/root/.pyenv/versions/3.9.18/bin/python")
+PYTHONS = [sys.executable,
+           pytest.param(str(PY39), id="python 3.9", marks=pytest.mark.skipif(
+               not PY39.exists(), reason="no Python 3.9 here"))]
+
+
 @needs_root
+@pytest.mark.parametrize("python", PYTHONS)
 @pytest.mark.parametrize("usage", [OPENZFS, "usage: zfs command args ...\n"])
 def test_a_receive_reads_the_stream_first_and_excludes_what_reaches_root(
-        tmp_path: Path, usage: str) -> None:
-    argv, bin_dir = _wrapper(tmp_path, usage)
+        tmp_path: Path, usage: str, python: str) -> None:
+    argv, bin_dir = _wrapper(tmp_path, usage, python)
     stream = _stream(streamcheck.SUBSTREAM)
     out = _run(argv, ["receive", "-u", FS1], stream)
     assert out.returncode == 0, out.stderr
