@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,7 +189,9 @@ def cleaned_up(case: SetupCase) -> Iterator[None]:
     lab = case.lab
     sudoers = [(h, f"/etc/sudoers.d/zfsrepl-{h.user}") for h in lab.hosts]
     wrapper = [(h, d) for h in lab.hosts for d in (zfswrap.INSTALL_DIR, zfswrap.RULES_DIR)]
-    had = [(h, p) for h, p in [*sudoers, *wrapper]
+    # the root script makes the wrapper's parent folder where it is missing
+    parent = [(h, os.path.dirname(zfswrap.INSTALL_DIR)) for h in lab.hosts]
+    had = [(h, p) for h, p in [*sudoers, *wrapper, *parent]
            if h.root(["test", "-e", p], check=False).returncode == 0]
     try:
         yield
@@ -199,6 +202,9 @@ def cleaned_up(case: SetupCase) -> Iterator[None]:
         for host, path in wrapper:
             if (host, path) not in had:
                 host.root(["rm", "-rf", path])
+        for host, path in parent:
+            if (host, path) not in had:
+                host.root(["rmdir", "--ignore-fail-on-non-empty", path], check=False)
         lab.dst.run(["python3", "-c", _REMOVE_LINE, case.marker])
         lab.src.run(["rm", "-f", home_file(lab.src, f"zfsrepl-root.{case.name}.source.sh")])
         lab.dst.run(["rm", "-f",
