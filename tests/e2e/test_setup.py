@@ -202,6 +202,10 @@ def test_wizard_sets_up_a_service_that_replicates_through_the_agent(case: SetupC
         for host in lab.hosts:
             rule = host.root(["cat", f"/etc/sudoers.d/zfsrepl-{host.user}"]).stdout.decode()
             assert rule == f"{host.user} ALL=(root) NOPASSWD: {zfswrap.WRAPPER_PATH}\n"
+        # set-uid programs and devices received into a replica do not count
+        for _, dst in case.pairs:
+            for prop in ("setuid", "devices"):
+                assert lab.dst.zfs("get", "-H", "-o", "value", prop, dst).strip() == "off"
 
     # replaying the response file changes nothing, twice
     state = installed_state(case)
