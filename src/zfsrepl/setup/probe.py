@@ -15,8 +15,6 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from zfsrepl.zfswrap import WRAPPER_PATH
-
 # System locations first: a wrapper named zfs earlier on PATH must not end up in a
 # sudo rule.
 _ZFS_PATHS = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs", "/usr/bin/zfs")
@@ -33,6 +31,8 @@ class ZfsProbe:
     def zfs_command(self) -> str:
         """The definition's zfs_command for this host."""
         if not self.allow:
+            from zfsrepl.zfswrap import WRAPPER_PATH  # not at import: the probe stays light
+
             return f"sudo -n {WRAPPER_PATH}"
         return self.zfs_path or "zfs"
 
