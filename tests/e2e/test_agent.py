@@ -24,11 +24,12 @@ from test_setup_support import (
     cleaned_up,
     listing,
     replay,
+    setup_zfs_command,
     without_other_services,
 )
 
-from lab import Lab, ZfsreplCli, claim_area
-from zfsrepl import agent
+from lab import Lab, LabHost, ZfsreplCli, claim_area
+from zfsrepl import agent, zfswrap
 from zfsrepl.naming import SnapshotNaming
 
 # zfs-fuse only: the agent decides before any zfs runs, the same whatever ZFS is below;
@@ -84,7 +85,7 @@ def installed(lab: Lab) -> Iterator[Installed]:
 
 def _install(case: SetupCase) -> Installed:
     lab, area = case.lab, case.area
-    zfs = lab.zfs_command
+    zfs = setup_zfs_command(lab)
     lines = [f'name = "{case.name}"', "keep = 3",
              "[source]", f'host = "{lab.src.address}"', f'user = "{lab.src.user}"',
              f'zfs_command = "{zfs}"',
@@ -266,7 +267,63 @@ def test_fuzz(installed: Installed) -> None:
     policy = agent.Policy(installed.case.name, frozenset(d for _, d in installed.case.pairs),
                           SnapshotNaming(installed.lab.src.user, installed.lab.dst.user,
                                          installed.lab.dst.address),
-                          tuple(installed.lab.zfs_command.split()))
+                          tuple(setup_zfs_command(installed.lab).split()))
     before = installed.state()
     check()
     assert installed.state() == before
+
+
+# ---------------------------------------------------------------------------- zfs wrapper
+
+
+def wrapper_refuses(host: LabHost, *args: str) -> str:
+    """Run the wrapper through sudo as the host's user; it must refuse: its line."""
+    proc = host.run(["sudo", "-n", zfswrap.WRAPPER_PATH, *args], input=b"", check=False)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == zfswrap.EXIT_REFUSED, (args, proc.returncode, err)
+    assert err.startswith("zfsrepl zfs wrapper: refused: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_through_sudo_the_users_reach_only_their_services_filesystems(
+        installed: Installed) -> None:
+    """Where zfs rights come from sudo (zfs-fuse), setup's sudo rule names the wrapper;
+    the service replicated through it (the fixture's runonce), and no property that
+    reaches root, no dataset beside the service's, no form zfsrepl never runs passes."""
+    lab = installed.lab
+    if "sudo" not in lab.features:
+        pytest.skip("this lab gives zfs rights by delegation")
+    assert f"running: sudo -n {zfswrap.WRAPPER_PATH} receive" in agent_log(installed.case)
+    own_src = installed.case.pairs[1][0]
+    before = installed.state()
+    mountpoints = [lab.src.zfs("get", "-H", "-o", "value", "mountpoint", own_src),
+                   lab.dst.zfs("get", "-H", "-o", "value", "mountpoint", installed.own)]
+    says = wrapper_refuses(lab.dst, "set", "mountpoint=/etc", installed.own)
+    assert "mountpoint=/etc" in says
+    wrapper_refuses(lab.src, "set", "mountpoint=/etc", own_src)
+    wrapper_refuses(lab.dst, "set", "sharenfs=on", installed.own)
+    wrapper_refuses(lab.dst, "set", "readonly=off", installed.other_fs)  # beside its own
+    own_name = installed.own_snapshot.split("@", 1)[1]
+    wrapper_refuses(lab.dst, "destroy", f"{installed.other_fs}@{own_name}")
+    wrapper_refuses(lab.dst, "create", f"{installed.own}/x")
+    wrapper_refuses(lab.dst, "destroy", "-r", installed.own)
+    wrapper_refuses(lab.dst, "receive", "-u", f"{installed.other_fs}/x")
+    wrapper_refuses(lab.src, "receive", "-u", "-F", own_src)  # a source only sends
+    wrapper_refuses(lab.src, "snapshot", f"{lab.src.pool}@zfsrepl-x")
+    wrapper_refuses(lab.src, "send", f"{installed.other_fs}@x")
+    wrapper_refuses(lab.dst, "list", "-H", "-o", "name", "-r", lab.dst.pool)
+    wrapper_refuses(lab.dst, "mount", f"{installed.own};sh")
+    # a stream with properties (send -p) never reaches zfs receive
+    snap = installed.own_snapshot.replace(installed.case.pairs[1][1], own_src)
+    stream = lab.src.root(["/usr/sbin/zfs", "send", "-p", snap]).stdout
+    proc = lab.dst.run(["sudo", "-n", zfswrap.WRAPPER_PATH, "receive", "-u", installed.own],
+                       input=stream, check=False)
+    assert proc.returncode == zfswrap.EXIT_REFUSED, proc.stderr
+    assert b"replication stream" in proc.stderr
+    # nothing changed; the service's own forms still pass
+    assert installed.state() == before
+    assert [lab.src.zfs("get", "-H", "-o", "value", "mountpoint", own_src),
+            lab.dst.zfs("get", "-H", "-o", "value", "mountpoint", installed.own)] == mountpoints
+    ok = lab.dst.run(["sudo", "-n", zfswrap.WRAPPER_PATH, "list", "-H", "-o", "name",
+                      installed.own])
+    assert ok.stdout.decode().strip() == installed.own

@@ -3,13 +3,15 @@
 Setup runs as the source host's user in a pseudo-terminal (pexpect), the way an
 administrator runs it; the root scripts it asks for are run as root on their host.
 Everything a test adds outside its area is removed again: its authorized_keys line,
-the scripts in the users' homes, the sudo rules it created.
+the scripts in the users' homes, the sudo rules it created, the zfs wrapper's rules
+(and the wrapper itself where the test installed it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Iterator
 import pexpect
 
 from lab import Area, Lab, LabHost, ZfsreplCli
+from zfsrepl import zfswrap
 
 PASSWORD = "zr-Setup-pw-7"
 TIMEOUT = 90
@@ -38,6 +41,14 @@ if kept != lines:
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 """
+
+
+def setup_zfs_command(lab: Lab) -> str:
+    """The zfs_command setup writes for this lab's users: where rights come from sudo,
+    the zfs wrapper it installs (a sudo rule for zfs itself it refuses to write)."""
+    if "sudo" in lab.features:
+        return f"sudo -n {zfswrap.WRAPPER_PATH}"
+    return lab.zfs_command
 
 
 @dataclass(frozen=True)
@@ -177,10 +188,23 @@ def cleaned_up(case: SetupCase) -> Iterator[None]:
     """Remove after the test what setup adds outside the test's area."""
     lab = case.lab
     sudoers = [(h, f"/etc/sudoers.d/zfsrepl-{h.user}") for h in lab.hosts]
-    had = [(h, p) for h, p in sudoers if h.root(["test", "-e", p], check=False).returncode == 0]
+    wrapper = [(h, d) for h in lab.hosts for d in (zfswrap.INSTALL_DIR, zfswrap.RULES_DIR)]
+    # the root script makes the wrapper's parent folder where it is missing
+    parent = [(h, os.path.dirname(zfswrap.INSTALL_DIR)) for h in lab.hosts]
+    had = [(h, p) for h, p in [*sudoers, *wrapper, *parent]
+           if h.root(["test", "-e", p], check=False).returncode == 0]
     try:
         yield
     finally:
+        for host, side in ((lab.src, "source"), (lab.dst, "destination")):
+            host.root(["rm", "-f",
+                       f"{zfswrap.RULES_DIR}/{host.user}/{case.name}.{side}.json"])
+        for host, path in wrapper:
+            if (host, path) not in had:
+                host.root(["rm", "-rf", path])
+        for host, path in parent:
+            if (host, path) not in had:
+                host.root(["rmdir", "--ignore-fail-on-non-empty", path], check=False)
         lab.dst.run(["python3", "-c", _REMOVE_LINE, case.marker])
         lab.src.run(["rm", "-f", home_file(lab.src, f"zfsrepl-root.{case.name}.source.sh")])
         lab.dst.run(["rm", "-f",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator, TypeVar
 
 import pytest
-from test_setup_support import SetupCase, agent_log, cleaned_up, replay
+from test_setup_support import SetupCase, agent_log, cleaned_up, replay, setup_zfs_command
 
 from lab import (
     Area,
@@ -227,7 +227,7 @@ def installed(lab: Lab) -> Iterator[Installed]:
         case = SetupCase(lab, area, repl, name=f"wire-{area.name}")
         try:
             with cleaned_up(case):
-                zfs = lab.zfs_command
+                zfs = setup_zfs_command(lab)
                 lines = [f'name = "{case.name}"', "keep = 2", 'wire_compression = "zstd"',
                          'buffer = "16M"', 'bandwidth_limit = "256K"',
                          "[source]", f'host = "{lab.src.address}"',

@@ -20,11 +20,12 @@ from zfsrepl.setup import apply, authorized_keys, keys, rootscript
 from zfsrepl.setup.files import write_if_changed
 from zfsrepl.setup.probe import ZfsProbe, allow_works
 from zfsrepl.setup.wizard import Wizard
+from zfsrepl.zfswrap import WRAPPER_PATH as WRAPPER
 
 SVC = Service(
     name="testrepl",
-    source=Endpoint("srchost", "src", zfs_command="sudo -n /usr/sbin/zfs"),
-    destination=Endpoint("198.51.100.12", "dst", zfs_command="sudo -n /usr/sbin/zfs"),
+    source=Endpoint("srchost", "src", zfs_command=f"sudo -n {WRAPPER}"),
+    destination=Endpoint("198.51.100.12", "dst", zfs_command=f"sudo -n {WRAPPER}"),
     filesystems=(FilesystemPair("zfsrepl_src/a", "zfsrepl_dst/x/a"),
                  FilesystemPair("zfsrepl_src/b 2", "zfsrepl_dst/y/b 2")),
     interval=60, retries=5, keep_source=3, keep_destination=3,
@@ -70,7 +71,7 @@ def test_forced_command_round_trips_into_the_agents_policy() -> None:
     policy = agent.policy_from_args(agent.build_parser().parse_args(words[2:]))
     assert policy.filesystems == {"zfsrepl_dst/x/a", "zfsrepl_dst/y/b 2"}
     assert policy.naming == svc.naming
-    assert policy.zfs_argv == ("sudo", "-n", "/usr/sbin/zfs")
+    assert policy.zfs_argv == ("sudo", "-n", "/usr/local/libexec/zfsrepl/zfs")
 
 
 # ---------------------------------------------------------------------------- root scripts
@@ -91,7 +92,7 @@ def test_definitions_for_each_side() -> None:
         "/srv/dst-etc/services/testrepl.toml"
     assert dst.datasets == ("zfsrepl_dst/x", "zfsrepl_dst/y")
     assert dst.agent_log == "/var/log/zfsrepl/agent.testrepl.log"
-    assert (src.rights, src.zfs_path) == ("sudo", "/usr/sbin/zfs")
+    assert (src.rights, src.zfs_path) == ("sudo", "/usr/local/libexec/zfsrepl/zfs")
 
 
 def _toml(text: str) -> dict[str, object]:
@@ -100,7 +101,7 @@ def _toml(text: str) -> dict[str, object]:
     return tomllib.loads(text)
 
 
-@pytest.mark.parametrize("zfs_command", ["sudo -n /usr/sbin/zfs", "/sbin/zfs"])
+@pytest.mark.parametrize("zfs_command", ["sudo -n /usr/local/libexec/zfsrepl/zfs", "/sbin/zfs"])
 def test_root_script_is_valid_shell(zfs_command: str, tmp_path: Path) -> None:
     svc = apply.normalized(SVC, PLACES.config_dir)
     svc = Service(**{**svc.__dict__, "destination": Endpoint(
@@ -113,7 +114,8 @@ def test_root_script_is_valid_shell(zfs_command: str, tmp_path: Path) -> None:
     assert text.startswith("#!/bin/sh\n")
     assert apply.root_step(svc, "destination", PLACES).definition_text in text
     if zfs_command.startswith("sudo"):
-        assert "dst ALL=(root) NOPASSWD: /usr/sbin/zfs" in text
+        assert "dst ALL=(root) NOPASSWD: /usr/local/libexec/zfsrepl/zfs'" in text
+        assert "NOPASSWD: /usr/sbin/zfs" not in text
         assert "visudo -cqf" in text
         assert "zfs allow -u" not in text
     else:
@@ -173,7 +175,7 @@ def test_rights_of() -> None:
 def test_allow_detection(output: str, rc: int, works: bool) -> None:
     assert allow_works(output, rc) is works
     probe = ZfsProbe("/usr/sbin/zfs", works, "/home/x")
-    assert probe.zfs_command == ("/usr/sbin/zfs" if works else "sudo -n /usr/sbin/zfs")
+    assert probe.zfs_command == ("/usr/sbin/zfs" if works else f"sudo -n {WRAPPER}")
 
 
 def test_write_if_changed(tmp_path: Path) -> None:
@@ -219,7 +221,7 @@ class FakeDestination:
         return ZfsProbe("/usr/sbin/zfs", False, "/home/dst")
 
     def parent_state(self, zfs_argv: list[str], parent: str) -> str | None:
-        assert zfs_argv == ["sudo", "-n", "/usr/sbin/zfs"]
+        assert zfs_argv == ["sudo", "-n", "/usr/local/libexec/zfsrepl/zfs"]
         return None if parent in self.parents else "missing"
 
     def close(self) -> None:
@@ -287,7 +289,7 @@ def test_wizard_refuses_bad_answers_and_asks_again(tmp_path: Path) -> None:
         ("zfsrepl_src/a", "zfsrepl_dst/r/a"), ("zfsrepl_src/b", "zfsrepl_dst/r/b")]
     assert svc.destination.identity == str(tmp_path / "etc" / "keys" / svc.source.user /
                                            "testrepl")
-    assert svc.source.zfs_command == svc.destination.zfs_command == "sudo -n /usr/sbin/zfs"
+    assert svc.source.zfs_command == svc.destination.zfs_command == f"sudo -n {WRAPPER}"
     refusals = [s for s in console.said if s.startswith("Refused:")]
     assert len(refusals) == 15, refusals
     assert any("zfsrepl_dst/nothere does not exist" in s for s in refusals)

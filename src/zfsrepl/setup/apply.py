@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from zfsrepl import __version__, config
+from zfsrepl import __version__, config, zfswrap
 from zfsrepl.config import Service
 from zfsrepl.cycle import dry_run
 from zfsrepl.errors import ZfsreplError
@@ -93,11 +93,20 @@ def root_step(svc: Service, side: str, places: Places) -> RootStep:
         service_log = str(places.log_dir / f"{svc.name}.log")
     cfg = places.config_dir if side == "source" else \
         places.destination_config_dir or places.config_dir
+    sudo_rule = digest = None
+    if rights == "sudo":
+        # the wrapper's rule: the service's own filesystems on this side, exactly
+        own = frozenset(p.source if side == "source" else p.destination
+                        for p in svc.filesystems)
+        sudo_rule = zfswrap.Rule(service=svc.name, side=side, filesystems=own,
+                                 naming=svc.naming).to_json()
+        digest = rootscript.wrapper_digest(rootscript.wrapper_modules())
     return RootStep(side=side, host=ep.host, user=ep.user, service=svc.name,
                     config_dir=str(cfg), definition_file=file,
                     definition_text=text, rights=rights, zfs_path=zfs_path,
                     datasets=datasets, permissions=perms, agent_log=log,
-                    state_folder=state, service_log=service_log)
+                    state_folder=state, service_log=service_log,
+                    sudo_rule=sudo_rule, wrapper_digest=digest)
 
 
 def wait_for_root(console: Console, where: str, script: str,

@@ -30,8 +30,11 @@ class ZfsProbe:
     @property
     def zfs_command(self) -> str:
         """The definition's zfs_command for this host."""
-        path = self.zfs_path or "zfs"
-        return path if self.allow else f"sudo -n {path}"
+        if not self.allow:
+            from zfsrepl.zfswrap import WRAPPER_PATH  # not at import: the probe stays light
+
+            return f"sudo -n {WRAPPER_PATH}"
+        return self.zfs_path or "zfs"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,13 +4,15 @@ The script creates the key folder, installs the definition (on the destination i
 copy marked role = "destination", for failback), the files the service's user writes
 (on the source its state folder and log file, on the destination the agent's log
 file), and grants the service's user exactly the ZFS rights it needs:
-`zfs allow` where the platform has it, otherwise a sudo rule limited to the zfs
-binary. `problems()` checks each of those effects as the user on that host, so
+`zfs allow` where the platform has it, otherwise the zfs wrapper (zfswrap: the argument
+forms zfsrepl runs, on the service's filesystems) and a sudo rule for that wrapper
+alone. `problems()` checks each of those effects as the user on that host, so
 setup waits until the script has been run, and skips the step when it already was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -20,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from zfsrepl import zfswrap
 from zfsrepl.errors import UsageError
 
 # What a cycle does on each side, and nothing more: the source snapshots, sends,
@@ -32,7 +35,13 @@ SOURCE_PERMISSIONS = ("send", "snapshot", "bookmark", "destroy", "mount", "hold"
 DESTINATION_PERMISSIONS = ("create", "mount", "receive", "readonly", "destroy", "rollback",
                            "hold", "release", "userprop")
 HEREDOC_END = "ZFSREPL_DEFINITION_END"
+MODULE_END = "ZFSREPL_MODULE_END"
 SUDOERS_DIR = "/etc/sudoers.d"
+# Where the root script looks for the real zfs and for the system's Python (for the
+# wrapper), system locations only: never a PATH a user could have changed.
+ZFS_PATHS = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs", "/usr/bin/zfs")
+PYTHON_PATHS = ("/usr/bin/python3", "/usr/local/bin/python3", "/opt/local/bin/python3",
+                "/opt/csw/bin/python3")
 
 
 def rights_of(zfs_command: str) -> tuple[str, str]:
@@ -59,6 +68,10 @@ class RootStep:
     agent_log: str | None = None  # destination: the agent's log file
     state_folder: str | None = None  # source: the service's state (locks, last error)
     service_log: str | None = None  # source: the service's log file
+    # rights "sudo": what the zfs wrapper lets the user do (zfswrap.Rule.to_json), and
+    # the digest of the wrapper's modules the script installs (wrapper_digest)
+    sudo_rule: str | None = None
+    wrapper_digest: str | None = None
 
     @property
     def key_dir(self) -> str:
@@ -71,6 +84,10 @@ class RootStep:
     @property
     def script_name(self) -> str:
         return f"zfsrepl-root.{self.service}.{self.side}.sh"
+
+    @property
+    def rule_file(self) -> str:
+        return f"{zfswrap.RULES_DIR}/{self.user}/{self.service}.{self.side}.json"
 
     @property
     def sudoers_file(self) -> str:
@@ -145,17 +162,7 @@ def render(step: RootStep) -> str:
                       f"{q(log)}",
                       f'chown -h "$user:$group" {q(log)}', f"chmod 0640 {q(log)}"]
     if step.rights == "sudo":
-        rule = f"{step.user} ALL=(root) NOPASSWD: {step.zfs_path}"
-        says = f"Allowing {step.user} to run {step.zfs_path} through sudo (no zfs allow here)"
-        lines += [
-            f"echo {q(says)}",
-            f"tmp=$(mktemp {q(SUDOERS_DIR + '/.zfsrepl.XXXXXX')})",
-            f"printf '%s\\n' {q(rule)} > \"$tmp\"",
-            'chmod 0440 "$tmp"',
-            'if ! visudo -cqf "$tmp"; then rm -f "$tmp"; '
-            'echo "visudo rejects the sudo rule" >&2; exit 1; fi',
-            f'mv -f "$tmp" {q(step.sudoers_file)}',
-        ]
+        lines += _wrapper_lines(step)
     else:
         perms = ",".join(step.permissions)
         for ds in step.datasets:
@@ -165,6 +172,100 @@ def render(step: RootStep) -> str:
             ]
     lines.append(f"echo {q(f'Done: the root steps of {step.service} on {step.host}.')}")
     return "\n".join(lines) + "\n"
+
+
+def wrapper_modules() -> dict[str, str]:
+    """The wrapper's modules (zfswrap.MODULES) as this zfsrepl has them."""
+    here = Path(zfswrap.__file__).parent
+    return {name: (here / name).read_text(encoding="utf-8") for name in zfswrap.MODULES}
+
+
+def wrapper_digest(modules: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        digest.update(f"{name}\0{len(modules[name])}\0".encode())
+        digest.update(modules[name].encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _wrapper_lines(step: RootStep) -> list[str]:
+    """Install the zfs wrapper, the service's rule for it, and the sudo rule that lets
+    the user run the wrapper (and only it) as root."""
+    q = shlex.quote
+    if step.zfs_path != zfswrap.WRAPPER_PATH or step.sudo_rule is None:
+        raise UsageError(f"zfs_command runs {step.zfs_path} through sudo, which would give "
+                         f"{step.user} root's power over every dataset; set it to "
+                         f'"sudo -n {zfswrap.WRAPPER_PATH}" (the wrapper this setup installs)')
+    modules = wrapper_modules()
+    if any(line == MODULE_END for text in modules.values() for line in text.splitlines()):
+        raise UsageError(f"a module of the wrapper holds a line {MODULE_END!r}")
+    lib = f"{zfswrap.LIB_DIR}/zfsrepl"
+    rules = f"{zfswrap.RULES_DIR}/{step.user}"
+    says = (f"Installing the zfs wrapper {zfswrap.WRAPPER_PATH}: no zfs allow here, so "
+            f"{step.user} runs zfs through sudo and this wrapper, on the service's "
+            "filesystems only")
+    lines = [
+        f"echo {q(says)}",
+        "zfs=",
+        f"for z in {' '.join(map(q, ZFS_PATHS))}; do",
+        '    if [ -x "$z" ]; then zfs=$z; break; fi',
+        "done",
+        f'[ -n "$zfs" ] || {{ echo "no zfs in {" ".join(ZFS_PATHS)}" >&2; exit 1; }}',
+        "python=",
+        f"for p in {' '.join(map(q, PYTHON_PATHS))}; do",
+        '    if [ -x "$p" ]; then python=$p; break; fi',
+        "done",
+        f'[ -n "$python" ] || {{ echo "no python3 in {" ".join(PYTHON_PATHS)} for the '
+        'zfs wrapper" >&2; exit 1; }',
+    ]
+    # Each folder on the way only root can change: nobody can swap what sudo runs.
+    chain = [zfswrap.INSTALL_DIR, zfswrap.LIB_DIR, lib]
+    parents: list[str] = []
+    folder = os.path.dirname(zfswrap.INSTALL_DIR)
+    while folder not in ("/", ""):
+        parents.insert(0, folder)
+        folder = os.path.dirname(folder)
+    rule_chain = [zfswrap.RULES_DIR, rules]
+    for d in [*parents, *chain, *rule_chain]:
+        lines += [f"[ -d {q(d)} ] || install -d -m 0755 {q(d)}", f"root_folder {q(d)}"]
+    for name in sorted(modules):
+        lines += [f"tmp=$(mktemp {q(f'{lib}/.{name}.XXXXXX')})",
+                  f"cat > \"$tmp\" <<'{MODULE_END}'",
+                  *modules[name].rstrip("\n").split("\n"),
+                  MODULE_END,
+                  'chmod 0644 "$tmp"',
+                  f'mv -f "$tmp" {q(f"{lib}/{name}")}']
+    if step.side == "destination":
+        # The user may receive any one filesystem's stream into its replicas, and root
+        # mounts them (at boot; through the wrapper): set-uid programs and device nodes
+        # in them must not count. The replicas inherit this (streams carry no properties).
+        for ds in step.datasets:
+            lines.append(f"echo {q(f'Setting setuid=off and devices=off on {ds}')}")
+            lines += [f'"$zfs" set {prop}=off {q(ds)}' for prop in ("setuid", "devices")]
+    launcher_py = ("import sys; sys.path.insert(0, sys.argv[1]); from zfsrepl import zfswrap; "
+                   "sys.stdout.write(zfswrap.launcher(sys.argv[2], sys.argv[3]))")
+    rule = f"{step.user} ALL=(root) NOPASSWD: {zfswrap.WRAPPER_PATH}"
+    lines += [
+        f"tmp=$(mktemp {q(zfswrap.INSTALL_DIR + '/.zfs.XXXXXX')})",
+        f'"$python" -I -c {q(launcher_py)} {q(zfswrap.LIB_DIR)} "$python" "$zfs" > "$tmp"',
+        'chmod 0755 "$tmp"',
+        f'mv -f "$tmp" {q(zfswrap.WRAPPER_PATH)}',
+        f"echo {q(f'Writing what {step.user} may do through it: {step.rule_file}')}",
+        f"tmp=$(mktemp {q(f'{rules}/.{step.service}.XXXXXX')})",
+        f"cat > \"$tmp\" <<'{HEREDOC_END}'",
+        *step.sudo_rule.rstrip("\n").split("\n"),
+        HEREDOC_END,
+        'chmod 0644 "$tmp"',
+        f'mv -f "$tmp" {q(step.rule_file)}',
+        f"echo {q(f'Allowing {step.user} to run {zfswrap.WRAPPER_PATH} through sudo')}",
+        f"tmp=$(mktemp {q(SUDOERS_DIR + '/.zfsrepl.XXXXXX')})",
+        f"printf '%s\\n' {q(rule)} > \"$tmp\"",
+        'chmod 0440 "$tmp"',
+        'if ! visudo -cqf "$tmp"; then rm -f "$tmp"; '
+        'echo "visudo rejects the sudo rule" >&2; exit 1; fi',
+        f'mv -f "$tmp" {q(step.sudoers_file)}',
+    ]
+    return lines
 
 
 # Root runs this script: one that a user could change between root reading and running
@@ -248,6 +349,27 @@ def _allowed(zfs_path: str, dataset: str, user: str) -> set[str] | str:
     return found
 
 
+def _wrapper_problems(step: RootStep) -> list[str]:
+    """What is missing of the wrapper's installation and of the service's rule for it."""
+    found = []
+    try:
+        rule = Path(step.rule_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        rule = None
+    if step.sudo_rule is not None and rule != step.sudo_rule:
+        found.append(f"the zfs wrapper's rule {step.rule_file} is missing or differs")
+    lib = Path(zfswrap.LIB_DIR) / "zfsrepl"
+    try:
+        installed = {name: (lib / name).read_text(encoding="utf-8")
+                     for name in zfswrap.MODULES}
+    except (OSError, UnicodeDecodeError):
+        installed = {}
+    if step.wrapper_digest is not None and (
+            not installed or wrapper_digest(installed) != step.wrapper_digest):
+        found.append(f"the zfs wrapper in {lib} is missing or not this setup's version")
+    return found
+
+
 def problems(step: RootStep) -> list[str]:
     """What the root script has not done (yet), checked as the user; empty when done."""
     found = []
@@ -272,6 +394,7 @@ def problems(step: RootStep) -> list[str]:
         elif proc.returncode != 0:
             found.append(f"{step.user} may not run {step.zfs_path} through sudo without a "
                          "password")
+        found += _wrapper_problems(step)
     else:
         for ds in step.datasets:
             allowed = _allowed(step.zfs_path, ds, step.user)
