@@ -35,6 +35,7 @@ QUICK = {
     "memory": ["--cycles", "10"],
     "recursive": ["--counts", "1,3", "--rounds", "2"],
     "peers": ["--counts", "1,2", "--rounds", "1", "--size-mib", "4"],
+    "rpo": ["--counts", "1,2", "--samples", "5"],
 }
 
 
