@@ -128,7 +128,8 @@ class CyclePlan:
             lines.append(f"parallel: up to {svc.parallel} filesystems sent at once")
         if self.snapshot:
             lines.append(f"snapshot @{self.snapshot} of: "
-                         + ", ".join(fp.pair.source for fp in self.filesystems))
+                         + ", ".join(fp.pair.source for fp in self.filesystems
+                                     if fp.pair.source not in self.skipped))
         for fp in self.filesystems:
             p = fp.plan
             if isinstance(p, (plan.NoCommonSnapshot, plan.Diverged)):

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from zfsrepl import cycle as cycle_mod
 from zfsrepl import unchanged
 from zfsrepl.config import ConfigError, dump_service, parse_service
 from zfsrepl.cycle import replicate
@@ -217,3 +218,25 @@ def test_an_unchanged_filesystem_shows_no_growing_lag() -> None:
                            Newest(seq(1), 10, unchanged_at=5000), now=5010.0)
     assert fs.lag_seconds == 5010.0 - received(SYNCED)[-1].creation
     assert newest_by_destination(NAMING, {DST_FS: received(SYNCED)})[DST_FS].unchanged_at is None
+
+
+def test_dry_run_and_hooks_name_only_the_changed_filesystems(
+        world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    w, src = _world(world, OPENZFS)
+    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    changed = PAIRS[1].source
+    src.written[changed] = 1
+    ran: list[dict[str, str]] = []
+    monkeypatch.setattr(cycle_mod.hooks, "run_hook",
+                        lambda key, path, env, timeout: ran.append(env))
+    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda *args: None)
+    svc = dataclasses.replace(SKIP, pre_snapshot="/pre", post_snapshot="/post")
+    shown = "\n".join(cycle_mod.dry_run(svc, w.src, w.dst).describe())
+    assert f"{PAIRS[0].source} -> {PAIRS[0].destination}: unchanged since @{seq(1)}: " \
+           "no snapshot (skip_unchanged)" in shown
+    assert f"snapshot @{seq(2)} of: {changed}\n" in shown
+    replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    assert [e["ZFSREPL_FILESYSTEMS"] for e in ran] == [changed, changed]
+    ran.clear()
+    replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    assert ran == []  # nothing changed: no snapshot, so no hook
