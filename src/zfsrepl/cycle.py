@@ -61,6 +61,9 @@ _STOP_WAIT = 15.0
 # progress while it runs: it may take stall_timeout, and never less than this (a busy
 # host lists thousands of snapshots, or frees a large one, in tens of seconds).
 MIN_COMMAND_TIMEOUT = 60
+# The source hosts this process already said has no `written` for skip_unchanged: said
+# once for the life of `zfsrepl run`, though a failed attempt has every host probed again.
+_SAID_NO_WRITTEN: set[str] = set()
 
 T = TypeVar("T")
 
@@ -369,10 +372,10 @@ class Cycle:
             naming, bookmarks=marks, tokens=tokens)]
         if not candidates:
             return frozenset()
-        known = self.src.lacks_written()
-        written = None if known else self.src.written(sorted(candidates))
+        written = self.src.written(sorted(candidates))
         if written is None:
-            if not known:
+            if self.src.label not in _SAID_NO_WRITTEN:
+                _SAID_NO_WRITTEN.add(self.src.label)
                 logger.warning("skip_unchanged has no effect: ZFS on %s has no 'written' "
                                "property (pool version 23, zfs-fuse); every filesystem gets "
                                "its snapshot each cycle", self.src.label)

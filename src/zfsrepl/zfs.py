@@ -240,7 +240,7 @@ class Zfs:
                 st.bookmarks.sort(key=lambda s: (s.createtxg, s.creation))
         return out
 
-    def lacks_written(self) -> bool:
+    def _lacks_written(self) -> bool:
         """Whether this host's ZFS is known to have no `written` property (found out by
         an earlier `written()`, in this object or the cache), without asking it."""
         if self._no_written:
@@ -251,7 +251,7 @@ class Zfs:
         """Bytes written to each filesystem since its newest snapshot, in one call (None
         for a filesystem it gives no number for); None where this ZFS has no `written`
         property at all (pool version 23, zfs-fuse)."""
-        if self.lacks_written():
+        if self._lacks_written():
             return None
         if not filesystems:
             return {}

@@ -178,17 +178,22 @@ def test_without_skip_unchanged_every_filesystem_gets_its_snapshot(
 
 
 def test_without_written_the_key_has_no_effect_and_says_so_once(
-        world: MakeWorld, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        world: MakeWorld, caplog: pytest.LogCaptureFixture,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
     w, _ = _world(world, FUSE, has_written=False)
+    monkeypatch.setattr(cycle_mod, "_SAID_NO_WRITTEN", set())
     caplog.set_level(logging.INFO, logger="zfsrepl")
     for n in (1, 2, 3):
         replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
         assert all(_names(w.dst, p.destination)[-1] == seq(n) for p in PAIRS)
+    # asked once; the answer is kept with the host's other probes
+    assert sum("written" in c for c in w.src.calls) == 1
+    w.cache.clear()  # as after a failed attempt: asked again, but not said again
+    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    assert sum("written" in c for c in w.src.calls) == 2
     said = [r for r in caplog.records if "skip_unchanged has no effect" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "WARNING"
     assert "has no 'written' property" in said[0].getMessage()
-    # asked once; the answer is kept with the host's other probes
-    assert sum("written" in c for c in w.src.calls) == 1
 
 
 def test_a_failed_attempt_asks_for_written_again() -> None:
