@@ -367,9 +367,10 @@ class Cycle:
         tokens = {p.destination: st.resume_token for p in pairs
                   if (st := dst_states[p.destination]) is not None}
         naming = self.service.naming
-        candidates = [src for src in unchanged.skipped(
-            dict.fromkeys(srcs, 0), srcs, dsts, [(p.source, p.destination) for p in pairs],
-            naming, bookmarks=marks, tokens=tokens)]
+        both = [(p.source, p.destination) for p in pairs]
+        # those that would be skipped if nothing was written: only they are asked about
+        candidates = unchanged.skipped(dict.fromkeys(srcs, 0), srcs, dsts, both, naming,
+                                       bookmarks=marks, tokens=tokens)
         if not candidates:
             return frozenset()
         written = self.src.written(sorted(candidates))
@@ -380,9 +381,8 @@ class Cycle:
                                "property (pool version 23, zfs-fuse); every filesystem gets "
                                "its snapshot each cycle", self.src.label)
             return frozenset()
-        skip = unchanged.skipped(written, srcs, dsts,
-                                 [(p.source, p.destination) for p in pairs], naming,
-                                 bookmarks=marks, tokens=tokens)
+        skip = unchanged.skipped(written, srcs, dsts, both, naming, bookmarks=marks,
+                                 tokens=tokens)
         if skip:
             logger.info("skip_unchanged: %d of %d filesystem(s) unchanged since their last "
                         "snapshot: no snapshot, send or destroy for them this cycle",
