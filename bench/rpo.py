@@ -124,7 +124,10 @@ def measure(lab: Lab, repl: bl.ZfsreplCli, src: str, dst: str, n: int,
                        retry_delay=1)
     load = bl.load()
     with tempfile.TemporaryFile(dir="/var/tmp") as err:
-        proc = repl.host.popen(repl.argv("run", name), stderr=err.fileno())
+        log_dir = repl.base / "log"  # file logging on, as in production
+        repl.host.run(["mkdir", "-p", str(log_dir)])
+        proc = repl.host.popen(repl.argv("run", name, "--log-dir", str(log_dir)),
+                               stderr=err.fileno())
         try:
             while cycles_done(err) < 3:
                 if proc.poll() is not None:
