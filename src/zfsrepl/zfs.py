@@ -148,9 +148,10 @@ class Zfs:
 
     def forget_capabilities(self) -> None:
         """Probe again at the next `capabilities()` and `tools()` (and drop the cached
-        probes)."""
+        probes), and whether it has `written`."""
         self._caps = None
         self._tools = None
+        self._no_written = False
         if self._cache is not None:
             self._cache.forget(self._cache_key())
 

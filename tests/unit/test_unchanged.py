@@ -16,7 +16,7 @@ from zfsrepl.metrics import ServiceSample, render
 from zfsrepl.service import newest_by_destination
 from zfsrepl.state import Newest, ServiceState, from_json, to_json
 from zfsrepl.status import filesystem_status
-from zfsrepl.zfs import CapabilityCache
+from zfsrepl.zfs import CapabilityCache, Zfs
 
 from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
 from .test_capabilities import FUSE, OPENZFS
@@ -198,11 +198,14 @@ def test_without_written_the_key_has_no_effect_and_says_so_once(
 
 def test_a_failed_attempt_asks_for_written_again() -> None:
     cache = CapabilityCache()
-    key = ("src@srchost", None, ("zfs",))
-    cache.put_lacking(key, "written")
-    assert cache.lacks(key, "written")
-    cache.clear()
-    assert not cache.lacks(key, "written")
+    host = WrittenZfs("src@srchost", FUSE, [SRC_FS], set(), has_written=False)
+    zfs = Zfs(host, ["zfs"], cache)
+    assert zfs.written([SRC_FS]) is None and zfs.written([SRC_FS]) is None
+    assert len(host.calls) == 1  # known from then on
+    assert Zfs(host, ["zfs"], cache).written([SRC_FS]) is None and len(host.calls) == 1
+    zfs.forget_capabilities()  # what a failed attempt does
+    host.has_written = True
+    assert zfs.written([SRC_FS]) == {SRC_FS: 0} and len(host.calls) == 2
 
 
 # ---------------------------------------------------------------------------- in sync
