@@ -58,7 +58,7 @@ RESULTS_DIR = BENCH / "results"
 RESULTS = BENCH / "RESULTS.md"
 # The order of the sections in RESULTS.md (run_all.py runs them in this order too).
 SECTIONS = ("throughput", "cycle_cost", "snapshots", "catchup", "memory", "recursive",
-            "peers")
+            "peers", "rpo", "skip_unchanged")
 
 # zfsrepl's own cipher choice, as ssh -o options, for the raw pipeline's fair variant.
 ZFSREPL_CIPHER_OPTIONS = " ".join(f"-o {shlex.quote(o)}" for o in SSH_DEFAULT_OPTIONS)

@@ -35,6 +35,8 @@ QUICK = {
     "memory": ["--cycles", "10"],
     "recursive": ["--counts", "1,3", "--rounds", "2"],
     "peers": ["--counts", "1,2", "--rounds", "1", "--size-mib", "4"],
+    "rpo": ["--counts", "1,2", "--samples", "5"],
+    "skip_unchanged": ["--counts", "1,2", "--rounds", "1"],
 }
 
 
@@ -60,8 +62,8 @@ def main() -> int:
     failed: list[str] = []
     try:
         for name in names:
-            # the peers run on the VM lab, which peers.py sets up and removes by itself
-            keep = [] if name == "peers" else ["--keep-lab"]
+            # these run on the VM lab, which they set up and remove by themselves
+            keep = [] if name in ("peers", "skip_unchanged") else ["--keep-lab"]
             argv = [sys.executable, str(bl.BENCH / f"{name}.py"), *keep,
                     *(QUICK[name] if args.quick else [])]
             print(f"=== {name}: {' '.join(argv[1:])}", flush=True)

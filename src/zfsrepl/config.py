@@ -131,6 +131,9 @@ class Service:
     # Seconds a stream may move no byte (or a command of the cycle run) before it is cut
     # as stalled; see transfer.Watchdog and cycle.command_timeout.
     stall_timeout: int = 300
+    # A filesystem with nothing written since its newest snapshot, which the destination
+    # holds, gets no snapshot, send or destroy (unchanged.py); where ZFS has `written`.
+    skip_unchanged: bool = False
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -247,6 +250,7 @@ _TOP_KEYS = {
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
     "bandwidth_limit", "wire_compression", "buffer", "parallel", "stall_timeout",
+    "skip_unchanged",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command", "address"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
@@ -316,6 +320,14 @@ class _Reader:
                 or not math.isfinite(value) or value < minimum:
             self.fail(key, f"{value!r} is not valid", f"a number >= {minimum:g}")
         return float(value)
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        value = self._get(key, required=False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(key, f"{value!r} is not valid", "true or false (without quotes)")
+        return value
 
     def hook(self, key: str) -> str | None:
         value = self.string(key, required=False,
@@ -473,6 +485,7 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     parallel = r.integer("parallel", default=1, minimum=1, maximum=MAX_PARALLEL)
     stall_timeout = r.integer("stall_timeout", default=300, minimum=MIN_STALL_TIMEOUT,
                               maximum=MAX_STALL_TIMEOUT)
+    skip_unchanged = r.boolean("skip_unchanged", default=False)
     role = r.string("role", required=False, pattern=ROLE_RE,
                     expected='"source" or "destination"') or "source"
     metrics_port = r.integer("metrics_port", default=0, minimum=0, maximum=65535) or None
@@ -573,7 +586,8 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         hook_timeout=hook_timeout, retry_delay=retry_delay, role=role,
         metrics_port=metrics_port, metrics_address=metrics_address,
         bandwidth_limit=bandwidth_limit, wire_compression=wire_compression, buffer=buffer,
-        parallel=parallel, stall_timeout=stall_timeout, path=path,
+        parallel=parallel, stall_timeout=stall_timeout, skip_unchanged=skip_unchanged,
+        path=path,
     )
 
 
@@ -648,6 +662,8 @@ def dump_service(svc: Service) -> str:
         lines.append(f"parallel = {svc.parallel}")
     if svc.stall_timeout != 300:
         lines.append(f"stall_timeout = {svc.stall_timeout}")
+    if svc.skip_unchanged:
+        lines.append("skip_unchanged = true")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:

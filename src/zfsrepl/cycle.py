@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ContextManager, TypeVar
 
-from zfsrepl import diagnosis, hooks, plan, retention
+from zfsrepl import diagnosis, hooks, plan, retention, unchanged
 from zfsrepl.capabilities import Capabilities, compress_argv, format_buffer_size
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
@@ -49,7 +49,7 @@ from zfsrepl.transfer import (
     choose_wire,
     pipe,
 )
-from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs, unresumable
+from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, FsState, Zfs, unresumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
 # another cut stream only if something else cut it meanwhile).
@@ -61,6 +61,9 @@ _STOP_WAIT = 15.0
 # progress while it runs: it may take stall_timeout, and never less than this (a busy
 # host lists thousands of snapshots, or frees a large one, in tens of seconds).
 MIN_COMMAND_TIMEOUT = 60
+# The source hosts this process already said has no `written` for skip_unchanged: said
+# once for the life of `zfsrepl run`, though a failed attempt has every host probed again.
+_SAID_NO_WRITTEN: set[str] = set()
 
 T = TypeVar("T")
 
@@ -102,6 +105,10 @@ class CyclePlan:
     snapshot: str | None  # the snapshot this cycle takes, None when it takes none
     filesystems: list[FilesystemPlan]
     wire: Wire | None = None  # how streams cross the network (None: not asked for)
+    # skip_unchanged: source filesystems left alone this cycle, and when they were found
+    # unchanged (the destination held all their data then)
+    skipped: frozenset[str] = frozenset()
+    unchanged_at: int | None = None
 
     def conflicts(self) -> list[str]:
         """Why filesystems cannot be replicated as their chains stand, one line each."""
@@ -124,11 +131,14 @@ class CyclePlan:
             lines.append(f"parallel: up to {svc.parallel} filesystems sent at once")
         if self.snapshot:
             lines.append(f"snapshot @{self.snapshot} of: "
-                         + ", ".join(fp.pair.source for fp in self.filesystems))
+                         + ", ".join(fp.pair.source for fp in self.filesystems
+                                     if fp.pair.source not in self.skipped))
         for fp in self.filesystems:
             p = fp.plan
             if isinstance(p, (plan.NoCommonSnapshot, plan.Diverged)):
                 what = "CONFLICT: " + p.explain(fp.pair.source, fp.pair.destination)
+            elif isinstance(p, plan.UpToDate) and fp.pair.source in self.skipped:
+                what = f"unchanged since @{p.common}: no snapshot (skip_unchanged)"
             elif isinstance(p, plan.UpToDate):
                 what = f"up to date at @{p.common}"
             elif isinstance(p, plan.NothingToSend):
@@ -309,8 +319,13 @@ class Cycle:
                 f" create it there (zfs create -p {absent[0]}) or correct [[filesystem]]"
                 " destination in the definition")
 
+        skip: frozenset[str] = frozenset()
+        unchanged_at = None
+        if take_snapshot and svc.skip_unchanged:
+            unchanged_at = int(time.time())
+            skip = self._unchanged(pairs, src_states, dst_states)
         snapshot = None
-        if take_snapshot:
+        if take_snapshot and len(skip) < len(pairs):
             seq = plan.next_sequence(
                 svc.naming, *(s for s in src_lists.values() if s),
                 *(s for s in dst_lists.values() if s))
@@ -323,7 +338,7 @@ class Cycle:
             src_state, dst_state = src_states[pair.source], dst_states[pair.destination]
             src = src_lists[pair.source] or []
             marks = tuple(src_state.bookmarks) if src_state else ()
-            if snapshot:
+            if snapshot and pair.source not in skip:
                 src = _with_new_snapshot(src, pair.source, snapshot, marks)
             dst = dst_lists[pair.destination]
             token = dst_state.resume_token if dst_state else None
@@ -336,7 +351,43 @@ class Cycle:
                 held_destination=frozenset(held_dst.get(pair.destination, ())))
             _prune(fp, svc, sent_ok=True)
             fps.append(fp)
-        return CyclePlan(svc, snapshot, fps, self.wire() if wire_configured(svc) else None)
+        return CyclePlan(svc, snapshot, fps, self.wire() if wire_configured(svc) else None,
+                         skip, unchanged_at if skip else None)
+
+    def _unchanged(self, pairs: list[FilesystemPair], src_states: dict[str, FsState | None],
+                   dst_states: dict[str, FsState | None]) -> frozenset[str]:
+        """skip_unchanged: the source filesystems with nothing written since their
+        newest snapshot, which the destination holds (unchanged.py). One `zfs get written`
+        for those that could be, after the listing: a snapshot of another's taken in
+        between makes the next cycle's listing see it, and that cycle sends."""
+        srcs = {fs: st.snapshots if st else None for fs, st in src_states.items()}
+        dsts = {fs: st.snapshots if st else None for fs, st in dst_states.items()}
+        marks = {p.source: tuple(st.bookmarks) for p in pairs
+                 if (st := src_states[p.source]) is not None}
+        tokens = {p.destination: st.resume_token for p in pairs
+                  if (st := dst_states[p.destination]) is not None}
+        naming = self.service.naming
+        both = [(p.source, p.destination) for p in pairs]
+        # those that would be skipped if nothing was written: only they are asked about
+        candidates = unchanged.skipped(dict.fromkeys(srcs, 0), srcs, dsts, both, naming,
+                                       bookmarks=marks, tokens=tokens)
+        if not candidates:
+            return frozenset()
+        written = self.src.written(sorted(candidates))
+        if written is None:
+            if self.src.label not in _SAID_NO_WRITTEN:
+                _SAID_NO_WRITTEN.add(self.src.label)
+                logger.warning("skip_unchanged has no effect: ZFS on %s has no 'written' "
+                               "property (pool version 23, zfs-fuse); every filesystem gets "
+                               "its snapshot each cycle", self.src.label)
+            return frozenset()
+        skip = unchanged.skipped(written, srcs, dsts, both, naming, bookmarks=marks,
+                                 tokens=tokens)
+        if skip:
+            logger.info("skip_unchanged: %d of %d filesystem(s) unchanged since their last "
+                        "snapshot: no snapshot, send or destroy for them this cycle",
+                        len(skip), len(pairs))
+        return skip
 
     def wire(self) -> Wire:
         """How this cycle's streams cross the network: what the definition asks for, as
@@ -393,15 +444,15 @@ class Cycle:
         failed: a database put into backup mode must always be taken out of it."""
         svc = self.service
         assert cp.snapshot is not None
+        sources = [pair.source for pair in svc.filesystems if pair.source not in cp.skipped]
         env = {"ZFSREPL_SERVICE": svc.name, "ZFSREPL_SNAPSHOT": cp.snapshot,
-               "ZFSREPL_FILESYSTEMS": "\n".join(p.source for p in svc.filesystems)}
+               "ZFSREPL_FILESYSTEMS": "\n".join(sources)}
         failure: ZfsreplError | None = None
         try:
             if svc.pre_snapshot:
                 hooks.run_hook("pre_snapshot", svc.pre_snapshot,
                                {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
             taken = int(time.time())
-            sources = [pair.source for pair in svc.filesystems]
             if self.src.capabilities().multi_snapshot:
                 # One call for all: OpenZFS takes them atomically, so the filesystems'
                 # snapshots are of one consistent point in time (or none is taken).

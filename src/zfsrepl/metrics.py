@@ -8,7 +8,8 @@ The lag of a filesystem is the age of the newest snapshot of the service on the
 destination. `zfsrepl_lag_seconds` is that age when the text was made; the
 timestamp it is computed from is exported too, so `time() -
 zfsrepl_replicated_snapshot_timestamp_seconds` gives the live lag from a file
-written at the last cycle.
+written at the last cycle. With `skip_unchanged`, a filesystem that a cycle found
+unchanged since that snapshot is as current as that cycle: both count from then.
 """
 
 from __future__ import annotations
@@ -91,9 +92,12 @@ def render(services: Sequence[ServiceSample], now: float) -> str:
                 "Attempts that failed, retried ones included."),
         _Family("zfsrepl_sent_bytes_total", "counter", "Stream bytes sent to the destination."),
         _Family("zfsrepl_replicated_snapshot_timestamp_seconds", "gauge",
-                "Creation time of the newest snapshot of the service on the destination."),
+                "Creation time of the newest snapshot of the service on the destination "
+                "(with skip_unchanged, the last cycle that found the source unchanged "
+                "since, if later)."),
         _Family("zfsrepl_lag_seconds", "gauge",
-                "Age of the newest snapshot of the service on the destination."),
+                "Age of the newest snapshot of the service on the destination (with "
+                "skip_unchanged, of the last cycle that found the source unchanged since)."),
     )}
     for s in services:
         svc = {"service": s.name}
@@ -113,8 +117,8 @@ def render(services: Sequence[ServiceSample], now: float) -> str:
             if newest is None:
                 continue
             labels = {**svc, "filesystem": source, "destination": destination}
-            fam["zfsrepl_replicated_snapshot_timestamp_seconds"].add(labels, newest.creation)
-            fam["zfsrepl_lag_seconds"].add(labels, max(0.0, now - newest.creation))
+            fam["zfsrepl_replicated_snapshot_timestamp_seconds"].add(labels, newest.current_at)
+            fam["zfsrepl_lag_seconds"].add(labels, max(0.0, now - newest.current_at))
     lines = [line for f in fam.values() for line in f.lines()]
     return "\n".join(lines) + "\n" if lines else ""
 

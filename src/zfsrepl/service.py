@@ -17,6 +17,7 @@ snapshot. Hooks and snapshots are let finish first. SIGHUP re-reads the definiti
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import threading
@@ -197,8 +198,16 @@ def replicate_and_survey(svc: Service, events: CycleEvents, sleep: Sleep, *,
         destination.start()  # the handshake runs while the source is listed
         cp = replicate(svc, source, destination, sleep=sleep, events=events,
                        capabilities=CAPABILITIES)
-    return newest_by_destination(
+    newest = newest_by_destination(
         svc.naming, {fp.pair.destination: destination_after(fp) for fp in cp.filesystems})
+    if cp.unchanged_at is not None:
+        # skip_unchanged: the destination held all of these filesystems' data then
+        for fp in cp.filesystems:
+            found = newest.get(fp.pair.destination)
+            if fp.pair.source in cp.skipped and found is not None:
+                newest[fp.pair.destination] = dataclasses.replace(
+                    found, unchanged_at=cp.unchanged_at)
+    return newest
 
 
 class KeptConnection:

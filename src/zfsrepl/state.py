@@ -83,6 +83,15 @@ class Newest:
 
     snapshot: str
     creation: int  # seconds since the epoch, as ZFS reports it (kept by send/receive)
+    # skip_unchanged: when a cycle last found the source filesystem unchanged since this
+    # snapshot, so the destination held all of its data then (None: not found so).
+    unchanged_at: int | None = None
+
+    @property
+    def current_at(self) -> int:
+        """Up to when the destination is known to hold the source's data: the lag
+        counts from here."""
+        return max(self.creation, self.unchanged_at or 0)
 
 
 @dataclass(frozen=True)
@@ -165,7 +174,8 @@ def to_json(st: ServiceState) -> dict[str, Any]:
         "cycle_failures_total": st.cycle_failures_total,
         "attempt_failures_total": st.attempt_failures_total,
         "sent_bytes_total": st.sent_bytes_total,
-        "newest": {fs: {"snapshot": n.snapshot, "creation": n.creation}
+        "newest": {fs: {"snapshot": n.snapshot, "creation": n.creation,
+                        **({"unchanged_at": n.unchanged_at} if n.unchanged_at else {})}
                    for fs, n in sorted(st.newest.items())},
     }
 
@@ -202,7 +212,9 @@ def from_json(data: Any) -> ServiceState:
         for fs, item in raw_newest.items():
             if isinstance(item, dict) and isinstance(item.get("snapshot"), str) \
                     and _number(item.get("creation")) is not None:
-                newest[str(fs)] = Newest(item["snapshot"], int(item["creation"]))
+                unchanged_at = _number(item.get("unchanged_at"))
+                newest[str(fs)] = Newest(item["snapshot"], int(item["creation"]),
+                                         int(unchanged_at) if unchanged_at else None)
     since = _number(data.get("maintenance_since"))
     return ServiceState(
         maintenance_since=since,

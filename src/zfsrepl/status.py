@@ -111,8 +111,11 @@ def filesystem_status(pair: FilesystemPair, naming: SnapshotNaming,
         return FilesystemStatus(pair.source, pair.destination, newest_source_snapshot=newest_source,
                                 pending=pending)
     top = own_dst[-1]
+    # skip_unchanged: the last cycle found the source unchanged since this very snapshot
+    current = cached.current_at if cached is not None and cached.snapshot == top.name \
+        else top.creation
     return FilesystemStatus(pair.source, pair.destination, top.name, top.creation,
-                            max(0.0, now - top.creation), newest_source, pending)
+                            max(0.0, now - max(current, top.creation)), newest_source, pending)
 
 
 def read_both_sides(svc: Service) -> tuple[dict[str, list[Snapshot] | None] | None,

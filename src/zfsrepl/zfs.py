@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from zfsrepl import capabilities
+from zfsrepl import capabilities, unchanged
 from zfsrepl.capabilities import Capabilities
 from zfsrepl.errors import CommandError
 from zfsrepl.host import Host, Tools, find_tools, first_line, pipeline_command
@@ -28,6 +28,8 @@ _LIST_PROPS = ("guid", "createtxg", "creation", "userrefs", ROLE_PROPERTY)
 RESUME_TOKEN = "receive_resume_token"
 ENCRYPTION = "encryption"
 OPTIONAL_LIST_PROPS = (RESUME_TOKEN, ENCRYPTION)
+# Bytes written since the newest snapshot (skip_unchanged); not on pool version 23.
+WRITTEN = "written"
 _MISSING_RE = re.compile(r"^cannot open '(.+)': dataset does not exist$")
 _BUSY_RETRIES = 20
 # The arguments of one batched hold or release, in bytes: each call stays well under
@@ -63,6 +65,8 @@ class CapabilityCache:
     def __init__(self) -> None:
         self._found: dict[CacheKey, Capabilities] = {}
         self._tools: dict[CacheKey, Tools] = {}
+        # (host, property) this host's ZFS turned out not to have (`written` on pool v23)
+        self._lacking: set[tuple[CacheKey, str]] = set()
 
     def get(self, key: CacheKey) -> Capabilities | None:
         return self._found.get(key)
@@ -73,6 +77,13 @@ class CapabilityCache:
     def forget(self, key: CacheKey) -> None:
         self._found.pop(key, None)
         self._tools.pop(key, None)
+        self._lacking = {k for k in self._lacking if k[0] != key}
+
+    def lacks(self, key: CacheKey, prop: str) -> bool:
+        return (key, prop) in self._lacking
+
+    def put_lacking(self, key: CacheKey, prop: str) -> None:
+        self._lacking.add((key, prop))
 
     def get_tools(self, key: CacheKey) -> Tools | None:
         return self._tools.get(key)
@@ -83,6 +94,7 @@ class CapabilityCache:
     def clear(self) -> None:
         self._found.clear()
         self._tools.clear()
+        self._lacking.clear()
 
     def __len__(self) -> int:
         return len(self._found)
@@ -99,6 +111,7 @@ class Zfs:
         self._caps: Capabilities | None = None
         self._tools: Tools | None = None
         self._cache = cache
+        self._no_written = False
 
     def _cache_key(self) -> CacheKey:
         port = getattr(getattr(self.host, "endpoint", None), "port", None)
@@ -135,9 +148,10 @@ class Zfs:
 
     def forget_capabilities(self) -> None:
         """Probe again at the next `capabilities()` and `tools()` (and drop the cached
-        probes)."""
+        probes), and whether it has `written`."""
         self._caps = None
         self._tools = None
+        self._no_written = False
         if self._cache is not None:
             self._cache.forget(self._cache_key())
 
@@ -226,6 +240,31 @@ class Zfs:
                 st.snapshots.sort(key=lambda s: (s.createtxg, s.creation))
                 st.bookmarks.sort(key=lambda s: (s.createtxg, s.creation))
         return out
+
+    def _lacks_written(self) -> bool:
+        """Whether this host's ZFS is known to have no `written` property (found out by
+        an earlier `written()`, in this object or the cache), without asking it."""
+        if self._no_written:
+            return True
+        return self._cache is not None and self._cache.lacks(self._cache_key(), WRITTEN)
+
+    def written(self, filesystems: list[str]) -> dict[str, int | None] | None:
+        """Bytes written to each filesystem since its newest snapshot, in one call (None
+        for a filesystem it gives no number for); None where this ZFS has no `written`
+        property at all (pool version 23, zfs-fuse)."""
+        if self._lacks_written():
+            return None
+        if not filesystems:
+            return {}
+        result = self.host.run(self.argv("get", "-H", "-p", "-o", "name,value", WRITTEN,
+                                         *filesystems), check=False)
+        if result.returncode != 0 and f"invalid property '{WRITTEN}'" in result.stderr:
+            self._no_written = True
+            if self._cache is not None:
+                self._cache.put_lacking(self._cache_key(), WRITTEN)
+            return None
+        self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
+        return unchanged.parse_written(result.stdout, filesystems)
 
     def existing(self, names: list[str]) -> set[str]:
         """Which of `names` exist, in one call."""
