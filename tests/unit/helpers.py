@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zfsrepl.chain import Receiver, Sender, compare
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot
 
@@ -33,3 +34,9 @@ def received(snaps: list[Snapshot], *, fs: str = DST_FS, first_txg: int = 1000,
 
 def seq(n: int) -> str:
     return NAMING.format(n)
+
+
+def common_snapshot(src: list[Snapshot], dst: list[Snapshot]) -> Snapshot | None:
+    """The newest source snapshot the destination has (by GUID), bookmarks aside."""
+    c = compare(Sender.of(src), Receiver.of(dst), NAMING).common
+    return c.sending if c is not None else None
