@@ -33,7 +33,7 @@ class Sender:
     @classmethod
     def of(cls, snapshots: Sequence[Snapshot],
            bookmarks: Sequence[Snapshot] = ()) -> Sender:
-        return cls(tuple(by_age(snapshots)), tuple(by_age(bookmarks)))
+        return cls(tuple(by_age(list(snapshots))), tuple(by_age(list(bookmarks))))
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Receiver:
 
     @classmethod
     def of(cls, snapshots: Sequence[Snapshot], resume_token: str | None = None) -> Receiver:
-        return cls(tuple(by_age(snapshots)), resume_token or None)
+        return cls(tuple(by_age(list(snapshots))), resume_token or None)
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def _newest_common(src: tuple[Snapshot, ...], marks: tuple[Snapshot, ...],
 
 def newest_own(snapshots: Sequence[Snapshot], naming: SnapshotNaming) -> Snapshot | None:
     """The newest snapshot of this service among `snapshots`."""
-    own = [s for s in by_age(snapshots) if naming.is_ours(s.name)]
+    own = [s for s in by_age(list(snapshots)) if naming.is_ours(s.name)]
     return own[-1] if own else None
 
 
