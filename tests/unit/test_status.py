@@ -47,6 +47,16 @@ def test_lag_is_the_age_of_the_newest_own_snapshot_on_the_destination() -> None:
     assert fs.pending == 1 and not fs.cached
 
 
+def test_pending_counts_from_a_bookmark_as_the_planner_does() -> None:
+    # the destination pruned @1, the source destroyed @2 but kept its bookmark
+    src = [snap("tank/a", 1, 11, 1), snap("tank/a", 3, 13, 3)]
+    dst = [snap("backup/a", 2, 12, 51)]
+    marks = [snap("tank/a", 2, 12, 2)]
+    assert status.filesystem_status(PAIR, NAMING, src, dst, True, None, NOW, marks).pending == 1
+    # without it nothing is shared: everything is pending
+    assert status.filesystem_status(PAIR, NAMING, src, dst, True, None, NOW).pending == 2
+
+
 def test_unreachable_destination_falls_back_to_the_cached_newest() -> None:
     cached = Newest(NAMING.format(5), int(NOW) - 60)
     fs = status.filesystem_status(PAIR, NAMING, None, None, False, cached, NOW)
