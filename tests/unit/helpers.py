@@ -88,6 +88,12 @@ class SimZfs:
     def close(self) -> None:
         pass
 
+    def __enter__(self) -> SimZfs:  # as an SshHost opened with `with`
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
             timeout: float | None = None) -> Result:
         args = argv[1:]

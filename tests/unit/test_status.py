@@ -18,6 +18,9 @@ from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
 
+from .helpers import SimSnap, SimZfs
+from .test_capabilities import OPENZFS
+
 NAMING = SnapshotNaming("src", "dst", "desthost")
 PAIR = FilesystemPair("tank/a", "backup/a")
 NOW = 10_000.0
@@ -55,6 +58,22 @@ def test_pending_counts_from_a_bookmark_as_the_planner_does() -> None:
     assert status.filesystem_status(PAIR, NAMING, src, dst, True, None, NOW, marks).pending == 1
     # without it nothing is shared: everything is pending
     assert status.filesystem_status(PAIR, NAMING, src, dst, True, None, NOW).pending == 2
+
+
+def test_a_live_status_reads_the_source_bookmarks(monkeypatch: pytest.MonkeyPatch) -> None:
+    src = SimZfs("src@srchost", OPENZFS, ["tank/a"], {"tank"})
+    dst = SimZfs("dst@desthost", OPENZFS, ["backup/a"], {"backup"})
+    src.fs["tank/a"] = [SimSnap(NAMING.format(1), 11, 1), SimSnap(NAMING.format(3), 13, 3)]
+    src.marks["tank/a"] = {NAMING.format(2): SimSnap(NAMING.format(2), 12, 2)}
+    dst.fs["backup/a"] = [SimSnap(NAMING.format(2), 12, 51)]
+    monkeypatch.setattr(status, "LocalHost", lambda label: src)
+    monkeypatch.setattr(status, "SshHost", lambda endpoint, **kw: dst)
+    src_states, dst_lists, problems = status.read_both_sides(svc())
+    assert problems == []
+    s = status.build("web", ServiceState(), svc(), None, None, None, src_states, dst_lists,
+                     problems, NOW)
+    (fs,) = s.filesystems
+    assert fs.pending == 1 and fs.newest_snapshot == NAMING.format(2)
 
 
 def test_unreachable_destination_falls_back_to_the_cached_newest() -> None:
