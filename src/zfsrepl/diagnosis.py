@@ -322,8 +322,8 @@ def chain_table(c: Chains, naming: SnapshotNaming) -> list[str]:
     marked. A bookmark of the sending side shows where its snapshot is gone."""
     state = chain_state(c, naming)
     common = state.common if state is not None else None
-    snd_guids = {s.guid for s in c.sending or []}
-    marks = [m for m in c.sending_bookmarks if m.guid not in snd_guids]
+    snapshot_guids = {s.guid for s in c.sending or []}
+    marks = [m for m in c.sending_bookmarks if m.guid not in snapshot_guids]
     snd = by_age([*(c.sending or []), *marks])
     rcv = by_age(c.receiving or [])
     rcv_guids = {s.guid for s in rcv}
