@@ -133,11 +133,6 @@ class ChainState:
         return tuple(s.name for s in self.receiving
                      if s.name in guid_of and guid_of[s.name] != s.guid)
 
-    def after_common(self) -> tuple[Snapshot, ...]:
-        """Every sender snapshot newer than the common point (own and foreign)."""
-        low = self.common.sending.createtxg if self.common is not None else -1
-        return tuple(s for s in self.sending if s.createtxg > low)
-
 
 def compare(sending: Sender, receiving: Receiver | None,
             naming: SnapshotNaming) -> ChainState:

@@ -39,7 +39,6 @@ def test_behind_from_a_common_snapshot() -> None:
     assert s.verdict is Verdict.BEHIND
     assert s.common is not None and not s.common.bookmark and s.common.label == f"@{seq(1)}"
     assert [x.name for x in s.pending] == [seq(2), seq(3)]
-    assert [x.name for x in s.after_common()] == [seq(2), "manual", seq(3)]
     assert s.diverged == () and s.target == src[-1]
 
 
