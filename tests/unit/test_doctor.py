@@ -93,3 +93,17 @@ def test_no_token_is_asked_for_where_zfs_cannot_resume(monkeypatch: pytest.Monke
     assert finding.kind is Kind.SENDER_AHEAD
     gets = [c for c in dst.calls if c and c[0] == "get"]
     assert gets and not any("receive_resume_token" in ",".join(c) for c in gets)
+
+
+def test_a_bookmark_alone_on_the_source_is_still_the_common_point(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every snapshot destroyed on the source, the bookmark of the last replicated one
+    kept: nothing to send yet, and the replica is good."""
+    src, dst = hosts(monkeypatch)
+    src.marks[PAIR.source] = {seq(2): SimSnap(seq(2), 502, 20)}
+    dst.fs[PAIR.destination] = [SimSnap(seq(1), 501, 5), SimSnap(seq(2), 502, 6)]
+    report = examine(tmp_path)
+    assert report.healthy
+    text = "\n".join(report.lines())
+    assert f"newest common snapshot: #{seq(2)} (bookmark)" in text
+    assert "NO COMMON SNAPSHOT" not in text and "zfs rename" not in text
