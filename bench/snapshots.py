@@ -12,7 +12,7 @@ and retention destroys nothing. In the same run, alternating:
 Planning is timed in this process on the listings of the filesystem as it stands:
 `survey` (zfsrepl.cycle.Cycle.survey over canned `zfs get` output: parsing both
 listings, plan, retention decisions on both sides) and the pure part alone
-(`plan_filesystem` + `retention.decide` on each side). The listing calls (zfsrepl's
+(`chain.compare` + `plan_chain` + `retention.decide` on each side). The listing calls (zfsrepl's
 exact `zfs get` argv) are timed on each host as its user.
 
 Run as root from the repository root:
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl
 
 from lab import Lab, ZfsreplCli, claim_area, lab_session
-from zfsrepl import config, plan, retention
+from zfsrepl import chain, config, plan, retention
 from zfsrepl.cycle import Cycle
 from zfsrepl.host import Result
 from zfsrepl.zfs import Zfs
@@ -146,9 +146,9 @@ class Chain:
         naming = svc.naming
 
         def pure() -> None:
-            p = plan.plan_filesystem(src_list, dst_list, naming)
-            common = plan.newest_common(src_list, dst_list)
-            protected = [common.name] if common else []
+            state = chain.compare(chain.Sender.of(src_list), chain.Receiver.of(dst_list), naming)
+            p = plan.plan_chain(state)
+            protected = [state.common.name] if state.common else []
             retention.decide(src_list, naming, svc.keep_source, protected)
             retention.decide(dst_list, naming, svc.keep_destination, protected)
             assert p is not None
@@ -217,7 +217,7 @@ def main() -> int:
                  "zfsrepl cycle's median:", "",
                  *bl.table(["snapshots", "listed src / dst", "listing src / dst (ms)",
                             "survey: parse + plan + retention (ms)",
-                            "plan_filesystem + retention.decide (ms)",
+                            "compare + plan + retention.decide (ms)",
                             "survey share (target < 5 %)",
                             "pure share", "listing share"], plan_rows), "",
                  "Setting up (for scale: what zfs-fuse costs per snapshot):", "",

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ContextManager, TypeVar
 
-from zfsrepl import diagnosis, hooks, plan, retention, unchanged
+from zfsrepl import chain, diagnosis, hooks, plan, retention, unchanged
 from zfsrepl.capabilities import Capabilities, compress_argv, format_buffer_size
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
@@ -180,43 +180,35 @@ def destination_after(fp: FilesystemPlan) -> list[Snapshot] | None:
     what the cycle already knows (its listing and its plan), without listing again.
     None: the destination filesystem does not exist and receives nothing. What a
     resumed stream brings is not known here (the next cycle's listing shows it)."""
-    received = plan.received_names(fp.plan, fp.source)
-    if fp.destination is None and not received:
-        return None
-    before = fp.destination or []
+    after = chain.receive(fp.destination, _received(fp), fp.pair.destination)
     gone = set(fp.destroy_destination)
-    have = {s.name for s in before}
+    return None if after is None else [s for s in after if s.name not in gone]
+
+
+def _received(fp: FilesystemPlan) -> list[Snapshot]:
+    """The source snapshots `fp`'s sends bring over, oldest first."""
     by_name = {s.name: s for s in fp.source}
-    top = max((s.createtxg for s in before), default=0)
-    return [*(s for s in before if s.name not in gone),
-            *(Snapshot(fp.pair.destination, n, by_name[n].guid, top + i + 1,
-                       by_name[n].creation)
-              for i, n in enumerate(received) if n not in have)]
+    return [by_name[n] for n in plan.received_names(fp.plan, fp.source)]
 
 
 def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
     """Fill in what retention destroys on each side once the sends went as planned
     (`sent_ok`), or as things stand when they did not."""
     naming = svc.naming
-    if fp.destination is None:
-        common = None
-    else:
-        c = plan.newest_common(fp.source, fp.destination)
-        common = c.name if c else None
-    dst_after = fp.destination
-    protected = [common] if common else []
     if isinstance(fp.plan, plan.Resume):
         # What the resumed stream brings shows in the next listing: prune then.
         fp.destroy_source = fp.destroy_destination = ()
         return
+    state = chain.compare(chain.Sender.of(fp.source, fp.bookmarks),
+                          None if fp.destination is None else chain.Receiver.of(fp.destination),
+                          naming)
+    common = state.common.name if state.common is not None else None
+    dst_after = fp.destination
+    protected = [common] if common else []
     if sent_ok and fp.plan.sends:
-        received = plan.received_names(fp.plan, fp.source)
-        by_name = {s.name: s for s in fp.source}
-        top = max((s.createtxg for s in fp.destination or []), default=0)
-        dst_after = [*(fp.destination or []),
-                     *(Snapshot(fp.pair.destination, n, by_name[n].guid, top + i + 1)
-                       for i, n in enumerate(received))]
-        common = received[-1]
+        received = _received(fp)
+        dst_after = chain.receive(fp.destination, received, fp.pair.destination)
+        common = received[-1].name
         protected = [common]
     elif not sent_ok:
         # A failed send may still have delivered part of its snapshots (one step of a

@@ -1,9 +1,10 @@
 """Pure diagnosis of a service's chains: what state each filesystem is in, in plain
 words, and the exact steps that repair it.
 
-`diagnose` takes both sides' snapshot lists and a few facts (roles, whether the
-receiving parent exists, whether the receiving side was written since its last
-snapshot) and returns a typed `Finding`. `diagnose_access` does the same for
+`diagnose` takes both sides' chains, compared by chain.compare (the comparison the
+planner decides from, bookmarks and resume token included), and a few facts (roles,
+whether the receiving parent exists, whether the receiving side was written since its
+last snapshot) and returns a typed `Finding`. `diagnose_access` does the same for
 what stops a side from being asked at all (a rejected key, missing ZFS rights).
 Nothing here runs a command: doctor.py gathers the facts and applies the repairs.
 
@@ -20,8 +21,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Union
 
+from zfsrepl.chain import ChainState, Common, Receiver, Sender, Verdict, compare
 from zfsrepl.naming import SnapshotNaming
-from zfsrepl.plan import newest_common
 from zfsrepl.snapshots import Snapshot, by_age
 
 # Values of the zfsrepl:role user property (zfs.ROLE_PROPERTY) of a filesystem.
@@ -31,6 +32,7 @@ ROLE_REPLICA = "destination"  # the failover ended: replicas again
 
 class Kind(enum.Enum):
     UP_TO_DATE = "up to date"
+    RESUMING = "a cut transfer waits to be resumed"
     SENDER_AHEAD = "sending side ahead"
     NOTHING_YET = "no snapshot of this service yet"
     RECEIVER_MODIFIED = "receiving side modified since its last snapshot"
@@ -115,6 +117,9 @@ class Chains:
     receiving_fs: str
     sending: list[Snapshot] | None  # None: the filesystem does not exist
     receiving: list[Snapshot] | None
+    # the sending filesystem's bookmarks: a common point where their snapshot is gone
+    sending_bookmarks: tuple[Snapshot, ...] = ()
+    receiving_resume_token: str | None = None  # a cut resumable receive left it
     receiving_role: str | None = None  # zfsrepl:role of the receiving filesystem
     receiving_parent_exists: bool = True
     receiving_written: int | None = None  # bytes written since its last snapshot, if known
@@ -126,10 +131,20 @@ def zfs_cmd(*args: str) -> str:
     return shlex.join(["zfs", *args])
 
 
+def chain_state(c: Chains, naming: SnapshotNaming) -> ChainState | None:
+    """The comparison of both chains (None: the sending filesystem does not exist)."""
+    if c.sending is None:
+        return None
+    receiving = None if c.receiving is None else \
+        Receiver.of(c.receiving, c.receiving_resume_token)
+    return compare(Sender.of(c.sending, c.sending_bookmarks), receiving, naming)
+
+
 def diagnose(c: Chains, naming: SnapshotNaming, service: str) -> Finding:
     """The situation of one filesystem, from both chains and the facts."""
     snd, rcv = c.sending_side, c.receiving_side
-    if c.sending is None:
+    state = chain_state(c, naming)
+    if state is None:
         return Finding(
             Kind.SENDER_MISSING,
             f"{c.sending_fs} does not exist on the {snd.label}: there is nothing to send.",
@@ -145,8 +160,14 @@ def diagnose(c: Chains, naming: SnapshotNaming, service: str) -> Finding:
              f"(replicates them back to {snd.host})",
              f"discard them: on {rcv.host} as {rcv.user}: zfsrepl failover --end {service}, "
              "then replicate again"))
-    own = [s for s in by_age(c.sending) if naming.is_ours(s.name)]
-    if c.receiving is None:
+    verdict = state.verdict
+    if verdict is Verdict.RESUME:
+        return Finding(
+            Kind.RESUMING,
+            f"{c.receiving_fs} on the {rcv.label} holds the token of a cut resumable "
+            "receive: the next cycle sends the rest of that stream (zfs send -t), then "
+            "whatever is still missing.", healthy=True)
+    if state.receiving is None:
         if not c.receiving_parent_exists:
             parent = c.receiving_fs.rsplit("/", 1)[0]
             return Finding(
@@ -157,78 +178,87 @@ def diagnose(c: Chains, naming: SnapshotNaming, service: str) -> Finding:
         return Finding(
             Kind.RECEIVER_MISSING,
             f"{c.receiving_fs} does not exist on the {rcv.label}: the next cycle sends "
-            f"{c.sending_fs} whole" + ("." if own else " once it has a snapshot."),
+            f"{c.sending_fs} whole" + ("." if state.own else " once it has a snapshot."),
             healthy=True)
-    if not own:
+    if verdict is Verdict.NOTHING_YET:
         return Finding(Kind.NOTHING_YET,
                        f"{c.sending_fs} has no snapshot of service {service} yet: the next "
                        "cycle takes one.", healthy=True)
-
-    common = newest_common(c.sending, c.receiving)
-    if common is None:
-        same_names = {s.name for s in c.sending} & {s.name for s in c.receiving}
-        why = (" Snapshots with the same names exist on both sides but are different "
-               "snapshots (other GUIDs): one side was re-created." if same_names else "")
-        moved = f"{c.receiving_fs}.old"
-        return Finding(
-            Kind.NO_COMMON,
-            f"{c.receiving_fs} on the {rcv.label} shares no snapshot with {c.sending_fs} "
-            f"(compared by GUID), so no incremental stream can apply.{why} Doctor never "
-            "destroys a filesystem: move it aside and the next cycle sends a full stream.",
-            (f"on {rcv.host}: {zfs_cmd('rename', c.receiving_fs, moved)}",
-             f"then: zfsrepl runonce {service}  (sends {c.sending_fs} whole)"))
-
-    rcv_common = next(s for s in c.receiving if s.guid == common.guid)
-    extra = [s for s in by_age(c.receiving) if s.createtxg > rcv_common.createtxg]
-    if extra:
-        names = ", ".join("@" + s.name for s in extra)
-        foreign = [s for s in extra if not naming.is_ours(s.name)]
-        held = [s for s in extra if s.userrefs > 0]
-        text = (f"{c.receiving_fs} on the {rcv.label} holds snapshots newer than @{common.name}, "
-                f"the last one it shares with {c.sending_fs}: {names}. An incremental "
-                f"stream from @{common.name} cannot apply on top of them (manual 7.2). "
-                f"Repair: destroy them and roll {c.receiving_fs} back to @{common.name}; "
-                f"what changed there after @{common.name} is lost, {c.sending_fs} is not "
-                "touched.")
-        cmds = tuple(f"on {rcv.host}: {zfs_cmd('destroy', s.full_name)}"
-                     for s in reversed(extra))
-        cmds += (f"on {rcv.host}: {zfs_cmd('rollback', rcv_common.full_name)}",
-                 f"then: zfsrepl runonce {service}")
-        if foreign or held:
-            reasons: list[str] = []
-            if foreign:
-                reasons.append("not made by this service: "
-                           + ", ".join("@" + s.name for s in foreign))
-            if held:
-                reasons.append("held: " + ", ".join("@" + s.name for s in held))
-            return Finding(Kind.RECEIVER_HAS_EXTRA,
-                           text + " doctor --fix leaves this to you, as some of them are "
-                           + "; ".join(reasons) + ".", cmds)
-        repairs: tuple[Repair, ...] = tuple(
-            DestroySnapshot("receiving", c.receiving_fs, s.name) for s in reversed(extra))
-        repairs += (Rollback("receiving", c.receiving_fs, rcv_common.name),)
-        return Finding(Kind.RECEIVER_HAS_EXTRA, text, cmds, repairs)
-
-    pending = [s for s in own if s.createtxg > common.createtxg]
+    if verdict is Verdict.NO_COMMON:
+        return _no_common(c, state, service)
+    common = state.common
+    assert common is not None
+    if verdict is Verdict.DIVERGED:
+        return _diverged(c, state, common, naming, service)
+    base = common.receiving  # the receiver's newest snapshot, as nothing is newer
     if c.receiving_written:
         return Finding(
             Kind.RECEIVER_MODIFIED,
             f"{c.receiving_fs} on the {rcv.label} was written since its last snapshot "
-            f"@{rcv_common.name} ({c.receiving_written} bytes). The next incremental receive "
+            f"@{base.name} ({c.receiving_written} bytes). The next incremental receive "
             "rolls it back and discards these changes; to keep them, use failover and "
             "replicate them back instead.",
-            (f"on {rcv.host}: {zfs_cmd('rollback', rcv_common.full_name)}",),
-            (Rollback("receiving", c.receiving_fs, rcv_common.name),), healthy=True)
-    if pending:
+            (f"on {rcv.host}: {zfs_cmd('rollback', base.full_name)}",),
+            (Rollback("receiving", c.receiving_fs, base.name),), healthy=True)
+    mark = (f" (a bookmark: its snapshot is gone from {c.sending_fs}, the replica is "
+            "still good)") if common.bookmark else ""
+    if verdict is Verdict.BEHIND:
+        pending = state.pending
         return Finding(
             Kind.SENDER_AHEAD,
-            f"{c.sending_fs} has {len(pending)} snapshot(s) after @{common.name} that "
+            f"{c.sending_fs} has {len(pending)} snapshot(s) after {common.label} that "
             f"{c.receiving_fs} lacks (newest @{pending[-1].name}): the next cycle sends them "
-            "incrementally from the common snapshot.",
+            f"incrementally from {common.label}{mark}.",
             healthy=True)
     return Finding(Kind.UP_TO_DATE,
-                   f"{c.receiving_fs} holds @{common.name}, the newest snapshot of "
+                   f"{c.receiving_fs} holds {common.label}{mark}, the newest snapshot of "
                    f"{c.sending_fs} of this service.", healthy=True)
+
+
+def _no_common(c: Chains, state: ChainState, service: str) -> Finding:
+    rcv = c.receiving_side
+    why = (" Snapshots with the same names exist on both sides but are different "
+           "snapshots (other GUIDs): one side was re-created." if state.same_names else "")
+    moved = f"{c.receiving_fs}.old"
+    return Finding(
+        Kind.NO_COMMON,
+        f"{c.receiving_fs} on the {rcv.label} shares no snapshot or bookmark with "
+        f"{c.sending_fs} (compared by GUID), so no incremental stream can apply.{why} Doctor "
+        "never destroys a filesystem: move it aside and the next cycle sends a full stream.",
+        (f"on {rcv.host}: {zfs_cmd('rename', c.receiving_fs, moved)}",
+         f"then: zfsrepl runonce {service}  (sends {c.sending_fs} whole)"))
+
+
+def _diverged(c: Chains, state: ChainState, common: Common, naming: SnapshotNaming,
+              service: str) -> Finding:
+    rcv = c.receiving_side
+    extra = state.diverged
+    back = common.receiving  # the receiver's own copy of the common point
+    names = ", ".join("@" + s.name for s in extra)
+    foreign = [s for s in extra if not naming.is_ours(s.name)]
+    held = [s for s in extra if s.userrefs > 0]
+    text = (f"{c.receiving_fs} on the {rcv.label} holds snapshots newer than @{back.name}, "
+            f"the last one it shares with {c.sending_fs}: {names}. An incremental "
+            f"stream from {common.label} cannot apply on top of them (manual 7.2). "
+            f"Repair: destroy them and roll {c.receiving_fs} back to @{back.name}; "
+            f"what changed there after @{back.name} is lost, {c.sending_fs} is not "
+            "touched.")
+    cmds = tuple(f"on {rcv.host}: {zfs_cmd('destroy', s.full_name)}" for s in reversed(extra))
+    cmds += (f"on {rcv.host}: {zfs_cmd('rollback', back.full_name)}",
+             f"then: zfsrepl runonce {service}")
+    if foreign or held:
+        reasons: list[str] = []
+        if foreign:
+            reasons.append("not made by this service: " + ", ".join("@" + s.name for s in foreign))
+        if held:
+            reasons.append("held: " + ", ".join("@" + s.name for s in held))
+        return Finding(Kind.RECEIVER_HAS_EXTRA,
+                       text + " doctor --fix leaves this to you, as some of them are "
+                       + "; ".join(reasons) + ".", cmds)
+    repairs: tuple[Repair, ...] = tuple(
+        DestroySnapshot("receiving", c.receiving_fs, s.name) for s in reversed(extra))
+    repairs += (Rollback("receiving", c.receiving_fs, back.name),)
+    return Finding(Kind.RECEIVER_HAS_EXTRA, text, cmds, repairs)
 
 
 def diagnose_access(error: str, side: Side, service: str, *, via_agent: bool) -> Finding:
@@ -288,11 +318,14 @@ def interlock_problem(taken_over: list[str], service: str, receiving: Side) -> s
 
 
 def chain_table(c: Chains, naming: SnapshotNaming) -> list[str]:
-    """Both chains side by side, oldest first, aligned by GUID, the common ones marked."""
-    snd = by_age(c.sending or [])
+    """Both chains side by side, oldest first, aligned by GUID, the newest common point
+    marked. A bookmark of the sending side shows where its snapshot is gone."""
+    state = chain_state(c, naming)
+    common = state.common if state is not None else None
+    snapshot_guids = {s.guid for s in c.sending or []}
+    marks = [m for m in c.sending_bookmarks if m.guid not in snapshot_guids]
+    snd = by_age([*(c.sending or []), *marks])
     rcv = by_age(c.receiving or [])
-    common = newest_common(snd, rcv) if c.sending is not None and c.receiving is not None \
-        else None
     rcv_guids = {s.guid for s in rcv}
     snd_guids = {s.guid for s in snd}
     rows: list[tuple[Snapshot | None, Snapshot | None]] = []
@@ -317,7 +350,8 @@ def chain_table(c: Chains, naming: SnapshotNaming) -> list[str]:
     def cell(s: Snapshot | None) -> str:
         if s is None:
             return "-"
-        return f"@{s.name} guid={s.guid} created={s.creation}"
+        sep = "#" if s in marks else "@"
+        return f"{sep}{s.name} guid={s.guid} created={s.creation}"
 
     lines = [f"  {'sending: ' + c.sending_fs:<60}  receiving: {c.receiving_fs}"]
     if c.sending is None:
@@ -326,9 +360,13 @@ def chain_table(c: Chains, naming: SnapshotNaming) -> list[str]:
         lines.append("  (receiving filesystem does not exist)")
     for a, b in rows:
         mark = "=" if a is not None and b is not None else " "
-        if common is not None and a is not None and a.guid == common.guid:
+        if common is not None and a is not None and a.guid == common.sending.guid:
             mark = "*"
         lines.append(f"{mark} {cell(a):<60}  {cell(b)}")
-    lines.append(f"  newest common snapshot: @{common.name}" if common else
-                 "  newest common snapshot: none")
+    if common is None:
+        lines.append("  newest common snapshot: none")
+    elif common.bookmark:
+        lines.append(f"  newest common snapshot: {common.label} (bookmark)")
+    else:
+        lines.append(f"  newest common snapshot: {common.label}")
     return lines

@@ -18,9 +18,8 @@ from zfsrepl.config import Endpoint, Service
 from zfsrepl.diagnosis import Chains, Finding, Kind, Side
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
-from zfsrepl.snapshots import Snapshot
 from zfsrepl.state import ServicePaths, StateStore, clear_maintenance
-from zfsrepl.zfs import Zfs
+from zfsrepl.zfs import RESUME_TOKEN, FsState, Zfs
 
 
 @dataclass
@@ -76,34 +75,41 @@ def examine(svc_def: Service, state_dir: Path) -> tuple[Report, Zfs, SshHost]:
     remote = Zfs(remote_host, svc.destination.zfs_argv)
     pairs = list(svc.filesystems)
 
-    snd_lists: dict[str, list[Snapshot] | None] | None = None
-    rcv_lists: dict[str, list[Snapshot] | None] | None = None
-    rcv_roles: dict[str, str] = {}
+    snd_states: dict[str, FsState | None] | None = None
+    rcv_states: dict[str, FsState | None] | None = None
+    resumable = False
     try:
-        snd_lists = dict(local.listing([p.source for p in pairs])[0])
+        snd_states = local.states([p.source for p in pairs])  # bookmarks included
+        resumable = local.capabilities().resume
     except ZfsreplError as exc:
         report.findings.append((f"{snd_side.label}", diagnosis.diagnose_access(
             str(exc), snd_side, svc.name, via_agent=False)))
     try:
-        found, rcv_roles = remote.listing([p.destination for p in pairs])
-        rcv_lists = dict(found)
+        # the token of a cut receive, read where a cycle reads it (both sides resume)
+        resumable = resumable and remote.capabilities().resume
+        rcv_states = remote.states([p.destination for p in pairs],
+                                   (RESUME_TOKEN,) if resumable else ())
     except ZfsreplError as exc:
         report.findings.append((f"{rcv_side.label}", diagnosis.diagnose_access(
             str(exc), rcv_side, svc.name, via_agent=via_agent)))
 
     chains_ok = True
-    if snd_lists is not None and rcv_lists is not None:
+    if snd_states is not None and rcv_states is not None:
         missing_parents = sorted({p.destination.rsplit("/", 1)[0] for p in pairs
-                                  if rcv_lists[p.destination] is None})
+                                  if rcv_states[p.destination] is None})
         present = remote.existing(missing_parents) if missing_parents else set()
         for p in pairs:
+            snd, rcv = snd_states[p.source], rcv_states[p.destination]
             written = None
-            if not via_agent and rcv_lists[p.destination]:
+            if not via_agent and rcv is not None and rcv.snapshots:
                 written = _written(remote, p.destination)
-            c = Chains(p.source, p.destination, snd_lists[p.source], rcv_lists[p.destination],
-                       receiving_role=rcv_roles.get(p.destination),
+            c = Chains(p.source, p.destination, snd.snapshots if snd else None,
+                       rcv.snapshots if rcv else None,
+                       sending_bookmarks=tuple(snd.bookmarks) if snd else (),
+                       receiving_resume_token=rcv.resume_token if rcv else None,
+                       receiving_role=rcv.role if rcv else None,
                        receiving_parent_exists=p.destination.rsplit("/", 1)[0] in present
-                       or rcv_lists[p.destination] is not None,
+                       or rcv is not None,
                        receiving_written=written, sending_side=snd_side,
                        receiving_side=rcv_side)
             f = diagnosis.diagnose(c, svc.naming, svc.name)

@@ -1,9 +1,9 @@
 """Pure decisions: what to send for one filesystem.
 
-Given both sides' snapshot lists, decide between a full send, an incremental
-send, nothing, or a named conflict. Matching is by GUID: the incremental base is
-the newest source snapshot whose GUID exists on the destination, or, where that
-snapshot is gone from the source, a bookmark of it (same GUID). Only this
+Given both sides' chains compared (chain.py), decide between a full send, an
+incremental send, nothing, or a named conflict. The incremental base is the newest
+point both sides share by GUID: a source snapshot, or, where that snapshot is gone
+from the source, a bookmark of it. Only this
 service's own snapshots are sent, so another service's or an administrator's
 snapshots never leak into this service's destination. A destination that holds the
 token of a cut resumable receive continues that stream first (`Resume`).
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from zfsrepl.chain import ChainState, Common, Receiver, Sender, Verdict, compare
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot, by_age
 
@@ -119,26 +120,6 @@ class NothingToSend:
 Plan = Union[Full, Resume, Incremental, UpToDate, NoCommonSnapshot, Diverged, NothingToSend]
 
 
-def newest_common(source: list[Snapshot], destination: list[Snapshot]) -> Snapshot | None:
-    """The newest source snapshot whose GUID exists on the destination."""
-    dst_guids = {s.guid for s in destination if s.guid is not None}
-    for snap in reversed(by_age(source)):
-        if snap.guid is not None and snap.guid in dst_guids:
-            return snap
-    return None
-
-
-def common_bookmark(bookmarks: list[Snapshot] | tuple[Snapshot, ...],
-                    destination: list[Snapshot], newer_than: int = -1) -> Snapshot | None:
-    """The newest source bookmark whose GUID exists on the destination and that is
-    newer (createtxg) than `newer_than` (the newest common snapshot's)."""
-    dst_guids = {s.guid for s in destination if s.guid is not None}
-    for mark in reversed(by_age(list(bookmarks))):
-        if mark.guid is not None and mark.guid in dst_guids and mark.createtxg > newer_than:
-            return mark
-    return None
-
-
 def plan_filesystem(source: list[Snapshot], destination: list[Snapshot] | None,
                     naming: SnapshotNaming, *, bookmarks: tuple[Snapshot, ...] = (),
                     resume_token: str | None = None) -> Plan:
@@ -146,68 +127,55 @@ def plan_filesystem(source: list[Snapshot], destination: list[Snapshot] | None,
     snapshot of `source`. `bookmarks`: the source filesystem's bookmarks (incremental
     bases where their snapshot is gone); `resume_token`: the destination's
     receive_resume_token."""
-    if resume_token and destination is not None:
-        return Resume(resume_token)
-    src = by_age(source)
-    own = [s for s in src if naming.is_ours(s.name)]
-    if not own:
+    receiving = None if destination is None else Receiver.of(destination, resume_token)
+    return plan_chain(compare(Sender.of(source, bookmarks), receiving, naming))
+
+
+def plan_chain(state: ChainState) -> Plan:
+    """The plan that follows from the comparison of both chains."""
+    verdict = state.verdict
+    if verdict is Verdict.RESUME:
+        assert state.resume_token is not None
+        return Resume(state.resume_token)
+    if verdict is Verdict.NOTHING_YET:
         return NothingToSend()
-    target = own[-1]
-    if destination is None:
+    target = state.own[-1]
+    if verdict is Verdict.RECEIVER_ABSENT:
         return Full(Send(target=target.name))
+    if verdict is Verdict.NO_COMMON:
+        return NoCommonSnapshot(destination_snapshots=len(state.diverged))
+    common = state.common
+    assert common is not None
+    if verdict is Verdict.DIVERGED:
+        return Diverged(common=common.ref,
+                        extra_on_destination=tuple(s.name for s in state.diverged))
+    if verdict is Verdict.UP_TO_DATE:
+        return UpToDate(common=common.ref)
+    return Incremental(base=common.ref, sends=_sends(state, common))
 
-    common = newest_common(src, destination)
-    mark = common_bookmark(bookmarks, destination,
-                           common.createtxg if common is not None else -1)
-    if mark is not None:
-        return _from_bookmark(mark, src, own, destination)
-    if common is None:
-        return NoCommonSnapshot(destination_snapshots=len(destination))
 
-    dst_common = next(s for s in destination if s.guid == common.guid)
-    extra = [s.name for s in by_age(destination) if s.createtxg > dst_common.createtxg]
-    if extra:
-        return Diverged(common=common.name, extra_on_destination=tuple(extra))
-
-    pending = [s for s in own if s.createtxg > common.createtxg]
+def _sends(state: ChainState, common: Common) -> tuple[Send, ...]:
+    """The streams that bring every pending snapshot over. From a bookmark, `-i #mark`
+    to the first pending snapshot comes first (a bookmark is only ever an `-i` base);
+    then one `-I` stream carries the rest where only own snapshots lie between, else
+    one `-i` step from own snapshot to own snapshot, so that no other service's
+    snapshot reaches the destination."""
+    pending = list(state.pending)
+    sends: list[Send] = []
+    start = common.sending
+    if common.bookmark:
+        sends.append(Send(target=pending[0].name, base=common.name, bookmark=True))
+        start, pending = pending[0], pending[1:]
     if not pending:
-        return UpToDate(common=common.name)
-
-    between = [s for s in src if common.createtxg < s.createtxg < target.createtxg]
-    if all(naming.is_ours(s.name) for s in between):
-        # One stream carries every pending snapshot.
-        sends: tuple[Send, ...] = (
-            Send(target=target.name, base=common.name, intermediates=bool(between)),
-        )
+        return tuple(sends)
+    target = pending[-1]
+    between = [s for s in state.sending if start.createtxg < s.createtxg < target.createtxg]
+    if all(s in state.own for s in between):
+        sends.append(Send(target=target.name, base=start.name, intermediates=bool(between)))
     else:
-        # Foreign snapshots lie between: step from own snapshot to own snapshot.
-        chain = [common, *pending]
-        sends = tuple(Send(target=b.name, base=a.name) for a, b in zip(chain, chain[1:]))
-    return Incremental(base=common.name, sends=sends)
-
-
-def _from_bookmark(mark: Snapshot, src: list[Snapshot], own: list[Snapshot],
-                   destination: list[Snapshot]) -> Plan:
-    """The chain continues from a bookmark: its snapshot is gone from the source, the
-    destination still has it (same GUID). `-i #mark` to the oldest pending own snapshot,
-    then on from there as usual."""
-    dst_common = next(s for s in destination if s.guid == mark.guid)
-    extra = [s.name for s in by_age(destination) if s.createtxg > dst_common.createtxg]
-    if extra:
-        return Diverged(common="#" + mark.name, extra_on_destination=tuple(extra))
-    pending = [s for s in own if s.createtxg > mark.createtxg]
-    if not pending:
-        return UpToDate(common="#" + mark.name)
-    first, target = pending[0], pending[-1]
-    sends = [Send(target=first.name, base=mark.name, bookmark=True)]
-    if target is not first:
-        between = [s for s in src if first.createtxg < s.createtxg < target.createtxg]
-        if all(s in own for s in between):
-            sends.append(Send(target=target.name, base=first.name, intermediates=bool(between)))
-        else:
-            chain = pending
-            sends += [Send(target=b.name, base=a.name) for a, b in zip(chain, chain[1:])]
-    return Incremental(base="#" + mark.name, sends=tuple(sends))
+        steps = [start, *pending]
+        sends += [Send(target=b.name, base=a.name) for a, b in zip(steps, steps[1:])]
+    return tuple(sends)
 
 
 def next_sequence(naming: SnapshotNaming, *lists: list[Snapshot]) -> int:

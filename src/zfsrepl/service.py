@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Callable, ContextManager
 
 from zfsrepl import cluster_state, config, hooks, interrupts, lock, logfile, state
+from zfsrepl.chain import newest_own
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, destination_after, replicate
 from zfsrepl.errors import UsageError, ZfsreplError
@@ -37,7 +38,7 @@ from zfsrepl.log import alarm, logger
 from zfsrepl.managers import EXIT_MAINTENANCE
 from zfsrepl.metrics import MetricsServer, ServiceSample, render, write_textfile
 from zfsrepl.naming import SnapshotNaming
-from zfsrepl.snapshots import Snapshot, by_age
+from zfsrepl.snapshots import Snapshot
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
 from zfsrepl.status import derive_state
 from zfsrepl.transfer import TransferResult
@@ -62,11 +63,13 @@ def next_start(planned: float, interval: float, now: float) -> float:
 
 def newest_by_destination(naming: SnapshotNaming,
                           lists: Mapping[str, list[Snapshot] | None]) -> dict[str, Newest]:
+    """The newest snapshot of the service on each filesystem: the lag of the metrics,
+    by the rule status uses for its own (chain.newest_own)."""
     out: dict[str, Newest] = {}
     for fs, snaps in lists.items():
-        own = [s for s in by_age(snaps or []) if naming.is_ours(s.name)]
-        if own:
-            out[fs] = Newest(own[-1].name, own[-1].creation)
+        top = newest_own(snaps or [], naming)
+        if top is not None:
+            out[fs] = Newest(top.name, top.creation)
     return out
 
 

@@ -3,7 +3,8 @@
 The state comes from three places: the maintenance flag in the state file, the
 lock that a running `zfsrepl run` holds, and the service manager (enabled or
 not). The lag comes from ZFS itself, one listing per side for all of the
-service's filesystems; where a side cannot be asked, the newest snapshot the
+service's filesystems, and the pending snapshots from comparing the two (chain.py, as
+the planner does); where a side cannot be asked, the newest snapshot the
 last cycle saw (cached in the state file) stands in, marked as cached.
 """
 
@@ -17,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from zfsrepl import cluster_state, config, lock, managers
+from zfsrepl.chain import Receiver, Sender, compare, newest_own
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
 from zfsrepl.log import logger
 from zfsrepl.naming import SnapshotNaming
-from zfsrepl.plan import newest_common
-from zfsrepl.snapshots import Snapshot, by_age
+from zfsrepl.snapshots import Snapshot
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
-from zfsrepl.zfs import Zfs
+from zfsrepl.zfs import FsState, Zfs
 
 # A status must come back quickly even when the destination does not answer.
 STATUS_CONNECT_TIMEOUT = 5
@@ -85,32 +86,30 @@ def derive_state(maintenance: bool, running: bool, enabled: bool | None) -> str:
 
 def filesystem_status(pair: FilesystemPair, naming: SnapshotNaming,
                       source: list[Snapshot] | None, destination: list[Snapshot] | None,
-                      listed: bool, cached: Newest | None, now: float) -> FilesystemStatus:
+                      listed: bool, cached: Newest | None, now: float,
+                      bookmarks: Sequence[Snapshot] = ()) -> FilesystemStatus:
     """Lag and pending snapshots of one filesystem.
 
     `listed`: the destination could be asked; `destination` is then None when the
     filesystem does not exist there yet. When it could not be asked, the newest
-    snapshot the last cycle saw (`cached`) stands in."""
-    newest_src = [s for s in by_age(source or []) if naming.is_ours(s.name)]
-    newest_source = newest_src[-1].name if newest_src else None
+    snapshot the last cycle saw (`cached`) stands in. `bookmarks`: the source's, a
+    common point where their snapshot is gone (as the planner counts)."""
+    newest_src = newest_own(source or [], naming)
+    newest_source = newest_src.name if newest_src else None
     if not listed:
         if cached is None:
             return FilesystemStatus(pair.source, pair.destination,
                                     newest_source_snapshot=newest_source)
         return FilesystemStatus(pair.source, pair.destination, cached.snapshot, cached.creation,
                                 max(0.0, now - cached.creation), newest_source, cached=True)
-    if destination is None:
-        return FilesystemStatus(pair.source, pair.destination, newest_source_snapshot=newest_source,
-                                pending=len(newest_src) if source is not None else None)
-    own_dst = [s for s in by_age(destination) if naming.is_ours(s.name)]
     pending = None
     if source is not None:
-        common = newest_common(source, destination)
-        pending = len([s for s in newest_src if common is None or s.createtxg > common.createtxg])
-    if not own_dst:
+        receiving = None if destination is None else Receiver.of(destination)
+        pending = len(compare(Sender.of(source, bookmarks), receiving, naming).pending)
+    top = newest_own(destination or [], naming)
+    if top is None:
         return FilesystemStatus(pair.source, pair.destination, newest_source_snapshot=newest_source,
                                 pending=pending)
-    top = own_dst[-1]
     # skip_unchanged: the last cycle found the source unchanged since this very snapshot
     current = cached.current_at if cached is not None and cached.snapshot == top.name \
         else top.creation
@@ -118,15 +117,16 @@ def filesystem_status(pair: FilesystemPair, naming: SnapshotNaming,
                             max(0.0, now - max(current, top.creation)), newest_source, pending)
 
 
-def read_both_sides(svc: Service) -> tuple[dict[str, list[Snapshot] | None] | None,
+def read_both_sides(svc: Service) -> tuple[dict[str, FsState | None] | None,
                                            dict[str, list[Snapshot] | None] | None, list[str]]:
-    """Both sides' snapshot lists (None for a side that could not be asked), and why not
-    (each reason starts with the side's name)."""
+    """The source's filesystems (snapshots and bookmarks) and the destination's snapshot
+    lists (None for a side that could not be asked), and why not (each reason starts
+    with the side's name)."""
     problems: list[str] = []
     src_lists = dst_lists = None
     try:
         src = Zfs(LocalHost(f"{svc.source.user}@{svc.source.host}"), svc.source.zfs_argv)
-        src_lists = src.snapshots([p.source for p in svc.filesystems])
+        src_lists = src.states([p.source for p in svc.filesystems])
     except ZfsreplError as exc:
         problems.append(f"source: {exc}")
     try:
@@ -140,7 +140,7 @@ def read_both_sides(svc: Service) -> tuple[dict[str, list[Snapshot] | None] | No
 
 def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder | None,
           cycle: lock.Holder | None, enabled: bool | None,
-          src_lists: Mapping[str, list[Snapshot] | None] | None,
+          src_lists: Mapping[str, FsState | None] | None,
           dst_lists: Mapping[str, list[Snapshot] | None] | None,
           problems: Sequence[str], now: float,
           definition_error: str | None = None) -> ServiceStatus:
@@ -151,8 +151,9 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
         for pair in svc.filesystems:
             src = src_lists.get(pair.source) if src_lists is not None else None
             dst = dst_lists.get(pair.destination) if dst_lists is not None else None
-            fs.append(filesystem_status(pair, svc.naming, src, dst, dst_lists is not None,
-                                        st.newest.get(pair.destination), now))
+            fs.append(filesystem_status(pair, svc.naming, src.snapshots if src else None, dst,
+                                        dst_lists is not None, st.newest.get(pair.destination),
+                                        now, src.bookmarks if src else ()))
     busy = f"{cycle.describe()} is in a cycle" if cycle is not None else None
     return ServiceStatus(
         name=name,

@@ -104,6 +104,21 @@ def test_prune_after_failed_incremental_keeps_the_common_snapshot() -> None:
     assert set(fp.destroy_destination) <= {s.name for s in dst}
 
 
+def test_prune_from_a_bookmark_keeps_the_destination_copy_of_it() -> None:
+    """@2 is gone from the source, its bookmark is the common point: the destination's
+    @2 is the base of this send and of any retry, whatever keep says; @1 is not."""
+    one, two = own(1, 11, 10), own(2, 12, 20)
+    src = _with_new_snapshot([one], SRC_FS, seq(3), (two,))
+    dst = received([one, two])
+    for sent_ok in (True, False):
+        fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING,
+                                                                 bookmarks=(two,)),
+                            bookmarks=(two,))
+        _prune(fp, service(), sent_ok)
+        assert fp.plan.sends[0].bookmark
+        assert fp.destroy_destination == ((seq(1), seq(2)) if sent_ok else (seq(1),))
+
+
 def test_prune_after_failed_send_with_higher_keep() -> None:
     base = [own(n, 10 + n, 10 * n) for n in range(1, 6)]
     src = _with_new_snapshot(base, SRC_FS, seq(6))

@@ -181,3 +181,46 @@ def test_chain_table_aligns_by_guid_and_marks_the_newest_common() -> None:
 def test_describe_repair() -> None:
     assert "no -r" in diagnosis.describe_repair(Rollback("receiving", DST, own(1)))
     assert diagnosis.describe_repair(ClearMaintenance("svc")).startswith("clear")
+
+
+def mark(fs: str, seq: int, txg: int) -> Snapshot:
+    """The bookmark of own snapshot `seq` (GUID 100 + seq, as in `chain`)."""
+    return snap(fs, own(seq), 100 + seq, txg)
+
+
+def test_a_bookmark_of_a_destroyed_snapshot_keeps_the_replica_usable() -> None:
+    # @2 went to the receiver, was bookmarked and destroyed on the sender; @3 came after
+    sending = [snap(SRC, own(1), 101, 1), snap(SRC, own(3), 103, 3)]
+    marks = (mark(SRC, 2, 2),)
+    f = run(sending, chain(DST, [1, 2]), sending_bookmarks=marks)
+    assert f.kind is Kind.SENDER_AHEAD and f.healthy and not f.commands
+    assert f"1 snapshot(s) after #{own(2)}" in f.explanation
+    assert "the replica is still good" in f.explanation
+    up = run(sending[:1], chain(DST, [1, 2]), sending_bookmarks=marks)
+    assert up.kind is Kind.UP_TO_DATE and f"holds #{own(2)}" in up.explanation
+
+
+def test_the_receiver_ahead_of_a_bookmark_rolls_back_to_its_copy_of_it() -> None:
+    rcv = [*chain(DST, [1, 2]), snap(DST, own(3), 999, 3)]
+    f = run([snap(SRC, own(4), 104, 4)], rcv, sending_bookmarks=(mark(SRC, 2, 2),))
+    assert f.kind is Kind.RECEIVER_HAS_EXTRA
+    assert f.repairs == (DestroySnapshot("receiving", DST, own(3)),
+                         Rollback("receiving", DST, own(2)))
+    assert f"stream from #{own(2)}" in f.explanation
+
+
+def test_a_resume_token_is_resumed_before_anything_else() -> None:
+    f = run(chain(SRC, [1, 2]), chain(DST, [1]), receiving_resume_token="1-abc")
+    assert f.kind is Kind.RESUMING and f.healthy and not f.repairs
+    assert run(chain(SRC, [1, 2]), None, receiving_resume_token="1-abc").kind \
+        is Kind.RECEIVER_MISSING
+
+
+def test_chain_table_shows_the_bookmark_that_is_the_common_point() -> None:
+    c = Chains(SRC, DST, [snap(SRC, own(3), 103, 3)], chain(DST, [1, 2]),
+               sending_bookmarks=(mark(SRC, 1, 1), mark(SRC, 2, 2)))
+    lines = diagnosis.chain_table(c, N)
+    assert lines[-1] == f"  newest common snapshot: #{own(2)} (bookmark)"
+    (starred,) = [ln for ln in lines if ln.startswith("*")]
+    assert f"#{own(2)} guid=102" in starred and f"@{own(2)} guid=102" in starred
+    assert any(ln.startswith("=") and f"#{own(1)}" in ln for ln in lines)

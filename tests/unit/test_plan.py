@@ -14,14 +14,13 @@ from zfsrepl.plan import (
     Plan,
     Send,
     UpToDate,
-    newest_common,
     next_sequence,
     plan_filesystem,
     received_names,
 )
 from zfsrepl.snapshots import Snapshot, by_age
 
-from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
+from .helpers import DST_FS, NAMING, SRC_FS, common_snapshot, other, own, received, seq
 
 
 def chain(*seqs: int, guid_base: int = 1000) -> list[Snapshot]:
@@ -151,14 +150,14 @@ def test_destination_missing_snapshots_the_source_has() -> None:
 def test_same_names_with_other_guids_are_not_common() -> None:
     src = chain(1, 2)
     dst = received(chain(1, 2, guid_base=7000))
-    assert newest_common(src, dst) is None
+    assert common_snapshot(src, dst) is None
     assert plan_filesystem(src, dst, NAMING) == NoCommonSnapshot(destination_snapshots=2)
 
 
 def test_renamed_snapshot_with_same_guid_is_common() -> None:
     src = new_target(chain(1, 2), 3)
     dst = received(chain(1, 2), rename={seq(1): "renamed-a", seq(2): "renamed-b"})
-    assert newest_common(src, dst) == src[1]
+    assert common_snapshot(src, dst) == src[1]
     p = plan_filesystem(src, dst, NAMING)
     assert p == Incremental(base=seq(2), sends=(Send(target=seq(3), base=seq(2)),))
 
@@ -167,15 +166,15 @@ def test_guid_match_beats_a_newer_name_match() -> None:
     src = new_target(chain(1, 2), 3)
     # The destination's "2" is another snapshot under the same name; only 1 is shared.
     dst = [*received(chain(1)), Snapshot(DST_FS, seq(2), 4242, 1001)]
-    assert newest_common(src, dst) == src[0]
+    assert common_snapshot(src, dst) == src[0]
     assert isinstance(plan_filesystem(src, dst, NAMING), Diverged)
 
 
 def test_target_without_guid_never_counts_as_common() -> None:
     src = new_target(chain(1), 2)
     dst = [*received(chain(1)), Snapshot(DST_FS, seq(2), None, 2000)]
-    assert newest_common(src, dst) == src[0]
-    assert newest_common([own(1, None, 1)], [Snapshot(DST_FS, seq(1), None, 1)]) is None
+    assert common_snapshot(src, dst) == src[0]
+    assert common_snapshot([own(1, None, 1)], [Snapshot(DST_FS, seq(1), None, 1)]) is None
 
 
 def test_foreign_common_snapshot_can_be_the_base() -> None:
@@ -304,7 +303,7 @@ def test_plan_properties(situation: tuple[list[Snapshot], list[Snapshot] | None]
         assert p == Full(Send(target=own_snaps[-1].name))
         return
     dst_guids = {s.guid for s in dst}
-    common = newest_common(src, dst)
+    common = common_snapshot(src, dst)
     if common is None:
         assert not any(s.guid in dst_guids for s in src if s.guid is not None)
         assert p == NoCommonSnapshot(destination_snapshots=len(dst))

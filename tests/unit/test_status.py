@@ -18,6 +18,9 @@ from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
 
+from .helpers import SimSnap, SimZfs
+from .test_capabilities import OPENZFS
+
 NAMING = SnapshotNaming("src", "dst", "desthost")
 PAIR = FilesystemPair("tank/a", "backup/a")
 NOW = 10_000.0
@@ -45,6 +48,32 @@ def test_lag_is_the_age_of_the_newest_own_snapshot_on_the_destination() -> None:
     assert fs.lag_seconds == 800.0  # creation NOW - 1000 + 200
     assert fs.newest_source_snapshot == NAMING.format(3)
     assert fs.pending == 1 and not fs.cached
+
+
+def test_pending_counts_from_a_bookmark_as_the_planner_does() -> None:
+    # the destination pruned @1, the source destroyed @2 but kept its bookmark
+    src = [snap("tank/a", 1, 11, 1), snap("tank/a", 3, 13, 3)]
+    dst = [snap("backup/a", 2, 12, 51)]
+    marks = [snap("tank/a", 2, 12, 2)]
+    assert status.filesystem_status(PAIR, NAMING, src, dst, True, None, NOW, marks).pending == 1
+    # without it nothing is shared: everything is pending
+    assert status.filesystem_status(PAIR, NAMING, src, dst, True, None, NOW).pending == 2
+
+
+def test_a_live_status_reads_the_source_bookmarks(monkeypatch: pytest.MonkeyPatch) -> None:
+    src = SimZfs("src@srchost", OPENZFS, ["tank/a"], {"tank"})
+    dst = SimZfs("dst@desthost", OPENZFS, ["backup/a"], {"backup"})
+    src.fs["tank/a"] = [SimSnap(NAMING.format(1), 11, 1), SimSnap(NAMING.format(3), 13, 3)]
+    src.marks["tank/a"] = {NAMING.format(2): SimSnap(NAMING.format(2), 12, 2)}
+    dst.fs["backup/a"] = [SimSnap(NAMING.format(2), 12, 51)]
+    monkeypatch.setattr(status, "LocalHost", lambda label: src)
+    monkeypatch.setattr(status, "SshHost", lambda endpoint, **kw: dst)
+    src_states, dst_lists, problems = status.read_both_sides(svc())
+    assert problems == []
+    s = status.build("web", ServiceState(), svc(), None, None, None, src_states, dst_lists,
+                     problems, NOW)
+    (fs,) = s.filesystems
+    assert fs.pending == 1 and fs.newest_snapshot == NAMING.format(2)
 
 
 def test_unreachable_destination_falls_back_to_the_cached_newest() -> None:
