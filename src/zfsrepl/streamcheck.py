@@ -10,12 +10,16 @@ A send stream is a sequence of replay records; the first is a BEGIN record:
                   stream (substream), 2 a compound stream; bits 2-31 feature flags
         ...       creation time, objset type, flags, GUIDs, the snapshot's name
 
-A compound stream is what `send -R`, `-p`, `-b`, `-h` (and `-R` with `-I`) make: its
-BEGIN record carries a packed list of properties (and of filesystems to create or
-destroy) as its payload, and substreams of every filesystem follow. zfsrepl never
-sends one: it sends each filesystem's snapshots alone, without properties. A zfs-fuse
-(pool version 23) stream and a current OpenZFS stream share this layout; the old
-version number 1 or 2 is the header type of today.
+A compound stream is what `send -I` makes (the snapshots between, one after the
+other) and what `send -R`, `-p`, `-b`, `-h` make. Only the latter carry a payload in
+their BEGIN record: a packed list of properties, holds and filesystems to create or
+destroy, with substreams of every filesystem following. Without that list a receive
+takes the substreams into the one filesystem it was given, like single streams (OpenZFS
+2.3: `send -I` gives a compound BEGIN record with no payload, `-R`, `-p`, `-h` one with
+a payload). So the check refuses a compound stream with a payload: zfsrepl never sends
+properties or several filesystems in one stream. A zfs-fuse (pool version 23) stream
+and a current OpenZFS stream share this layout; the old version number 1 or 2 is the
+header type of today.
 
 Pure, standard library only: the agent (bare Python 3.9) imports it.
 """
@@ -37,7 +41,8 @@ HEADER_BYTES = 24
 
 @dataclass(frozen=True)
 class Begin:
-    """A stream zfsrepl may send: one filesystem's, no properties."""
+    """A stream zfsrepl may send: one filesystem's (a single stream, or `send -I`'s
+    compound one), no properties."""
 
     big_endian: bool
     features: int  # the feature flags (bits 2-31 of the version info)
@@ -66,12 +71,12 @@ def check_begin(header: bytes) -> StreamCheck:
     if rtype != BEGIN_RECORD_TYPE:
         return BadStream(f"the stream's first record is of type {rtype}, not a BEGIN record")
     kind = info & 0x3
-    if kind == COMPOUNDSTREAM:
+    if kind == COMPOUNDSTREAM and payload != 0:
         return BadStream("the stream is a replication stream (zfs send -R, -p, -b or -h: "
                          "it carries properties and may create or destroy filesystems); "
                          "zfsrepl sends each filesystem's snapshots alone, without "
                          "properties")
-    if kind != SUBSTREAM:
+    if kind not in (SUBSTREAM, COMPOUNDSTREAM):
         return BadStream(f"the stream's header type is {kind}, neither a single "
                          "filesystem's stream nor a replication stream")
     return Begin(big_endian=big, features=(info >> 2) & ((1 << 30) - 1), payload=payload)

@@ -258,8 +258,8 @@ PYTHONS = [pytest.param(sys.executable, id="this python"),
                not PY39.exists(), reason="no Python 3.9 here"))]
 
 
-def begin(kind: int) -> bytes:
-    return struct.pack("<IIQQ", 0, 0, streamcheck.BACKUP_MAGIC, kind) + b"\0" * 288
+def begin(kind: int, payload: int = 0) -> bytes:
+    return struct.pack("<IIQQ", 0, payload, streamcheck.BACKUP_MAGIC, kind) + b"\0" * 288
 
 
 def receive_through_agent(tmp_path: Path, python: str, stream: bytes, usage: str,
@@ -296,8 +296,18 @@ def test_the_stream_reaches_zfs_whole(tmp_path: Path, python: str) -> None:
 
 
 @pytest.mark.parametrize("python", PYTHONS)
+def test_an_intermediates_package_reaches_zfs_whole(tmp_path: Path, python: str) -> None:
+    """`send -I` on OpenZFS: a compound BEGIN record without payload, then the
+    snapshots' substreams; what a cycle sends when several snapshots are pending."""
+    stream = begin(streamcheck.COMPOUNDSTREAM) + random.Random(3).randbytes(1 << 20)
+    proc = receive_through_agent(tmp_path, python, stream, FUSE_USAGE)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert (tmp_path / "received").read_bytes() == stream
+
+
+@pytest.mark.parametrize("python", PYTHONS)
 def test_a_replication_stream_never_reaches_zfs(tmp_path: Path, python: str) -> None:
-    stream = begin(streamcheck.COMPOUNDSTREAM) + b"\0" * 100000
+    stream = begin(streamcheck.COMPOUNDSTREAM, payload=832) + b"\0" * 100000
     proc = receive_through_agent(tmp_path, python, stream, OPENZFS_USAGE)
     assert proc.returncode == agent.EXIT_REFUSED
     assert proc.stderr.decode().startswith("zfsrepl agent: refused: the stream is a "
@@ -340,7 +350,8 @@ def test_pass_on_moves_the_rest_in_the_kernel(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.skipif(not shutil.which("zstd"), reason="zstd is not installed")
 def test_a_replication_stream_behind_a_decompressor_is_refused_too(tmp_path: Path) -> None:
     """The check reads what comes out of the helpers: the stream zfs would get."""
-    stream = begin(streamcheck.COMPOUNDSTREAM) + random.Random(4).randbytes(4 << 20)
+    stream = (begin(streamcheck.COMPOUNDSTREAM, payload=832)
+              + random.Random(4).randbytes(4 << 20))
     packed = subprocess.run(["zstd", "-c"], input=stream, capture_output=True,
                             check=True).stdout
     proc = receive_through_agent(tmp_path, sys.executable, packed, FUSE_USAGE,

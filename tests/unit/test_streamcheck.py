@@ -49,6 +49,37 @@ def test_feature_flags_and_a_payload_are_read(order: str) -> None:
     assert found == Begin(order == ">", FEATURE_LARGE_BLOCKS >> 2, 180)
 
 
+# The first 24 bytes of streams OpenZFS 2.3.2 wrote (little-endian), by their send flags
+OPENZFS_HEADERS = {
+    "-i": "0000000000000000accbbaf5020000001100000000000000",
+    "-I": "0000000000000000accbbaf5020000000200000000000000",
+    "-R -I": "00000000ac040000accbbaf5020000000200000000000000",
+    "-p -I": "00000000b8020000accbbaf5020000000200000000000000",
+    "-h -I": "0000000004030000accbbaf5020000000200001000000000",
+    "-p": "0000000004020000accbbaf5020000000200000000000000",
+    "-R": "0000000040030000accbbaf5020000000200000000000000",
+}
+
+
+@pytest.mark.parametrize("flags", ["-i", "-I"])
+def test_what_a_cycle_sends_on_openzfs_is_accepted(flags: str) -> None:
+    # -I: a compound BEGIN record with no payload, the snapshots between following
+    assert isinstance(check_begin(bytes.fromhex(OPENZFS_HEADERS[flags])), Begin)
+
+
+@pytest.mark.parametrize("flags", ["-R -I", "-p -I", "-h -I", "-p", "-R"])
+def test_openzfs_streams_with_properties_or_holds_are_refused(flags: str) -> None:
+    found = check_begin(bytes.fromhex(OPENZFS_HEADERS[flags]))
+    assert isinstance(found, BadStream)
+    assert "replication stream" in found.reason
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_an_intermediates_package_without_payload_is_accepted(order: str) -> None:
+    found = check_begin(begin(COMPOUNDSTREAM, order=order))
+    assert found == Begin(big_endian=order == ">", features=0, payload=0)
+
+
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_a_replication_stream_is_refused(order: str) -> None:
     # send -R / -p: a compound BEGIN record whose payload is the property list

@@ -314,8 +314,8 @@ exit 0
 """
 
 
-def _stream(kind: int) -> bytes:
-    header = struct.pack("<IIQQ", streamcheck.BEGIN_RECORD_TYPE, 0,
+def _stream(kind: int, payload: int = 0) -> bytes:
+    header = struct.pack("<IIQQ", streamcheck.BEGIN_RECORD_TYPE, payload,
                          streamcheck.BACKUP_MAGIC, kind)
     return header + b"\0" * 1000
 
@@ -400,7 +400,7 @@ def test_a_receive_reads_the_stream_first_and_excludes_what_reaches_root(
 @needs_root
 def test_a_stream_with_properties_is_refused_before_zfs_runs(tmp_path: Path) -> None:
     argv, bin_dir = _wrapper(tmp_path)
-    out = _run(argv, ["receive", "-u", FS1], _stream(streamcheck.COMPOUNDSTREAM))
+    out = _run(argv, ["receive", "-u", FS1], _stream(streamcheck.COMPOUNDSTREAM, payload=832))
     assert out.returncode == zfswrap.EXIT_REFUSED
     assert b"replication stream" in out.stderr
     assert not (bin_dir / "args").exists()
