@@ -27,6 +27,7 @@ from lab import (
     ZfsreplCli,
     claim_area,
     snapshot_checksums,
+    snapshot_prefix,
     tree_checksums,
     wait_for,
     write_tree,
@@ -274,3 +275,25 @@ def test_a_stopped_transfer_through_the_agent_leaves_no_process(
     stop_mid_transfer(case.lab, case.repl, case.name, case.area, tmp_path)
     # the agent says it was cut short, not refused
     assert " refused: " not in agent_log(case)
+
+
+def test_missed_cycles_catch_up_through_the_agent_in_one_stream(installed: Installed) -> None:
+    """Snapshots that a cycle took but never sent (the link was down) go in one `send -I`
+    stream, which the agent lets through (on OpenZFS a compound stream)."""
+    case, lab = installed.case, installed.lab
+    src, dst = case.pairs[0]
+    prefix = snapshot_prefix(lab)
+    highest = max(int(name[len(prefix):]) for name in snapshots(lab.src, src)
+                  if name.startswith(prefix) and name[len(prefix):].isdigit())
+    missed = {}
+    for seq in (highest + 1, highest + 2):
+        write_tree(lab.src.mountpoint(src), seed=seq, n_files=2, size=4096)
+        lab.src.zfs("snapshot", f"{src}@{prefix}{seq}")
+        missed[f"{prefix}{seq}"] = tree_checksums(lab.src.mountpoint(src))
+    out = text(case.repl.run("runonce", case.name))
+    assert f"incremental -I @{prefix}{highest} -> @{prefix}{highest + 3}" in out, out
+    assert " refused: " not in agent_log(case)
+    names = snapshots(lab.dst, dst)
+    for name, expected in missed.items():
+        assert name in names, names
+        assert snapshot_checksums(lab.dst, f"{dst}@{name}") == expected
