@@ -49,7 +49,8 @@ from zfsrepl.transfer import (
     choose_wire,
     pipe,
 )
-from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs, unresumable
+from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs
+from zfsrepl.zfserrors import NotResumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
 # another cut stream only if something else cut it meanwhile).
@@ -487,7 +488,7 @@ class Cycle:
         except CommandError as exc:
             if cancel is not None and cancel.cancelled:
                 raise  # stopping: the token stays for the next cycle
-            if not unresumable(exc.stderr):
+            if not isinstance(exc, NotResumable):
                 raise  # cut again: the next attempt resumes from the new token
             self.dst.abort_resumable(fp.pair.destination)
             logger.warning("the cut transfer to %s:%s cannot be resumed (%s): discarded it "
