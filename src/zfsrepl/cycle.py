@@ -50,7 +50,7 @@ from zfsrepl.transfer import (
     pipe,
 )
 from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, Zfs
-from zfsrepl.zfserrors import NotResumable
+from zfsrepl.zfserrors import HasClones, NotResumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
 # another cut stream only if something else cut it meanwhile).
@@ -565,7 +565,14 @@ class Cycle:
                     cancel.check(f"destroying {fs}@{name} on {zfs.label}")
                 if name in held:
                     zfs.release(self.tag, [f"{fs}@{name}"])  # only this service's own hold
-                zfs.destroy_snapshot(fs, name)
+                try:
+                    zfs.destroy_snapshot(fs, name)
+                except HasClones:
+                    # the origin of a replica renamed aside by `doctor --fix` (repair.py):
+                    # kept while that lives; the snapshots after it are pruned as usual
+                    logger.info("kept %s@%s on %s: a clone of it exists (a diverged replica "
+                                "renamed aside?)", fs, name, zfs.label)
+                    continue
                 logger.info("destroyed %s@%s on %s", fs, name, zfs.label)
 
     def send_and_prune(self, cp: CyclePlan) -> bool:

@@ -263,15 +263,37 @@ class Zfs:
 
     def destroy_snapshot(self, filesystem: str, name: str) -> None:
         """Destroy one snapshot, riding out the short 'dataset is busy' of FUSE mounts."""
-        target = f"{filesystem}@{name}"
+        self._busy_retried("destroy", f"{filesystem}@{name}")
+
+    def rename(self, filesystem: str, new_name: str) -> None:
+        """Rename a filesystem (no options: never its snapshots alone, never -p),
+        riding out a short 'dataset is busy'; zfs-fuse refuses it while it is mounted."""
+        self._busy_retried("rename", filesystem, new_name)
+
+    def _busy_retried(self, *args: str) -> None:
         for attempt in range(_BUSY_RETRIES):
-            result = self.host.run(self.argv("destroy", target), check=False)
+            result = self.host.run(self.argv(*args), check=False)
             if result.returncode == 0:
                 return
             error = self._failed(result)
             if not isinstance(error, zfserrors.DatasetBusy) or attempt == _BUSY_RETRIES - 1:
                 raise error
             time.sleep(0.1 * (attempt + 1))
+
+    def clone(self, snapshot: str, filesystem: str, *, readonly: bool = False) -> None:
+        """A new filesystem from `snapshot` (FS@SNAP). Where the user may not mount
+        (Linux under `zfs allow`), zfs creates it and only the mount fails: that is done,
+        as a replica is never mounted by a receive either."""
+        args = ["clone", *(["-o", "readonly=on"] if readonly else []), snapshot, filesystem]
+        try:
+            self.run(*args)
+        except zfserrors.CreatedNotMounted:
+            logger.debug("%s: %s created from %s, not mounted", self.label, filesystem,
+                         snapshot)
+
+    def promote(self, filesystem: str) -> None:
+        """Make the clone `filesystem` own the snapshots up to its origin."""
+        self.run("promote", filesystem)
 
     def rollback(self, filesystem: str, name: str) -> None:
         """Roll back to `name`, which must be the newest snapshot (no -r: nothing else

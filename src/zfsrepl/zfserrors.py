@@ -55,6 +55,10 @@ class HasClones(ZfsError):
     """The snapshot is the origin of a clone, which would have to go with it."""
 
 
+class CreatedNotMounted(ZfsError):
+    """The dataset was created, only mounting it failed (a user who may not mount)."""
+
+
 class UnknownProperty(ZfsError):
     """This ZFS does not know a property asked for (older pool versions)."""
 
@@ -67,15 +71,16 @@ class NoSuchHold(ZfsError):
     """No hold with that tag is on the snapshot."""
 
 
-# Read in order: the first pattern found in a line names it. The more specific texts
-# come first ("tag already exists" before "already exists"; a resume token's snapshot
-# that "no longer exists" before anything about existing).
+# In order of precedence: a text is of the first kind one of its lines names. A
+# pipeline or a command that goes on past a failure says several things; what
+# decides comes first ("created, but not mounted" after the mount's own complaint).
+# The more specific texts come first too ("tag already exists" before "already
+# exists"; a resume token's snapshot that "no longer exists" before anything else).
 _PATTERNS: tuple[tuple[re.Pattern[str], type[ZfsError]], ...] = tuple(
     (re.compile(text, re.IGNORECASE), cls) for text, cls in (
         (r"cannot resume send|resume token|cannot receive resume stream", NotResumable),
-        (r"tag already exists", HoldExists),
-        (r"no such tag", NoSuchHold),
-        (r"has dependent clones", HasClones),
+        (r"successfully created, but", CreatedNotMounted),
+        (r"has dependent clones|snapshot is cloned", HasClones),
         (r"has been modified", DestinationModified),
         (r"most recent snapshot of \S+ does not|match incremental source", IncrementalMismatch),
         (r"out of space|no space left|quota exceeded", NoSpace),
@@ -84,6 +89,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], type[ZfsError]], ...] = tuple(
         (r"dataset does not exist|destination '?\S+'? does not exist|"
          r"could not find any snapshots|no such pool", DatasetMissing),
         (r"is busy", DatasetBusy),
+        (r"tag already exists", HoldExists),
+        (r"no such tag", NoSuchHold),
         (r"already exists|bookmark exists|destination '?\S+'? exists", DatasetExists),
         (r"invalid property", UnknownProperty),
     ))
@@ -98,11 +105,11 @@ def kind_of_line(line: str) -> type[ZfsError] | None:
 
 
 def kind_of(stderr: str) -> type[ZfsError] | None:
-    """The class the first telling line of `stderr` names, or None."""
-    for line in stderr.splitlines():
-        found = kind_of_line(line)
-        if found is not None:
-            return found
+    """The class `stderr` names: of the kinds its lines name, the first in precedence."""
+    lines = stderr.splitlines()
+    for pattern, cls in _PATTERNS:
+        if any(pattern.search(ln) for ln in lines):
+            return cls
     return None
 
 

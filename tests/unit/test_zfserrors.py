@@ -14,6 +14,7 @@ from zfsrepl.host import Result
 from zfsrepl.transfer import TransferFailed, TransferNotResumable, pipe
 from zfsrepl.zfs import Zfs
 from zfsrepl.zfserrors import (
+    CreatedNotMounted,
     DatasetBusy,
     DatasetExists,
     DatasetMissing,
@@ -71,6 +72,13 @@ OPENZFS = [
     ("cannot create 'tank/fs.diverged-20260101-120000': dataset already exists",
      DatasetExists),
     ("cannot hold snapshot 'tank/fs@s1': tag already exists on this dataset", HoldExists),
+    ("cannot destroy snapshot tank/fs@s1: snapshot is cloned", HasClones),
+    # a clone made by a user who may not mount (Linux): the mount's complaint comes first
+    ("filesystem 'tank/fs' can not be mounted: Permission denied\n"
+     "cannot mount 'tank/fs': Insufficient privileges\n"
+     "clone successfully created, but not mounted", CreatedNotMounted),
+    ("cannot receive incremental stream: most recent snapshot of tank/fs does not\n"
+     "match incremental source", IncrementalMismatch),
 ]
 
 
@@ -107,6 +115,11 @@ def test_every_line_and_says() -> None:
     two = ("cannot open 'a': dataset does not exist\n"
            "cannot open 'b': dataset does not exist\n")
     assert zfserrors.every_line(two, DatasetMissing)
+    # a batch where one snapshot had the hold already and another had no room: failed
+    mixed = ("cannot hold snapshot 'a@s': tag already exists on this dataset\n"
+             "cannot hold snapshot 'b@s': out of space\n")
+    assert not zfserrors.every_line(mixed, HoldExists)
+    assert zfserrors.kind_of(mixed) is NoSpace
     assert not zfserrors.every_line(two + "cannot open 'c': permission denied\n",
                                     DatasetMissing)
     assert not zfserrors.every_line("", DatasetMissing)
