@@ -188,7 +188,7 @@ class Zfs:
             # ZFS before pool version 18 has no holds (nor userrefs): list without them.
             self._props = tuple(p for p in self._props if p != "userrefs")
             return self.states(filesystems, extra)
-        self._raise_unless_only_missing(result)
+        self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
 
         wanted = set(filesystems)
         out: dict[str, FsState | None] = {fs: None for fs in filesystems}
@@ -241,14 +241,13 @@ class Zfs:
         if not names:
             return set()
         result = self.host.run(self.argv("list", "-H", "-o", "name", *names), check=False)
-        self._raise_unless_only_missing(result)
+        self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
         return {line for line in result.stdout.splitlines() if line in names}
 
-    def _raise_unless_only_missing(self, result: Result) -> None:
-        if result.returncode == 0 or zfserrors.every_line(result.stderr,
-                                                          zfserrors.DatasetMissing):
+    def _raise_unless_only_missing(self, returncode: int, stderr: str, argv: list[str]) -> None:
+        if returncode == 0 or zfserrors.every_line(stderr, zfserrors.DatasetMissing):
             return
-        raise self._failed(result)
+        raise self._failed(Result(argv, returncode, "", stderr))
 
     # -- changing -----------------------------------------------------------------
 
