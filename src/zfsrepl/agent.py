@@ -27,6 +27,10 @@ Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
     holds -H FS@SNAP...                                   the holds of an own FS's snapshots
     destroy FS@SNAP                                       SNAP made by this service
     rollback FS@SNAP                                      SNAP made by this service
+    rename FS FS.diverged-YYYYmmdd-HHMMSS                 a diverged replica set aside
+    clone [-o readonly=on] FS.diverged-STAMP@SNAP FS      ... its SNAP (this service's)
+                                                          back under the old name
+    promote FS                                            ... owning its snapshots again
     hello                                                 version, ZFS capabilities and
                                                           which of zstd, lz4, mbuffer it has
 
@@ -43,14 +47,15 @@ It trusts nothing the sending side decides. Before it runs a request it checks o
 this host (README, "What the agent enforces"):
 
     the takeover interlock   a request that changes a filesystem (receive, receive -A,
-                             destroy, rollback, hold, release) is refused while the
-                             filesystem carries zfsrepl:role=source
+                             destroy, rollback, hold, release, rename, promote) is
+                             refused while the filesystem carries zfsrepl:role=source
     the stream               a receive reads the stream's first record (streamcheck) and
                              refuses replication streams and anything else that is not
                              one filesystem's send stream; where zfs runs as root and has
                              receive -x, dangerous properties are excluded
-    the reach of -F          a forced receive is refused over descendants that are not
-                             the service's; nested destinations are refused altogether
+    the reach of -F          a forced receive (and a rename) is refused over descendants
+                             that are not the service's; nested destinations are
+                             refused altogether
     what a listing shows     get -r -d 1 output is cut to the service's own datasets
     resources                mbuffer at most MAX_AGENT_BUFFER; its own looks time out
 """
@@ -100,6 +105,9 @@ MAX_AGENT_BUFFER = capabilities.MAX_BUFFER
 # over" (diagnosis.ROLE_TAKEN_OVER); a unit test keeps them equal.
 ROLE_PROPERTY = "zfsrepl:role"
 ROLE_TAKEN_OVER = "source"
+# The name a diverged replica is renamed to by `doctor --fix` (repair.py ASIDE_INFIX and
+# STAMP_FORMAT; a unit test keeps them equal): the filesystem's name and this suffix.
+ASIDE_SUFFIX_RE = re.compile(r"\.diverged-[0-9]{8}-[0-9]{6}")
 # Properties a receive leaves as they are here, where this zfs has `receive -x` and
 # runs as root: a stream with any of them could mount the replica over a system
 # folder, share it or make its set-uid programs and devices count. (Under `zfs allow`
@@ -151,6 +159,9 @@ class RunZfs:
     # A forced receive (-F) into this filesystem: refused while it has descendants that
     # are not the service's (a forced receive may destroy them).
     forced: str | None = None
+    # A rename of this filesystem: refused, like a forced receive, while it has
+    # descendants that are not the service's (they would move with it).
+    moves: str | None = None
     stream: bool = False  # reads a send stream: its first record is checked first
     listing: bool = False  # its output is cut to the service's own datasets
 
@@ -405,6 +416,55 @@ def _rollback(args: list[str], policy: Policy) -> Decision:
             or RunZfs(tuple(args), changes=_filesystems_of(args[1:])))
 
 
+def _rename(args: list[str], policy: Policy) -> Decision:
+    # Only an own filesystem, only to its diverged-aside name: no -r/-p/-f, no snapshot.
+    usage = "zfs rename is allowed only as: rename FS FS.diverged-YYYYmmdd-HHMMSS"
+    if len(args) != 3 or any(a.startswith("-") for a in args[1:]):
+        return Refused(usage)
+    fs, new = args[1], args[2]
+    refused = _own_fs(fs, policy)
+    if refused:
+        return refused
+    if not _aside_of(new, fs):
+        return Refused(f"{new!r} is not a name {fs!r} may be set aside as; {usage}")
+    return RunZfs(tuple(args), must_exist=fs, changes=(fs,), moves=fs)
+
+
+def _clone(args: list[str], policy: Policy) -> Decision:
+    # Only from an own snapshot of a set-aside replica, back under the replica's name.
+    usage = ("zfs clone is allowed only as: clone [-o readonly=on] "
+             "FS.diverged-YYYYmmdd-HHMMSS@SNAP FS")
+    rest = args[1:]
+    if rest[:2] == ["-o", "readonly=on"]:
+        rest = rest[2:]
+    if len(rest) != 2 or any(a.startswith("-") for a in rest):
+        return Refused(usage)
+    origin, fs = rest
+    refused = _own_fs(fs, policy)
+    if refused:
+        return refused
+    aside, sep, snap = origin.partition("@")
+    if not sep or not _aside_of(aside, fs):
+        return Refused(f"{origin!r} is not a snapshot of {fs!r} set aside; {usage}")
+    if not policy.naming.is_ours(snap):
+        return Refused(f"snapshot {snap!r} was not made by service {policy.service} "
+                       f"(its snapshots are named {policy.naming.prefix}N)")
+    return RunZfs(tuple(args))
+
+
+def _promote(args: list[str], policy: Policy) -> Decision:
+    # Takes the origin's snapshots up to the clone's; the agent makes an own filesystem
+    # a clone only of its own set-aside replica (`_clone`), so nothing else's move.
+    if len(args) != 2 or args[1].startswith("-"):
+        return Refused("zfs promote is allowed only as: promote FS")
+    return _own_fs(args[1], policy) or RunZfs(tuple(args), must_exist=args[1],
+                                              changes=(args[1],))
+
+
+def _aside_of(name: str, fs: str) -> bool:
+    return name.startswith(fs) and ASIDE_SUFFIX_RE.fullmatch(name[len(fs):]) is not None
+
+
 def _filesystems_of(snapshots: list[str]) -> tuple[str, ...]:
     return tuple(sorted({name.partition("@")[0] for name in snapshots}))
 
@@ -412,7 +472,7 @@ def _filesystems_of(snapshots: list[str]) -> tuple[str, ...]:
 _SUBCOMMANDS = {
     "get": _get, "list": _list, "receive": _receive, "destroy": _destroy,
     "rollback": _rollback, "hold": _hold_or_release, "release": _hold_or_release,
-    "holds": _holds,
+    "holds": _holds, "rename": _rename, "clone": _clone, "promote": _promote,
 }
 
 
@@ -423,11 +483,11 @@ def inspect_args(run: RunZfs) -> list[str] | None:
     """The one zfs listing a request needs before it runs (which of its filesystems
     exist, their interlock, and for a forced receive what lies below), or None."""
     names = set(run.changes)
-    names.update(n for n in (run.must_exist, run.forced) if n)
+    names.update(n for n in (run.must_exist, run.forced, run.moves) if n)
     if not names:
         return None
     args = ["list", "-H", "-o", f"name,{ROLE_PROPERTY}"]
-    if run.forced:
+    if run.forced or run.moves:
         args += ["-r", "-t", "filesystem,volume"]
     return args + sorted(names)
 
@@ -456,13 +516,16 @@ def judge(run: RunZfs, roles: dict[str, str], policy: Policy) -> Refused | None:
                        "change it from the source. On this host, `zfsrepl runonce "
                        f"{policy.service}` replicates it back (failback) and `zfsrepl "
                        f"failover --end {policy.service}` ends the takeover")
-    if run.forced:
+    top = run.forced or run.moves
+    if top:
         below = sorted(n for n in roles
-                       if n.startswith(run.forced + "/") and n not in policy.filesystems)
+                       if n.startswith(top + "/") and n not in policy.filesystems)
         if below:
-            return Refused(f"{run.forced!r} has {', '.join(map(repr, below[:5]))}"
+            harm = ("a forced receive (-F) could destroy it" if run.forced else
+                    "renaming the filesystem would move it too")
+            return Refused(f"{top!r} has {', '.join(map(repr, below[:5]))}"
                            f"{' ...' if len(below) > 5 else ''} below it, not service "
-                           f"{policy.service}'s: a forced receive (-F) could destroy it; "
+                           f"{policy.service}'s: {harm}; "
                            "move it out of the service's destination")
     return None
 

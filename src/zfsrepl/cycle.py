@@ -49,7 +49,8 @@ from zfsrepl.transfer import (
     choose_wire,
     pipe,
 )
-from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, FsState, Zfs, unresumable
+from zfsrepl.zfs import ENCRYPTION, RESUME_TOKEN, CapabilityCache, FsState, Zfs
+from zfsrepl.zfserrors import HasClones, NotResumable
 
 # How often one attempt continues after a resumed stream (each resume may reveal
 # another cut stream only if something else cut it meanwhile).
@@ -530,7 +531,7 @@ class Cycle:
         except CommandError as exc:
             if cancel is not None and cancel.cancelled:
                 raise  # stopping: the token stays for the next cycle
-            if not unresumable(exc.stderr):
+            if not isinstance(exc, NotResumable):
                 raise  # cut again: the next attempt resumes from the new token
             self.dst.abort_resumable(fp.pair.destination)
             logger.warning("the cut transfer to %s:%s cannot be resumed (%s): discarded it "
@@ -607,7 +608,14 @@ class Cycle:
                     cancel.check(f"destroying {fs}@{name} on {zfs.label}")
                 if name in held:
                     zfs.release(self.tag, [f"{fs}@{name}"])  # only this service's own hold
-                zfs.destroy_snapshot(fs, name)
+                try:
+                    zfs.destroy_snapshot(fs, name)
+                except HasClones:
+                    # the origin of a replica renamed aside by `doctor --fix` (repair.py):
+                    # kept while that lives; the snapshots after it are pruned as usual
+                    logger.info("kept %s@%s on %s: a clone of it exists (a diverged replica "
+                                "renamed aside?)", fs, name, zfs.label)
+                    continue
                 logger.info("destroyed %s@%s on %s", fs, name, zfs.label)
 
     def send_and_prune(self, cp: CyclePlan) -> bool:

@@ -253,7 +253,7 @@ def _diverged(c: Chains, state: ChainState, common: Common, naming: SnapshotNami
         if held:
             reasons.append("held: " + ", ".join("@" + s.name for s in held))
         return Finding(Kind.RECEIVER_HAS_EXTRA,
-                       text + " doctor --fix leaves this to you, as some of them are "
+                       text + " doctor --fix --destroy leaves this to you, as some of them are "
                        + "; ".join(reasons) + ".", cmds)
     repairs: tuple[Repair, ...] = tuple(
         DestroySnapshot("receiving", c.receiving_fs, s.name) for s in reversed(extra))

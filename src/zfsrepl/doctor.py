@@ -3,17 +3,21 @@ pure), print the findings, and apply the safe repairs.
 
 The direction is the one `runonce` takes from the same definition: source ->
 destination from the source's definition, destination -> source from the copy on
-the destination host (failback). Repairs are only ever: destroying snapshots of
-this service, rolling back to a snapshot common to both sides (no -r), and
+the destination host (failback). A diverged receiving filesystem is repaired by
+renaming it aside (repair.py), which destroys nothing; the other repairs are only
+ever: destroying snapshots of this service, rolling back to a snapshot common to
+both sides (no -r) -- for a diverged one only when asked to (`--destroy`) -- and
 clearing the maintenance state; each one is re-checked against its finding.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Union
 
-from zfsrepl import diagnosis, failover
+from zfsrepl import diagnosis, failover, repair
 from zfsrepl.config import Endpoint, Service
 from zfsrepl.diagnosis import Chains, Finding, Kind, Side
 from zfsrepl.errors import ZfsreplError
@@ -30,13 +34,25 @@ class Report:
     chains: list[Chains] = field(default_factory=list)
     findings: list[tuple[str, Finding]] = field(default_factory=list)  # (subject, finding)
     tables: dict[str, list[str]] = field(default_factory=dict)
+    # the repair that keeps a diverged replica's data (repair.py), by subject
+    asides: dict[str, repair.RenameAside] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
         return all(f.healthy for _, f in self.findings)
 
-    def repairs(self) -> list[diagnosis.Repair]:
-        return [r for _, f in self.findings for r in f.repairs]
+    def repairs(self, destroy: bool = False) -> list[Step]:
+        """What --fix does: for a diverged replica, the rename aside (or with `destroy`,
+        the finding's destroy and roll back); the findings' repairs for the rest."""
+        steps: list[Step] = []
+        for subject, f in self.findings:
+            aside = self.asides.get(subject)
+            steps += [aside] if aside is not None and not destroy else f.repairs
+        return steps
+
+    def unfixed(self, destroy: bool = False) -> list[Finding]:
+        return [f for subject, f in self.findings if not f.healthy and not f.repairs
+                and (destroy or subject not in self.asides)]
 
     def lines(self) -> list[str]:
         svc = self.service
@@ -46,11 +62,29 @@ class Report:
             out.append(f"{subject}: {f.title.upper()}")
             out += self.tables.get(subject, [])
             out.append(f"  {f.explanation}")
+            aside = self.asides.get(subject)
+            if aside is not None:
+                out.append("  Repair that keeps what was written there (the default of "
+                           "`zfsrepl doctor --fix`): " + repair.describe(aside) + ".")
+                out += [f"  fix: on {self.receiving.host}: {cmd}"
+                        for cmd in repair.commands(aside)]
+                if f.commands:
+                    out.append("  or discard it" + (" (`zfsrepl doctor --fix --destroy`)"
+                                                    if f.repairs else "") + ":")
             for cmd in f.commands:
                 out.append(f"  fix: {cmd}")
-            if f.repairs:
+            if f.repairs and aside is None:
                 out.append("  `zfsrepl doctor --fix` does this for you")
         return out
+
+
+Step = Union[diagnosis.Repair, repair.RenameAside]
+
+
+def describe(step: Step) -> str:
+    if isinstance(step, repair.RenameAside):
+        return repair.describe(step)
+    return diagnosis.describe_repair(step)
 
 
 def sides(svc: Service) -> tuple[Service, Side, Side, bool]:
@@ -66,8 +100,10 @@ def _remote(ep: Endpoint, via_agent: bool) -> SshHost:
     return SshHost(ep) if via_agent else SshHost(ep, extra_options=("BatchMode=no",))
 
 
-def examine(svc_def: Service, state_dir: Path) -> tuple[Report, Zfs, SshHost]:
-    """Everything doctor knows about the service; the caller closes the SshHost."""
+def examine(svc_def: Service, state_dir: Path, now: datetime | None = None
+            ) -> tuple[Report, Zfs, SshHost]:
+    """Everything doctor knows about the service; the caller closes the SshHost.
+    `now` names a diverged replica's new name (repair.py)."""
     svc, snd_side, rcv_side, via_agent = sides(svc_def)
     report = Report(svc, snd_side, rcv_side)
     local = Zfs(LocalHost(snd_side.label), svc.source.zfs_argv)
@@ -117,7 +153,12 @@ def examine(svc_def: Service, state_dir: Path) -> tuple[Report, Zfs, SshHost]:
             report.chains.append(c)
             report.findings.append((subject, f))
             report.tables[subject] = diagnosis.chain_table(c, svc.naming)
-            chains_ok = chains_ok and (f.healthy or bool(f.repairs))
+            if f.kind in repair.DIVERGED:
+                aside = repair.offer(c, f, svc.naming, now or datetime.now(timezone.utc),
+                                     readonly=_readonly_replica(svc_def, remote))
+                if aside is not None:
+                    report.asides[subject] = aside
+            chains_ok = chains_ok and (f.healthy or bool(f.repairs) or subject in report.asides)
     else:
         chains_ok = False
 
@@ -126,6 +167,12 @@ def examine(svc_def: Service, state_dir: Path) -> tuple[Report, Zfs, SshHost]:
         report.findings.insert(0, ("service", diagnosis.diagnose_maintenance(
             svc.name, st.maintenance_reason, chains_ok)))
     return report, local, remote_host
+
+
+def _readonly_replica(svc_def: Service, remote: Zfs) -> bool:
+    """As the cycle makes a new replica: read-only where receive sets properties, never
+    when replicating back (the receiving side is then the original source)."""
+    return not svc_def.is_destination_copy and remote.capabilities().recv_props
 
 
 def _written(zfs: Zfs, fs: str) -> int | None:
@@ -137,25 +184,30 @@ def _written(zfs: Zfs, fs: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def apply(report: Report, local: Zfs, remote: Zfs, state_dir: Path) -> list[str]:
-    """Carry out the report's repairs, in order; one line per step done."""
+def apply(report: Report, local: Zfs, remote: Zfs, state_dir: Path, *,
+          destroy: bool = False) -> list[str]:
+    """Carry out the report's repairs (`Report.repairs`), in order; one line per step
+    done."""
     done: list[str] = []
     naming = report.service.naming
-    for repair in report.repairs():
-        if isinstance(repair, diagnosis.ClearMaintenance):
-            StateStore(ServicePaths(state_dir, repair.service)).update(clear_maintenance)
-            done.append(f"cleared the maintenance state of {repair.service}")
+    for step in report.repairs(destroy):
+        if isinstance(step, repair.RenameAside):
+            done += repair.apply(step, remote)
             continue
-        zfs = local if repair.side == "sending" else remote
-        if isinstance(repair, diagnosis.DestroySnapshot):
-            if not naming.is_ours(repair.snapshot):  # never another's snapshot
-                raise ZfsreplError(f"refusing to destroy @{repair.snapshot}: not made by "
+        if isinstance(step, diagnosis.ClearMaintenance):
+            StateStore(ServicePaths(state_dir, step.service)).update(clear_maintenance)
+            done.append(f"cleared the maintenance state of {step.service}")
+            continue
+        zfs = local if step.side == "sending" else remote
+        if isinstance(step, diagnosis.DestroySnapshot):
+            if not naming.is_ours(step.snapshot):  # never another's snapshot
+                raise ZfsreplError(f"refusing to destroy @{step.snapshot}: not made by "
                                    f"service {report.service.name}")
-            zfs.destroy_snapshot(repair.filesystem, repair.snapshot)
-            done.append(f"destroyed {repair.filesystem}@{repair.snapshot} on {zfs.label}")
+            zfs.destroy_snapshot(step.filesystem, step.snapshot)
+            done.append(f"destroyed {step.filesystem}@{step.snapshot} on {zfs.label}")
         else:
-            zfs.rollback(repair.filesystem, repair.snapshot)
-            done.append(f"rolled {repair.filesystem} back to @{repair.snapshot} on {zfs.label}")
+            zfs.rollback(step.filesystem, step.snapshot)
+            done.append(f"rolled {step.filesystem} back to @{step.snapshot} on {zfs.label}")
     return done
 
 

@@ -39,6 +39,7 @@ from zfsrepl.naming import SnapshotNaming
 from zfsrepl.setup import authorized_keys
 from zfsrepl.state import Newest
 from zfsrepl.zfs import ROLE_PROPERTY, Zfs
+from zfsrepl.zfserrors import PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def _mount(svc: Service, zfs: Zfs, fs: str) -> None:
     try:
         zfs.mount(fs)
     except CommandError as exc:
-        if os.geteuid() == 0 or "permission denied" not in exc.stderr.lower():
+        if os.geteuid() == 0 or not isinstance(exc, PermissionDenied):
             raise
         raise ZfsreplError(
             f"{fs} is writable but could not be mounted on {zfs.label}: only root mounts "

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
-from zfsrepl import interrupts
+from zfsrepl import interrupts, zfserrors
 from zfsrepl.capabilities import COMPRESSORS, buffer_argv, decompress_argv, format_buffer_size
 from zfsrepl.errors import CommandError
 from zfsrepl.host import Tools, first_line, stop_process
@@ -70,6 +70,10 @@ class TransferFailed(CommandError):
                  sent: int | None) -> None:
         super().__init__(message, argv=argv, stderr=stderr, returncode=returncode)
         self.sent = sent
+
+
+class TransferNotResumable(TransferFailed, zfserrors.NotResumable):
+    """A resumed stream failed because its token is no good (zfserrors.NotResumable)."""
 
 
 def _grow_pipe(fd: int) -> None:
@@ -575,12 +579,14 @@ def pipe(sender: list[str], receiver: list[str], what: str, *,
                 reason = f"exit codes: send {send_rc}, receive {recv_rc}"
                 if compressor is not None:
                     reason += f", {compressor[0]} {comp_rc}"
+            stderr = "\n".join(m for m in (send_msg, comp_msg, recv_msg) if m)
             error: type[TransferFailed] = TransferFailed
+            if zfserrors.says(stderr, zfserrors.NotResumable):
+                error = TransferNotResumable
             if cancel is not None and cancel.cancelled:
                 # what the processes said is what being terminated made them say
                 error, reason = TransferStopped, "cut: stopping"
-            raise error(f"{what} failed: {reason}", argv=sender,
-                        stderr="\n".join(m for m in (send_msg, comp_msg, recv_msg) if m),
+            raise error(f"{what} failed: {reason}", argv=sender, stderr=stderr,
                         returncode=(recv_rc or send_rc or comp_rc or -1), sent=count)
     stream = feeder.count.n if feeder is not None else None
     return TransferResult(seconds=time.monotonic() - started, bytes=count, stream_bytes=stream)

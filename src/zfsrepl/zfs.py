@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from zfsrepl import capabilities, unchanged
+from zfsrepl import capabilities, unchanged, zfserrors
 from zfsrepl.capabilities import Capabilities
 from zfsrepl.errors import CommandError
-from zfsrepl.host import Host, Tools, find_tools, first_line, pipeline_command
+from zfsrepl.host import Host, Result, Tools, find_tools, first_line, pipeline_command
 from zfsrepl.log import logger
 from zfsrepl.plan import Send
 from zfsrepl.snapshots import Snapshot
@@ -30,7 +30,6 @@ ENCRYPTION = "encryption"
 OPTIONAL_LIST_PROPS = (RESUME_TOKEN, ENCRYPTION)
 # Bytes written since the newest snapshot (skip_unchanged); not on pool version 23.
 WRITTEN = "written"
-_MISSING_RE = re.compile(r"^cannot open '(.+)': dataset does not exist$")
 _BUSY_RETRIES = 20
 # The arguments of one batched hold or release, in bytes: each call stays well under
 # the agent's limit on a request (agent.MAX_COMMAND_BYTES, 64 KiB, quoting included).
@@ -163,7 +162,16 @@ class Zfs:
         return [*self.zfs_argv, *args]
 
     def run(self, *args: str, check: bool = True) -> str:
-        return self.host.run(self.argv(*args), check=check).stdout
+        """zfs's output; a failure raises the zfserrors class its text names."""
+        try:
+            return self.host.run(self.argv(*args), check=check).stdout
+        except CommandError as exc:
+            raise zfserrors.typed(exc) from None
+
+    def _failed(self, result: Result) -> CommandError:
+        return zfserrors.failed(f"{self.label}: {first_line(result.stderr) or 'zfs failed'}",
+                                argv=result.argv, stderr=result.stderr,
+                                returncode=result.returncode)
 
     # -- reading ------------------------------------------------------------------
 
@@ -189,8 +197,9 @@ class Zfs:
         result = self.host.run(
             self.argv("get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
                       ",".join(props), *filesystems), check=False)
-        if result.returncode != 0 and "invalid property 'userrefs'" in result.stderr:
-            # ZFS before pool version 18 has no holds: list without them.
+        if result.returncode != 0 and "userrefs" in self._props \
+                and isinstance(self._failed(result), zfserrors.UnknownProperty):
+            # ZFS before pool version 18 has no holds (nor userrefs): list without them.
             self._props = tuple(p for p in self._props if p != "userrefs")
             return self.states(filesystems, extra)
         self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
@@ -258,7 +267,8 @@ class Zfs:
             return {}
         result = self.host.run(self.argv("get", "-H", "-p", "-o", "name,value", WRITTEN,
                                          *filesystems), check=False)
-        if result.returncode != 0 and f"invalid property '{WRITTEN}'" in result.stderr:
+        if result.returncode != 0 \
+                and isinstance(self._failed(result), zfserrors.UnknownProperty):
             self._no_written = True
             if self._cache is not None:
                 self._cache.put_lacking(self._cache_key(), WRITTEN)
@@ -275,13 +285,9 @@ class Zfs:
         return {line for line in result.stdout.splitlines() if line in names}
 
     def _raise_unless_only_missing(self, returncode: int, stderr: str, argv: list[str]) -> None:
-        if returncode == 0:
+        if returncode == 0 or zfserrors.every_line(stderr, zfserrors.DatasetMissing):
             return
-        lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-        if lines and all(_MISSING_RE.match(ln) for ln in lines):
-            return
-        raise CommandError(f"{self.label}: {first_line(stderr) or 'zfs failed'}",
-                           argv=argv, stderr=stderr, returncode=returncode)
+        raise self._failed(Result(argv, returncode, "", stderr))
 
     # -- changing -----------------------------------------------------------------
 
@@ -296,16 +302,37 @@ class Zfs:
 
     def destroy_snapshot(self, filesystem: str, name: str) -> None:
         """Destroy one snapshot, riding out the short 'dataset is busy' of FUSE mounts."""
-        target = f"{filesystem}@{name}"
+        self._busy_retried("destroy", f"{filesystem}@{name}")
+
+    def rename(self, filesystem: str, new_name: str) -> None:
+        """Rename a filesystem (no options: never its snapshots alone, never -p),
+        riding out a short 'dataset is busy'; zfs-fuse refuses it while it is mounted."""
+        self._busy_retried("rename", filesystem, new_name)
+
+    def _busy_retried(self, *args: str) -> None:
         for attempt in range(_BUSY_RETRIES):
-            result = self.host.run(self.argv("destroy", target), check=False)
+            result = self.host.run(self.argv(*args), check=False)
             if result.returncode == 0:
                 return
-            if "dataset is busy" not in result.stderr or attempt == _BUSY_RETRIES - 1:
-                raise CommandError(f"{self.label}: {first_line(result.stderr)}",
-                                   argv=result.argv, stderr=result.stderr,
-                                   returncode=result.returncode)
+            error = self._failed(result)
+            if not isinstance(error, zfserrors.DatasetBusy) or attempt == _BUSY_RETRIES - 1:
+                raise error
             time.sleep(0.1 * (attempt + 1))
+
+    def clone(self, snapshot: str, filesystem: str, *, readonly: bool = False) -> None:
+        """A new filesystem from `snapshot` (FS@SNAP). Where the user may not mount
+        (Linux under `zfs allow`), zfs creates it and only the mount fails: that is done,
+        as a replica is never mounted by a receive either."""
+        args = ["clone", *(["-o", "readonly=on"] if readonly else []), snapshot, filesystem]
+        try:
+            self.run(*args)
+        except zfserrors.CreatedNotMounted:
+            logger.debug("%s: %s created from %s, not mounted", self.label, filesystem,
+                         snapshot)
+
+    def promote(self, filesystem: str) -> None:
+        """Make the clone `filesystem` own the snapshots up to its origin."""
+        self.run("promote", filesystem)
 
     def rollback(self, filesystem: str, name: str) -> None:
         """Roll back to `name`, which must be the newest snapshot (no -r: nothing else
@@ -335,24 +362,21 @@ class Zfs:
     def hold(self, tag: str, snapshots: Sequence[str]) -> None:
         """Hold each of `snapshots` (FS@SNAP) with `tag`, in one call (more only for a
         very long list); a hold with that tag already there is fine."""
-        self._hold_or_release("hold", tag, snapshots, "tag already exists")
+        self._hold_or_release("hold", tag, snapshots, zfserrors.HoldExists)
 
     def release(self, tag: str, snapshots: Sequence[str]) -> None:
         """Release the hold `tag` of each of `snapshots` (FS@SNAP), in one call (more
         only for a very long list); no such hold is fine."""
-        self._hold_or_release("release", tag, snapshots, "no such tag")
+        self._hold_or_release("release", tag, snapshots, zfserrors.NoSuchHold)
 
     def _hold_or_release(self, sub: str, tag: str, snapshots: Sequence[str],
-                         harmless: str) -> None:
+                         harmless: type[zfserrors.ZfsError]) -> None:
         # zfs goes on after a snapshot it cannot hold or release, prints one line for
         # it and fails at the end: the call went well if every line is `harmless`.
         for batch in _batches(snapshots, _MAX_BATCH_BYTES):
             result = self.host.run(self.argv(sub, tag, *batch), check=False)
-            lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-            if result.returncode != 0 and not (lines and all(harmless in ln for ln in lines)):
-                raise CommandError(f"{self.label}: {first_line(result.stderr) or 'zfs failed'}",
-                                   argv=result.argv, stderr=result.stderr,
-                                   returncode=result.returncode)
+            if result.returncode != 0 and not zfserrors.every_line(result.stderr, harmless):
+                raise self._failed(result)
 
     def holds(self, snapshots: list[Snapshot]) -> dict[str, set[str]]:
         """The hold tags of each snapshot (by full name FS@SNAP), in one call."""
@@ -370,9 +394,10 @@ class Zfs:
         """Bookmark FS@NAME as FS#NAME (an existing bookmark of that name is fine)."""
         result = self.host.run(self.argv("bookmark", f"{filesystem}@{name}",
                                          f"{filesystem}#{name}"), check=False)
-        if result.returncode != 0 and "exists" not in result.stderr:
-            raise CommandError(f"{self.label}: {first_line(result.stderr)}", argv=result.argv,
-                               stderr=result.stderr, returncode=result.returncode)
+        if result.returncode != 0:
+            error = self._failed(result)
+            if not isinstance(error, zfserrors.DatasetExists):
+                raise error
 
     def destroy_bookmark(self, filesystem: str, name: str) -> None:
         self.run("destroy", f"{filesystem}#{name}")
@@ -447,15 +472,6 @@ class Zfs:
         receive = self.argv(*self.receive_args(filesystem, incremental=incremental,
                                                resumable=resumable, readonly=readonly))
         return pipeline_command(self.host, [*helpers, receive], quiet_helpers=not agent)
-
-
-_UNRESUMABLE = ("cannot resume send", "resume token", "cannot receive resume stream")
-
-
-def unresumable(stderr: str) -> bool:
-    """Whether a failed `send -t TOKEN | receive -s` says the token itself is no good
-    (its snapshot gone or changed, a corrupt token), not that the stream was cut."""
-    return any(text in stderr for text in _UNRESUMABLE)
 
 
 def _batches(words: Sequence[str], limit: int) -> Iterator[list[str]]:

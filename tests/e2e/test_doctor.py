@@ -84,7 +84,12 @@ def test_7_2_fallback_blocked_by_snapshots_the_sender_lacks(lab: Lab, area: Area
         assert "RECEIVING SIDE HOLDS SNAPSHOTS THE SENDING SIDE LACKS" in out, out
         assert f"@{stray}" in out and f"@{common}" in out, out
 
-        out = text(s.back.run("doctor", NAME, "--fix", "--yes"))
+        # the destructive repair is asked for, and confirmed, or nothing happens
+        proc = s.back.run("doctor", NAME, "--fix", "--destroy", check=False)
+        assert proc.returncode == 2, text(proc)
+        assert "What was written on the diverged replicas is lost: not confirmed" in text(proc)
+        assert snapshots(lab.src, s.src_fs)[-1] == stray
+        out = text(s.back.run("doctor", NAME, "--fix", "--destroy", "--yes"))
         assert f"destroyed {s.src_fs}@{stray}" in out, out
         assert f"rolled {s.src_fs} back to @{common}" in out, out
         assert snapshots(lab.src, s.src_fs)[-1] == common

@@ -24,6 +24,7 @@ FS2 = "zfsrepl_dst/svc/fs2"
 NAMING = SnapshotNaming("src", "dst", "198.51.100.12")
 OTHER_NAMING = SnapshotNaming("src", "dst2", "198.51.100.12")
 SUDO_ZFS = ("sudo", "-n", "/usr/sbin/zfs")
+ASIDE1 = f"{FS1}.diverged-20260102-030405"  # FS1 set aside by doctor --fix
 POLICY = Policy(service="svc", filesystems=frozenset({FS1, FS2}), naming=NAMING,
                 zfs_argv=SUDO_ZFS)
 
@@ -153,6 +154,44 @@ def test_a_batch_is_refused_for_its_one_bad_snapshot(sub: str) -> None:
             assert isinstance(decision, Refused) and why in decision.reason, (at, decision)
 
 
+def test_the_repairs_requests_are_allowed_and_checked_like_the_others() -> None:
+    host = RecordingHost()
+    z = zfs.Zfs(host, list(SUDO_ZFS))
+    z.rename(FS1, ASIDE1)
+    z.clone(f"{ASIDE1}@{NAMING.format(3)}", FS1, readonly=True)
+    z.clone(f"{ASIDE1}@{NAMING.format(3)}", FS1)
+    z.promote(FS1)
+    rename, clone_ro, clone, promote = (decide(wire(a), POLICY) for a in host.argvs)
+    # the rename and the promote change FS1: the interlock is read first; the rename
+    # moves what lies below, which must all be the service's
+    assert rename == RunZfs(("rename", FS1, ASIDE1), must_exist=FS1, changes=(FS1,),
+                            moves=FS1)
+    assert clone_ro == RunZfs(("clone", "-o", "readonly=on", f"{ASIDE1}@{NAMING.format(3)}",
+                               FS1))
+    assert isinstance(clone, RunZfs)
+    assert promote == RunZfs(("promote", FS1), must_exist=FS1, changes=(FS1,))
+    assert isinstance(rename, RunZfs) and isinstance(promote, RunZfs)
+    roles = {FS1: "-"}
+    assert agent.judge(rename, roles, POLICY) is None
+    assert agent.inspect_args(rename) == ["list", "-H", "-o", "name,zfsrepl:role", "-r", "-t",
+                                          "filesystem,volume", FS1]
+    below = agent.judge(rename, {**roles, f"{FS1}/other": "-"}, POLICY)
+    assert isinstance(below, Refused) and "would move it too" in below.reason
+    for run in (rename, promote):
+        taken = agent.judge(run, {FS1: agent.ROLE_TAKEN_OVER}, POLICY)
+        assert isinstance(taken, Refused) and "taken over" in taken.reason
+
+
+def test_the_aside_name_is_the_repairs() -> None:
+    from datetime import datetime, timezone
+
+    from zfsrepl import repair
+
+    name = repair.aside_name(FS1, datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    assert name == ASIDE1
+    assert agent.ASIDE_SUFFIX_RE.fullmatch(name[len(FS1):])
+
+
 def test_hello() -> None:
     assert isinstance(decide("hello", POLICY), Hello)
     assert isinstance(decide("'hello'", POLICY), Hello)
@@ -185,6 +224,30 @@ REFUSED = {
     "set": ["zfs", "set", "mountpoint=/etc", FS1],
     "create": ["zfs", "create", f"{FS1}/x"],
     "rename": ["zfs", "rename", FS1, "zfsrepl_dst/x"],
+    "rename aside -r": ["zfs", "rename", "-r", FS1, ASIDE1],
+    "rename aside -p": ["zfs", "rename", "-p", FS1, ASIDE1],
+    "rename other fs aside": ["zfs", "rename", "zfsrepl_dst/other",
+                              "zfsrepl_dst/other.diverged-20260102-030405"],
+    "rename as another's aside": ["zfs", "rename", FS2, ASIDE1],
+    "rename aside of a stamp not a date": ["zfs", "rename", FS1, f"{FS1}.diverged-now"],
+    "rename aside below": ["zfs", "rename", FS1, f"{FS1}/.diverged-20260102-030405"],
+    "rename back": ["zfs", "rename", ASIDE1, FS1],
+    "rename a snapshot": ["zfs", "rename", f"{FS1}@{NAMING.format(3)}", f"{FS1}@x"],
+    "clone into other fs": ["zfs", "clone", f"{ASIDE1}@{NAMING.format(3)}",
+                            "zfsrepl_dst/other"],
+    "clone a foreign snapshot": ["zfs", "clone", f"{ASIDE1}@manual", FS1],
+    "clone another service's snapshot": ["zfs", "clone", f"{ASIDE1}@{OTHER_NAMING.format(3)}",
+                                         FS1],
+    "clone from another fs": ["zfs", "clone", f"{FS2}@{NAMING.format(3)}", FS1],
+    "clone another's aside": ["zfs", "clone",
+                              f"{FS2}.diverged-20260102-030405@{NAMING.format(3)}", FS1],
+    "clone -o other": ["zfs", "clone", "-o", "mountpoint=/etc", f"{ASIDE1}@{NAMING.format(3)}",
+                       FS1],
+    "clone -p": ["zfs", "clone", "-p", f"{ASIDE1}@{NAMING.format(3)}", FS1],
+    "clone the filesystem": ["zfs", "clone", ASIDE1, FS1],
+    "promote other fs": ["zfs", "promote", "zfsrepl_dst/other"],
+    "promote the aside": ["zfs", "promote", ASIDE1],
+    "promote two": ["zfs", "promote", FS1, FS2],
     "allow": ["zfs", "allow", "-u", "dst", "destroy", FS1],
     "snapshot": ["zfs", "snapshot", f"{FS1}@{NAMING.format(99)}"],
     "receive -o other": ["zfs", "receive", "-u", "-o", "readonly=off", FS1],
@@ -297,7 +360,9 @@ NAMES = st.sampled_from([FS1, FS2, "zfsrepl_dst/svc", "zfsrepl_dst", "zfsrepl_ds
                          "name,property,value", "guid,createtxg", "all", "get", "list",
                          "receive", "destroy", "rollback", "send", "zfs", "sudo", "-n",
                          "hold", "release", "holds", "zfsrepl-svc", "-A", "-s",
-                         "/usr/sbin/zfs", ";", "&&", "$(id)", "`id`", "|", "'", '"', "\n"])
+                         "/usr/sbin/zfs", ";", "&&", "$(id)", "`id`", "|", "'", '"', "\n",
+                         "rename", "clone", "promote", ASIDE1, f"{ASIDE1}@{NAMING.format(2)}",
+                         f"{ASIDE1}@x", "readonly=on"])
 
 
 @settings(max_examples=2000, deadline=None)
@@ -310,9 +375,19 @@ def test_whatever_is_asked_only_own_datasets_are_touched(words: list[str]) -> No
     if not decision.args:
         return  # zfs alone: its usage text
     sub, *rest = decision.args
-    assert sub in ("get", "list", "receive", "destroy", "rollback", "hold", "release", "holds")
+    assert sub in ("get", "list", "receive", "destroy", "rollback", "hold", "release", "holds",
+                   "rename", "clone", "promote")
     names = [a for a in rest if not a.startswith("-") and "/" in a]
     assert names, decision
+    if sub in ("rename", "clone"):
+        # a filesystem of the service and its set-aside name (clone: a snapshot of it,
+        # made by the service)
+        aside, fs = names if sub == "clone" else reversed(names)
+        assert fs in POLICY.filesystems
+        aside, _, snap = aside.partition("@")
+        assert aside.startswith(fs + ".diverged-")
+        assert sub == "rename" or NAMING.is_ours(snap)
+        return
     for name in names:
         fs, _, snap = name.partition("@")
         if sub == "list":

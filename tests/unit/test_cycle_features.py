@@ -16,7 +16,7 @@ from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, _prune
 from zfsrepl.errors import CommandError
 from zfsrepl.host import LocalHost
 from zfsrepl.snapshots import Snapshot
-from zfsrepl.transfer import TransferResult
+from zfsrepl.transfer import TransferNotResumable, TransferResult
 
 from .helpers import DST_FS, NAMING, SRC_FS, own, received, seq
 
@@ -171,8 +171,10 @@ def test_a_resumed_stream_asks_for_another_look(monkeypatch: pytest.MonkeyPatch)
 def test_a_token_that_cannot_be_resumed_is_discarded(monkeypatch: pytest.MonkeyPatch,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     def stale(*a: Any, **k: Any) -> TransferResult:
-        raise CommandError("failed", stderr="cannot resume send: 'fs@2' used in the initial "
-                           "send no longer exists\n")
+        # what the transfer raises when zfs says so (tests/unit/test_zfserrors.py)
+        raise TransferNotResumable("failed", argv=[], returncode=1, sent=None,
+                                   stderr="cannot resume send: 'fs@2' used in the initial "
+                                   "send no longer exists\n")
 
     c, _, dst = make_cycle(monkeypatch, ALL, ALL, pipe=stale)
     assert c.send(resume_plan()) is True

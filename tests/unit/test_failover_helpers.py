@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from zfsrepl import diagnosis, failover
+from zfsrepl import diagnosis, failover, zfserrors
 from zfsrepl.config import parse_service
 from zfsrepl.errors import CommandError, ConfigError, UsageError, ZfsreplError
 from zfsrepl.setup import authorized_keys
@@ -212,7 +212,8 @@ class RootMountsOnly(FakeZfs):
     """A ZFS where the user's delegated rights stop at mount(2) (Linux)."""
 
     def mount(self, filesystem: str) -> None:
-        raise CommandError("dst@dsthost: cannot mount", stderr=(
+        # as Zfs raises it: typed from zfs's text (zfserrors)
+        raise zfserrors.failed("dst@dsthost: cannot mount", argv=[], returncode=1, stderr=(
             f"cannot mount '/m/{filesystem}': failed to create mountpoint: Permission denied"))
 
 

@@ -13,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from zfsrepl import agent, cluster_state, config, diagnosis, failover, streamcheck, zfs, zfswrap
+from zfsrepl import (
+    agent,
+    cluster_state,
+    config,
+    diagnosis,
+    failover,
+    streamcheck,
+    zfs,
+    zfserrors,
+    zfswrap,
+)
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.errors import UsageError
 from zfsrepl.host import Result
@@ -167,7 +177,7 @@ def test_a_receive_is_checked_as_the_agent_checks_it() -> None:
 def test_a_resume_token_is_refused_and_the_cycle_starts_the_transfer_again() -> None:
     decision = decide(["send", "-t", "1-abc-def"], [SOURCE])
     assert isinstance(decision, Refused)
-    assert zfs.unresumable(decision.reason)
+    assert zfserrors.says(decision.reason, zfserrors.NotResumable)
 
 
 def test_the_maintenance_property_is_the_clusters() -> None:
