@@ -214,7 +214,7 @@ SRC_SNAP = f"{SRC1}@{NAMING.format(3)}"
     (["receive", "-u", SRC1], [SOURCE], "source only sends"),
     (["mount", "-o", "remount,suid", FS1], [DESTINATION], "no options"),
     (["create", "-o", "mountpoint=/etc", f"{FS1}/x"], [DESTINATION], "create"),
-    (["clone", OWN_SNAP, "zfsrepl_dst/x"], [DESTINATION], "clone"),
+    (["clone", OWN_SNAP, "zfsrepl_dst/x"], [DESTINATION], "is not a destination filesystem"),
     (["rename", FS1, "zfsrepl_dst/x"], [DESTINATION], "rename"),
     (["allow", "-u", "dst", "mountpoint", FS1], [DESTINATION], "allow"),
     (["upgrade", "-a"], [DESTINATION], "upgrade"),
