@@ -120,7 +120,8 @@ def test_root_script_is_valid_shell(zfs_command: str, tmp_path: Path) -> None:
         assert "zfs allow -u" not in text
     else:
         assert ("/sbin/zfs allow -u dst "
-                "create,mount,receive,readonly,destroy,rollback,hold,release,userprop "
+                "create,mount,receive,readonly,destroy,rollback,hold,release,userprop,"
+                "rename,clone,promote "
                 "zfsrepl_dst/y") in text
         assert "sudoers" not in text
 

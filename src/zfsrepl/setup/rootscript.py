@@ -29,11 +29,12 @@ from zfsrepl.errors import UsageError
 # bookmarks the newest replicated snapshot and prunes (destroy needs mount); the
 # destination creates by receiving (readonly: `receive -o readonly=on`), prunes,
 # discards cut resumable receives (destroy) and rolls back. hold/release: the
-# service's hold on the incremental base; userprop: the role properties.
+# service's hold on the incremental base; userprop: the role properties; rename,
+# clone, promote: doctor's repair that keeps a diverged replica aside.
 SOURCE_PERMISSIONS = ("send", "snapshot", "bookmark", "destroy", "mount", "hold", "release",
                       "userprop")
 DESTINATION_PERMISSIONS = ("create", "mount", "receive", "readonly", "destroy", "rollback",
-                           "hold", "release", "userprop")
+                           "hold", "release", "userprop", "rename", "clone", "promote")
 HEREDOC_END = "ZFSREPL_DEFINITION_END"
 MODULE_END = "ZFSREPL_MODULE_END"
 SUDOERS_DIR = "/etc/sudoers.d"
