@@ -434,11 +434,15 @@ def test_root_acts_as_the_owner_of_another_users_state_folder() -> None:
     assert managers.acting_uid(1000, 2000) is None  # not root: the folder check says why
 
 
-def test_a_start_refused_after_clear_says_the_state_is_cleared(tmp_path: Path) -> None:
+def test_a_start_refused_after_clear_says_the_state_is_cleared(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     etc, dirs = unit_dirs(tmp_path)
     sd = Systemd(FakeSystemctl(fail="start"), dirs, etc)
-    with pytest.raises(ZfsreplError, match=r"^maintenance cleared, but systemctl start "
-                       r"zfsrepl@web.service failed: Failed to enable unit: Access denied"):
+    monkeypatch.setattr(managers.os, "geteuid", lambda: 1000)  # the service's user
+    with pytest.raises(ZfsreplError, match=re.escape(
+            "maintenance cleared, but systemctl start zfsrepl@web.service failed: Failed to "
+            "enable unit: Access denied (starting a unit needs root: run `systemctl start "
+            "zfsrepl@web.service` as root)")):
         sd.start_again("web")
 
 
