@@ -46,6 +46,10 @@ KEY = f"/home/src/.ssh/zfsrepl-{NAME}"
 AGENT_LOG = f"/var/log/zfsrepl/agent.{NAME}.log"
 MARKER = f"zfsrepl:{NAME}:test"
 EXIT_MAINTENANCE = 96
+# Every cycle the test waits for is the one a start of the service runs at once: the
+# next by the interval never comes while the test runs, so no stop or restart cuts a
+# cycle between its snapshot and the receive (the next cycle would then send -I).
+INTERVAL = 3600
 # Test-only: the lab's source host is the network namespace zr-src inside the VM (its
 # own namespace routes the lab's addresses nowhere), so the unit joins it. On a real
 # source host the unit runs in the host's namespace and needs no such drop-in.
@@ -103,7 +107,7 @@ def service(lab: Lab, area: Area, installed: None) -> Iterator[tuple[str, str]]:
              "--destination-user", lab.dst.user, "--destination-host", lab.dst.address,
              "--zfs-command", lab.zfs_command, "--log", AGENT_LOG, "--filesystem", dst]
     definition = service_definition(
-        lab, [(src, dst)], name=NAME, interval=3, retries=1, retry_delay=0.5, keep=50,
+        lab, [(src, dst)], name=NAME, interval=INTERVAL, retries=1, retry_delay=0.5, keep=50,
         source={"zfs_command": lab.zfs_command},
         destination={"zfs_command": lab.zfs_command, "identity": KEY})
     try:
@@ -146,21 +150,19 @@ def new_replica(lab: Lab, dst: str, seen: list[str], what: str) -> str:
     return snap
 
 
-def replicates(lab: Lab, src: str, dst: str, seed: int) -> None:
-    """Change the source, wait for a cycle that started after the change to reach the
-    destination, and check that replica's content."""
+def change(lab: Lab, src: str, seed: int) -> tuple[dict[str, str], list[str]]:
+    """Change the source; what it holds now, and the snapshots it had before."""
     mnt = lab.src.mountpoint(src)
     write_tree(mnt, seed=seed)
-    expected = tree_checksums(mnt)
-    before = own_snapshots(lab, lab.src, src)  # those taken before the change was complete
-    snap = new_replica(lab, dst, before, f"a cycle after change {seed} on the destination")
+    return tree_checksums(mnt), own_snapshots(lab, lab.src, src)
+
+
+def replicated(lab: Lab, dst: str, changed: tuple[dict[str, str], list[str]],
+               what: str) -> None:
+    """A cycle after the change reaches the destination, holding the changed files."""
+    expected, before = changed
+    snap = new_replica(lab, dst, before, what)
     assert snapshot_checksums(lab.dst, f"{dst}@{snap}") == expected
-
-
-def resumes(lab: Lab, src: str, dst: str, what: str) -> None:
-    """A cycle that starts from now on reaches the destination (not one whose snapshot
-    the source has already)."""
-    new_replica(lab, dst, own_snapshots(lab, lab.src, src), what)
 
 
 def journal(lab: Lab) -> list[dict[str, str]]:
@@ -171,7 +173,9 @@ def journal(lab: Lab) -> list[dict[str, str]]:
 def test_the_packaged_service_under_systemd(lab: Lab, service: tuple[str, str]) -> None:
     src, dst = service
 
-    # enable: the package's unit, run as the definition's user, active
+    # enable: the package's unit, run as the definition's user, active; its first
+    # cycle sends the source through the packaged agent on the destination
+    first = change(lab, src, seed=1)
     enabled = vm(lab, f"{ZFSREPL} enable {NAME}")
     assert f"enabled and started {UNIT}" in enabled.stdout.decode()
     assert unit_property(lab, "FragmentPath") in ("/lib/systemd/system/zfsrepl@.service",
@@ -179,16 +183,22 @@ def test_the_packaged_service_under_systemd(lab: Lab, service: tuple[str, str]) 
     assert unit_property(lab, "User") == lab.src.user
     wait_active(lab, "active")
     assert out(lab, f"systemctl is-enabled {UNIT}").strip() == "enabled"
-
-    # cycles happen, through the packaged agent on the destination (the second one,
-    # incremental, after the maintenance below)
-    replicates(lab, src, dst, seed=1)
+    replicated(lab, dst, first, "the first cycle on the destination")
     assert f"agent[{NAME}]" in out(lab, f"cat {AGENT_LOG}")
 
-    # maintenance: the destination goes away; the retries run out; the unit is failed
-    # and stays so (exit 96 is not restarted), its status showing why
+    # a restart is a new process, and replication resumes: an incremental cycle
+    second = change(lab, src, seed=2)
+    pid = unit_property(lab, "MainPID")
+    vm(lab, f"systemctl restart {UNIT}")
+    wait_active(lab, "active")
+    assert unit_property(lab, "MainPID") not in ("0", pid)
+    replicated(lab, dst, second, "a cycle after the restart")
+
+    # maintenance: the destination is away when the service starts; the retries run
+    # out; the unit is failed and stays so (96 is not restarted), its status says why
     lab.dst.stop_sshd()
     try:
+        vm(lab, f"systemctl restart {UNIT}")
         wait_active(lab, "failed")
     finally:
         lab.dst.start_sshd()
@@ -199,6 +209,7 @@ def test_the_packaged_service_under_systemd(lab: Lab, service: tuple[str, str]) 
     (st,) = cached["services"]
     reason = st["reason"]
     assert st["state"] == "maintenance" and reason
+
     # what an administrator sees first (exit 3: the unit is not active), with the last
     # lines of its journal, as they reach it
     def status_with_reason() -> str | None:
@@ -223,24 +234,22 @@ def test_the_packaged_service_under_systemd(lab: Lab, service: tuple[str, str]) 
     errors = out(lab, f"journalctl -u {UNIT} -p err -o cat --no-pager")
     assert alarm["MESSAGE"] in errors and "\nINFO " not in f"\n{errors}"
 
-    # clear, as root: the state (the service user's) is cleared, the unit started again
+    # clear, as root: the state (the service user's) is cleared, the unit started
+    # again, and it sends what changed meanwhile
+    third = change(lab, src, seed=3)
     cleared = vm(lab, f"{ZFSREPL} clear {NAME}", check=False)
     assert cleared.returncode == 0, cleared.stderr.decode()
     assert f"started {UNIT}" in cleared.stdout.decode()
     wait_active(lab, "active")
-    replicates(lab, src, dst, seed=2)
+    replicated(lab, dst, third, "a cycle after clear")
 
-    # a restart is a new process, and a stopped service comes back the way a boot
-    # starts it, with multi-user.target, which wants it: replication resumes
-    pid = unit_property(lab, "MainPID")
-    vm(lab, f"systemctl restart {UNIT}")
-    wait_active(lab, "active")
-    assert unit_property(lab, "MainPID") not in ("0", pid)
+    # as at boot: stopped, it comes back with multi-user.target, which wants it
+    fourth = change(lab, src, seed=4)
     vm(lab, f"systemctl stop {UNIT}")
     assert is_active(lab) == "inactive"
     vm(lab, "systemctl start multi-user.target")
     wait_active(lab, "active")
-    resumes(lab, src, dst, "a cycle after starting multi-user.target")
+    replicated(lab, dst, fourth, "a cycle after starting multi-user.target")
 
     # disable stops it, and it stays off
     disabled = vm(lab, f"{ZFSREPL} disable {NAME}")
