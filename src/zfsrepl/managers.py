@@ -290,7 +290,13 @@ class Systemd:
             return (f"{unit} is not enabled: start the service with `zfsrepl enable {name}` "
                     f"or run `zfsrepl run {name}`")
         self.systemctl("reset-failed", unit, check=False)
-        self.systemctl("start", unit)
+        result = self.systemctl("start", unit, check=False)
+        if result.returncode != 0:
+            why = first_line(result.stderr) or f"exit status {result.returncode}"
+            hint = "" if os.geteuid() == 0 else \
+                f" (starting a unit needs root: run `systemctl start {unit}` as root)"
+            raise ZfsreplError(f"maintenance cleared, but systemctl start {unit} failed: "
+                               f"{why}{hint}")
         return f"started {unit}"
 
 
@@ -401,6 +407,64 @@ def rc_script(command: list[str]) -> str:
     line = f': ${{zfsrepl_command:="{shlex.join(command)}"}}'
     return "\n".join(line if ln.startswith(": ${zfsrepl_command:=") else ln
                      for ln in packaged("zfsrepl.rc").splitlines()) + "\n"
+
+
+# ---------------------------------------------------------------------------- the service's user
+
+
+def acting_uid(euid: int, folder_uid: int | None) -> int | None:
+    """Whom root must become to change a service's state (`zfsrepl clear`): the owner of
+    its state folder, where that is another user (the service runs as its definition's
+    user), because root refuses to write into a folder someone else owns (fileio).
+    None: act as who runs the command."""
+    if euid != 0 or folder_uid is None or folder_uid == 0:
+        return None
+    return folder_uid
+
+
+def folder_owner(folder: Path) -> tuple[int, int] | None:
+    """The (uid, gid) owning `folder`, or None where it does not exist."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return st.st_uid, st.st_gid
+
+
+def as_user(uid: int, gid: int, action: Callable[[], int]) -> int:
+    """Run `action` in a child process that is user `uid` and nothing more: its primary
+    group and other groups (`gid` for a uid without a name); `action`'s result is the
+    exit status returned. The child reports its own errors, as the command line does,
+    in one line."""
+    import pwd
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - measured in the parent, which sees its status
+        code = 1
+        try:
+            try:
+                entry = pwd.getpwuid(uid)
+                gid = entry.pw_gid
+                os.initgroups(entry.pw_name, gid)
+            except KeyError:
+                os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            code = action()
+        except ZfsreplError as exc:
+            print(f"zfsrepl: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"zfsrepl: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 # ---------------------------------------------------------------------------- any

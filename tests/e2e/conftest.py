@@ -22,6 +22,8 @@ Environment: ``ZFSREPL_LAB_DIR`` (fuse lab, default /var/tmp/zfsrepl-lab),
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -79,3 +81,38 @@ def repl(lab: Lab, area: Area) -> Iterator[ZfsreplCli]:
     finally:
         lab.stop_children()  # a daemon must not outlive its state dir
         cli.destroy()
+
+
+# ---------------------------------------------------------------------------- the package
+
+REPO = E2E_DIR.parents[1]
+DEB_TOOLS = ("dpkg-buildpackage", "dh", "dh_python3", "lintian")
+
+
+def missing_deb_tools() -> list[str]:
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    found = [t for t in DEB_TOOLS if shutil.which(t, path=path)]
+    plugin = Path("/usr/share/dh-python/dhpython/build/plugin_pyproject.py").exists()
+    return [t for t in DEB_TOOLS if t not in found] + \
+        ([] if plugin else ["pybuild-plugin-pyproject"])
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Debian package, built once a session by scripts/build-deb (which installs the
+    build tools as root); skipped where they are missing and cannot be installed."""
+    from zfsrepl import __version__
+
+    if missing_deb_tools() and os.geteuid() != 0:
+        pytest.skip(f"build tools missing ({', '.join(missing_deb_tools())}) and not root "
+                    "to install them")
+    out = tmp_path_factory.mktemp("deb")
+    proc = subprocess.run([str(REPO / "scripts" / "build-deb"), str(out)], capture_output=True,
+                          text=True, timeout=1800)
+    if proc.returncode != 0 and missing_deb_tools():
+        pytest.skip(f"the build tools could not be installed: {proc.stdout[-2000:]}"
+                    f"{proc.stderr[-2000:]}")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    path = out / f"zfsrepl_{__version__}_all.deb"
+    assert path.exists(), proc.stdout
+    return path

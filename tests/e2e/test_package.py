@@ -18,34 +18,8 @@ import pytest
 from zfsrepl import __version__, cli, managers
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = ("dpkg-buildpackage", "dh", "dh_python3", "lintian")
-DEB_NAME = f"zfsrepl_{__version__}_all.deb"
 # Debian's interpreter: the one the package depends on.
 PYTHON = "/usr/bin/python3"
-
-
-def missing_tools() -> list[str]:
-    path = "/usr/sbin:/usr/bin:/sbin:/bin"
-    found = [t for t in TOOLS if shutil.which(t, path=path)]
-    plugin = Path("/usr/share/dh-python/dhpython/build/plugin_pyproject.py").exists()
-    return [t for t in TOOLS if t not in found] + ([] if plugin else ["pybuild-plugin-pyproject"])
-
-
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if missing_tools() and os.geteuid() != 0:
-        pytest.skip(f"build tools missing ({', '.join(missing_tools())}) and not root to "
-                    "install them")
-    out = tmp_path_factory.mktemp("deb")
-    proc = subprocess.run([str(REPO / "scripts" / "build-deb"), str(out)], capture_output=True,
-                          text=True, timeout=1800)
-    if proc.returncode != 0 and missing_tools():
-        pytest.skip(f"the build tools could not be installed: {proc.stdout[-2000:]}"
-                    f"{proc.stderr[-2000:]}")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    path = out / DEB_NAME
-    assert path.exists(), proc.stdout
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -421,3 +421,65 @@ def test_enable_prepares_the_folders_of_a_service_user(tmp_path: Path) -> None:
     (logs / "web.log").write_text("kept\n")
     assert managers.prepare_folders("web", uid, gid, state, logs) == []  # only what is missing
     assert (logs / "web.log").read_text() == "kept\n"
+
+
+# ---------------------------------------------------------------------------- clear as root
+
+
+def test_root_acts_as_the_owner_of_another_users_state_folder() -> None:
+    assert managers.acting_uid(0, 1000) == 1000
+    assert managers.acting_uid(0, 0) is None
+    assert managers.acting_uid(0, None) is None  # no state yet
+    assert managers.acting_uid(1000, 1000) is None
+    assert managers.acting_uid(1000, 2000) is None  # not root: the folder check says why
+
+
+def test_a_start_refused_after_clear_says_the_state_is_cleared(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    etc, dirs = unit_dirs(tmp_path)
+    sd = Systemd(FakeSystemctl(fail="start"), dirs, etc)
+    monkeypatch.setattr(managers.os, "geteuid", lambda: 1000)  # the service's user
+    with pytest.raises(ZfsreplError, match=re.escape(
+            "maintenance cleared, but systemctl start zfsrepl@web.service failed: Failed to "
+            "enable unit: Access denied (starting a unit needs root: run `systemctl start "
+            "zfsrepl@web.service` as root)")):
+        sd.start_again("web")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can become the service's user")
+def test_clear_as_root_changes_the_state_as_the_services_user(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a service manager the service runs as its definition's user and owns its
+    state folder, into which root refuses to write: root's `clear` (the one that can
+    start the unit again) changes it as that user."""
+    import json
+    import pwd
+    import tempfile
+
+    from zfsrepl.state import ServicePaths, StateStore
+
+    monkeypatch.setattr(managers, "detect", lambda: None)
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="zfsrepl-clear-"))
+    try:
+        base.chmod(0o755)  # the user must reach its folders below
+        confdir, state_dir, log_dir = base / "config", base / "state", base / "log"
+        (confdir / "services").mkdir(parents=True)
+        svc = Service("web", Endpoint("srchost", "nobody", zfs_command="/nonexistent/zfs"),
+                      Endpoint("desthost", "dst"), (FilesystemPair("tank/web", "backup/web"),))
+        (confdir / "services" / "web.toml").write_text(dump_service(svc))
+        managers.prepare_folders("web", nobody.pw_uid, nobody.pw_gid, state_dir, log_dir)
+        paths = ServicePaths(state_dir, "web")
+        paths.state_file.write_text(json.dumps({"maintenance_since": 1.0,
+                                                "maintenance_reason": "it broke"}))
+        os.chown(paths.state_file, nobody.pw_uid, nobody.pw_gid)
+
+        assert main(["--config-dir", str(confdir), "--state-dir", str(state_dir),
+                     "--log-dir", str(log_dir), "clear", "web"]) == 0
+        assert not StateStore(paths).load().in_maintenance
+        assert paths.state_file.stat().st_uid == nobody.pw_uid
+        assert {p.stat().st_uid for p in paths.folder.iterdir()} == {nobody.pw_uid}
+        assert "maintenance of web cleared (it was: it broke)" in \
+            (log_dir / "web.log").read_text()
+    finally:
+        shutil.rmtree(base)

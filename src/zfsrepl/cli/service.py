@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from zfsrepl import cluster_state, config, logfile, managers, state
@@ -51,16 +52,27 @@ def clear(args: argparse.Namespace, ctx: Context) -> int:
     if not before.in_maintenance:
         print(f"service {svc.name} is not in maintenance")
         return 0
-    handler = logfile.attach(ctx.log_dir, svc.name)
-    try:
-        after = store.update(state.clear_maintenance)
-        if in_zfs is not None:
-            cluster_state.clear(svc)
-        logger.info("maintenance of %s cleared (it was: %s)", svc.name,
-                    before.maintenance_reason)
-    finally:
-        logfile.detach(handler)
-    if paths.metrics_file.exists():
-        publish(paths.metrics_file, svc, after, "offline")
+
+    def leave() -> int:
+        handler = logfile.attach(ctx.log_dir, svc.name)
+        try:
+            after = store.update(state.clear_maintenance)
+            if in_zfs is not None:
+                cluster_state.clear(svc)
+            logger.info("maintenance of %s cleared (it was: %s)", svc.name,
+                        before.maintenance_reason)
+        finally:
+            logfile.detach(handler)
+        if paths.metrics_file.exists():
+            publish(paths.metrics_file, svc, after, "offline")
+        return 0
+
+    # Root clearing a service that runs as its definition's user (systemd, SMF) changes
+    # that user's files as that user; then starts the service, which needs root.
+    owner = managers.folder_owner(paths.folder)
+    uid = managers.acting_uid(os.geteuid(), owner[0] if owner else None)
+    code = leave() if uid is None or owner is None else managers.as_user(uid, owner[1], leave)
+    if code != 0:
+        return code
     print(managers.start_again(svc.name, managers.detect()))
     return 0
