@@ -59,6 +59,8 @@ RESULTS = BENCH / "RESULTS.md"
 # The order of the sections in RESULTS.md (run_all.py runs them in this order too).
 SECTIONS = ("throughput", "cycle_cost", "snapshots", "catchup", "memory", "recursive",
             "peers", "rpo", "skip_unchanged")
+# Sections that only a run by hand writes (peers.py --section), after those above.
+EXTRA_SECTIONS = ("peers-bzfs",)
 
 # zfsrepl's own cipher choice, as ssh -o options, for the raw pipeline's fair variant.
 ZFSREPL_CIPHER_OPTIONS = " ".join(f"-o {shlex.quote(o)}" for o in SSH_DEFAULT_OPTIONS)
@@ -315,7 +317,7 @@ def rebuild() -> None:
     if (RESULTS_DIR / "machine.md").exists():
         parts.append("## Machine and versions (of the latest run)\n\n"
                      + (RESULTS_DIR / "machine.md").read_text())
-    for name in SECTIONS:
+    for name in (*SECTIONS, *EXTRA_SECTIONS):
         path = RESULTS_DIR / f"{name}.md"
         if path.exists():
             parts.append(path.read_text().rstrip() + "\n")

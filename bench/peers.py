@@ -1,8 +1,8 @@
-"""Peers on current OpenZFS: zfsrepl against the raw pipeline, syncoid and zfs-autobackup.
+"""Peers on current OpenZFS: zfsrepl against the raw pipeline, syncoid, zfs-autobackup, bzfs.
 
 Runs on the OpenZFS lab backend (the VM; ``ZFSREPL_LAB_BACKEND=openzfs`` is set here),
-whose image carries syncoid (Debian's sanoid package) and zfs-autobackup (PyPI). All
-four run as the lab's delegated non-root user ``src`` on the source host and reach
+whose image carries syncoid (Debian's sanoid package), zfs-autobackup and bzfs (PyPI).
+All five run as the lab's delegated non-root user ``src`` on the source host and reach
 ``dst`` over ssh with the same cipher list, each on a tree of its own (so that no
 tool ever sees another's snapshots), in the same run and alternating:
 
@@ -14,6 +14,10 @@ tool ever sees another's snapshots), in the same run and alternating:
                      compression, --no-privilege-elevation
     zfs-autobackup   one zfs-autobackup run selecting the children
                      (autobackup:NAME=child), --keep-source=3 --keep-target=3
+    bzfs             two bzfs runs: one snapshots the tree's children, replicates them
+                     and prunes the destination to 3; one prunes the source to 3
+                     (bzfs prunes a source only as the destination of a run of its
+                     own); with the options its manual gives for speed (BZFS_OPTIONS)
 
 Two figures:
 
@@ -30,13 +34,16 @@ between tools in the same run are the result.
 Run as root from the repository root:
 
     python bench/peers.py [--counts 1,10] [--rounds 3] [--warmup 3] [--size-mib 64]
+                          [--variants zfsrepl,bzfs,...] [--no-throughput] [--section NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["ZFSREPL_LAB_BACKEND"] = "openzfs"
@@ -51,8 +58,23 @@ from lab.zfs import destroy, exists, release_holds
 KEEP = 3
 WARMUP = 3
 CHANGE_KIB = 64
-VARIANTS = ("zfsrepl", "raw", "syncoid", "zfs-autobackup")
+ALL_VARIANTS = ("zfsrepl", "raw", "syncoid", "zfs-autobackup", "bzfs")
+VARIANTS: tuple[str, ...] = ALL_VARIANTS  # the variants of this run (--variants)
 CIPHERS = bl.SSH_DEFAULT_OPTIONS[0].split("=", 1)[1]
+# bzfs names its snapshots ORG_TARGET_<time>_PERIOD and keeps, per plan, the newest
+# KEEP of a period: one "secondly" period, a snapshot each run (even-if-not-due)
+BZFS_PLAN = f"{{'bench': {{'onsite': {{'secondly': {KEEP}}}}}}}"
+# What bzfs's manual offers for speed, for cycles of small changes (see bench/README.md)
+BZFS_OPTIONS = [
+    "--no-privilege-elevation",   # the user holds `zfs allow` rights: no sudo
+    "--cache-snapshots",          # skip listings of what `snapshots_changed` says is unchanged
+    "--no-estimate-send-size",    # no `zfs send -n -v` before each send
+    "--compression-program=-",    # small, incompressible changes: no zstd on either side
+    "--mbuffer-program=-",        # nor mbuffer,
+    "--pv-program=-",             # nor pv in the pipeline
+    f"--ssh-cipher={CIPHERS}",    # the cipher list every variant gets
+    "--quiet",
+]
 
 
 class VmCounter:
@@ -82,9 +104,13 @@ class VmCounter:
 
     def read(self) -> tuple[int, int]:
         """(local zfs, ssh) processes since the last reset."""
-        lines = bl.root_script(self.host, 'cat "$1"', self.log).splitlines()
+        lines = self.lines()
         return (sum(1 for ln in lines if ln.startswith("zfs")),
                 sum(1 for ln in lines if ln.startswith("ssh")))
+
+    def lines(self) -> list[str]:
+        """The calls since the last reset, one argv a line."""
+        return bl.root_script(self.host, 'cat "$1"', self.log).splitlines()
 
     def close(self) -> None:
         bl.root_script(self.host, 'rm -rf "$1"', self.dir)
@@ -106,7 +132,8 @@ class Trees:
                            "i=$((i + 1)); done", self.src[v], str(n))
             lab.dst.zfs("create", self.dst[v])
         # zfs-autobackup replicates the children of the tree marked for its backup name
-        lab.src.zfs("set", f"autobackup:{self.name}=child", self.src["zfs-autobackup"])
+        if "zfs-autobackup" in VARIANTS:
+            lab.src.zfs("set", f"autobackup:{self.name}=child", self.src["zfs-autobackup"])
         pairs = [(f"{self.src['zfsrepl']}/fs{i}", f"{self.dst['zfsrepl']}/fs{i}")
                  for i in range(1, n + 1)]
         repl.write_service(name=self.name, filesystems=pairs, keep=KEEP, retries=1)
@@ -115,6 +142,12 @@ class Trees:
         self.ssh_config = f"{repl.base}/{self.name}-ssh_config"  # the user's own dir
         repl.put(Path(self.ssh_config),
                  f"Host *\n  Ciphers {CIPHERS}\n  BatchMode yes\n  LogLevel ERROR\n".encode())
+        # bzfs wants these names to contain "bzfs_ssh_config" and "bzfs-logs"; its
+        # snapshot cache lives beside its logs, so one per tree
+        self.bzfs_ssh_config = f"{repl.base}/{self.name}-bzfs_ssh_config"
+        repl.put(Path(self.bzfs_ssh_config), b"Host *\n  BatchMode yes\n  LogLevel ERROR\n")
+        self.bzfs_logs = f"{repl.base}/{self.name}-bzfs-logs"
+        self.bzfs_times: list[tuple[float, float]] = []  # (replicate, prune source) per run
 
     def destroy(self) -> None:
         """Every variant's trees, on both sides (the VM's disk is small)."""
@@ -143,6 +176,8 @@ class Trees:
                                                  f"{bl.ZFSREPL_CIPHER_OPTIONS}"}
             return bl.timed(lambda: bl.user_script(host, RAW_CYCLE, *args, env=raw_env,
                                                    timeout=7200))
+        if variant == "bzfs":
+            return self._bzfs(env)
         if variant == "syncoid":
             argv = ["syncoid", "--recursive", "--skip-parent", "--no-privilege-elevation",
                     "--compress=none", f"--sshcipher={CIPHERS}", "--quiet",
@@ -155,9 +190,31 @@ class Trees:
                     f"--strip-path={strip}", self.name, self.dst["zfs-autobackup"]]
         return bl.timed(lambda: host.run(argv, env=env, timeout=7200))
 
+    def _bzfs(self, env: dict[str, str] | None) -> float:
+        """One cycle: bzfs's two runs back to back; the time of both (each one's recorded)."""
+        common = [*BZFS_OPTIONS, f"--ssh-dst-config-file={self.bzfs_ssh_config}",
+                  f"--log-dir={self.bzfs_logs}", "--recursive", "--skip-parent"]
+        keep = ["--delete-dst-snapshots", f"--delete-dst-snapshots-except-plan={BZFS_PLAN}"]
+        replicate = ["bzfs", *common, "--create-src-snapshots",
+                     f"--create-src-snapshots-plan={BZFS_PLAN}",
+                     "--create-src-snapshots-even-if-not-due", *keep,
+                     self.src["bzfs"], f"{self.target}:{self.dst['bzfs']}"]
+        # "dummy", bzfs's empty source: keep by the plan alone, whatever the other side has
+        prune = ["bzfs", *common, "--skip-replication", *keep, "dummy", self.src["bzfs"]]
+        # one shell, as the other variants are one command: the lab's per-command
+        # overhead is paid once; bash's clock (no `date` processes) splits the time
+        script = (f"t0=$EPOCHREALTIME; {shlex.join(replicate)} || exit; t1=$EPOCHREALTIME; "
+                  f'{shlex.join(prune)} || exit; echo "$t0 $t1 $EPOCHREALTIME"')
+        out: list[bytes] = []
+        took = bl.timed(lambda: out.append(self.lab.src.run(["bash", "-c", script], env=env,
+                                                            timeout=7200).stdout))
+        t0, t1, t2 = (float(x) for x in out[0].decode().split()[-3:])
+        self.bzfs_times.append((t1 - t0, t2 - t1))
+        return took
+
 
 def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts: list[int],
-               rounds: int, warmup: int, counter: VmCounter) -> list[str]:
+               rounds: int, warmup: int, counter: VmCounter, calls_dir: Path) -> list[str]:
     rows = []
     summary: dict[tuple[int, bool], dict[str, float]] = {}
     for n in counts:
@@ -182,17 +239,23 @@ def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts:
                 counter.reset()
                 t.run(v, path=counter.path)
                 calls[v] = counter.read()
+                # every call of the counted cycle, for the analysis of where a cycle goes
+                (calls_dir / f"{n}fs-{'change' if change else 'nochange'}-{v}.log").write_text(
+                    "\n".join(counter.lines()) + "\n")
             med = {v: bl.median(times[v]) for v in VARIANTS}
             summary[(n, change)] = med
-            best_peer = min(med["syncoid"], med["zfs-autobackup"])
+            if "bzfs" in VARIANTS:
+                # bzfs's cycle is two runs: how much of it is the second (the source prune)
+                split = t.bzfs_times[-rounds - 1:-1]
+                print("  bzfs: replicate + prune destination "
+                      f"{bl.median([a for a, _ in split]):.2f}s, prune source "
+                      f"{bl.median([b for _, b in split]):.2f}s (medians)", flush=True)
             rows.append([n, "small change" if change else "no change",
                          *(f"{med[v]:.2f}" for v in VARIANTS),
-                         f"{med['zfsrepl'] / med['raw']:.2f}",
-                         f"{best_peer / med['zfsrepl']:.2f}",
+                         *ratio_cells(med),
                          " · ".join(f"{v}: {calls[v][0]} / {calls[v][1]}" for v in VARIANTS)])
     lines = bl.table(["filesystems", "situation", *(f"{v} median (s)" for v in VARIANTS),
-                      "zfsrepl / raw", "best peer / zfsrepl",
-                      "local zfs / ssh processes per cycle"], rows)
+                      *ratio_heads(), "local zfs / ssh processes per cycle"], rows)
     lo, hi = min(counts), max(counts)
     if lo != hi:
         lines.append("")
@@ -202,6 +265,29 @@ def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts:
                          + ", ".join(f"{v} {b[v] / a[v]:.1f} x" for v in VARIANTS)
                          + f" of {lo}")
     return lines
+
+
+def ratio_heads() -> list[str]:
+    heads = []
+    if "raw" in VARIANTS:
+        heads.append("zfsrepl / raw")
+    if "syncoid" in VARIANTS and "zfs-autobackup" in VARIANTS:
+        heads.append("best of syncoid, zfs-autobackup / zfsrepl")
+    if "bzfs" in VARIANTS:
+        heads.append("bzfs / zfsrepl")
+    return heads
+
+
+def ratio_cells(med: dict[str, float]) -> list[str]:
+    """The cells under ratio_heads(): zfsrepl against each peer, in the same run."""
+    cells = []
+    if "raw" in VARIANTS:
+        cells.append(f"{med['zfsrepl'] / med['raw']:.2f}")
+    if "syncoid" in VARIANTS and "zfs-autobackup" in VARIANTS:
+        cells.append(f"{min(med['syncoid'], med['zfs-autobackup']) / med['zfsrepl']:.2f}")
+    if "bzfs" in VARIANTS:
+        cells.append(f"**{med['bzfs'] / med['zfsrepl']:.2f}**")
+    return cells
 
 
 def throughput(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, size_mib: int,
@@ -227,11 +313,9 @@ def throughput(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, size_mi
     for what, times in (("full", full), ("incremental", incr)):
         med = {v: bl.median(times[v]) for v in VARIANTS}
         rows.append([what, *(f"{med[v]:.1f}" for v in VARIANTS),
-                     f"{med['raw'] / med['zfsrepl']:.2f}",
-                     f"{med['syncoid'] / med['zfsrepl']:.2f}",
-                     f"{med['zfs-autobackup'] / med['zfsrepl']:.2f}"])
-    return bl.table(["stream", *(f"{v} median (s)" for v in VARIANTS), "raw / zfsrepl",
-                     "syncoid / zfsrepl", "zfs-autobackup / zfsrepl"], rows)
+                     *(f"{med[v] / med['zfsrepl']:.2f}" for v in VARIANTS if v != "zfsrepl")])
+    return bl.table(["stream", *(f"{v} median (s)" for v in VARIANTS),
+                     *(f"{v} / zfsrepl" for v in VARIANTS if v != "zfsrepl")], rows)
 
 
 def versions(lab: Lab) -> str:
@@ -242,7 +326,8 @@ def versions(lab: Lab) -> str:
     zfs = " ".join(first_line(["zfs", "version"]).split())
     syncoid = first_line(["sh", "-c", "dpkg-query -W -f='${Version}' sanoid"])
     zab = first_line(["zfs-autobackup", "--version"])
-    return f"In the VM: {zfs}; syncoid (sanoid {syncoid}); {zab}."
+    bzfs = first_line(["bzfs", "--version"]).split(",")[0]
+    return f"In the VM: {zfs}; syncoid (sanoid {syncoid}); {zab}; {bzfs}."
 
 
 def main() -> int:
@@ -253,10 +338,25 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--warmup", type=int, default=WARMUP,
                         help="cycles of each variant before measuring")
+    parser.add_argument("--variants", default=",".join(ALL_VARIANTS),
+                        help="the variants to run, comma-separated (zfsrepl always runs)")
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="only the cycle cost")
+    sections = [s for s in (*bl.SECTIONS, *bl.EXTRA_SECTIONS) if s.startswith("peers")]
+    parser.add_argument("--section", default="peers", choices=sections,
+                        help="the section of RESULTS.md to write (another than run_all.py's "
+                             "for a run by hand)")
     parser.add_argument("--keep-lab", action="store_true")
     args = parser.parse_args()
     bl.require_root()
     counts = [int(c) for c in args.counts.split(",")]
+    global VARIANTS
+    chosen = set(args.variants.split(",")) | {"zfsrepl"}
+    if chosen - set(ALL_VARIANTS):
+        parser.error(f"unknown variant(s) {', '.join(sorted(chosen - set(ALL_VARIANTS)))}; "
+                     f"known: {', '.join(ALL_VARIANTS)}")
+    VARIANTS = tuple(v for v in ALL_VARIANTS if v in chosen)
+    calls_dir = Path(tempfile.mkdtemp(prefix="zfsrepl-bench-peers-calls-", dir="/var/tmp"))
 
     with lab_session(keep=args.keep_lab) as lab, claim_area(lab) as area, \
             bl.service_cli(lab, f"bench-{area.name}") as repl:
@@ -264,24 +364,32 @@ def main() -> int:
         try:
             head = versions(lab)
             load = bl.load()
-            tp = throughput(lab, repl, area.src, area.dst, args.size_mib, args.rounds)
+            tp = ([] if args.no_throughput else
+                  throughput(lab, repl, area.src, area.dst, args.size_mib, args.rounds))
             cc = cycle_cost(lab, repl, area.src, area.dst, counts, args.rounds, args.warmup,
-                            counter)
+                            counter, calls_dir)
         finally:
             counter.close()
+    print(f"the calls of each counted cycle: {calls_dir}", flush=True)
 
-    lines = ["## 7. Peers on current OpenZFS (the VM lab): syncoid and zfs-autobackup", "",
-             f"{head} Load average at the start: {load}. All four variants run as the "
-             "delegated non-root user `src`, each on its own tree, alternating, with "
-             f"zfsrepl's cipher list. The VM is emulated (TCG, 2 vCPUs): absolute times "
-             "are slow and only the ratios of the same run say something.", "",
-             f"### Throughput: one filesystem, {args.size_mib} MiB full, then "
-             f"{args.size_mib} MiB more incrementally ({args.rounds} rounds)", "", *tp, "",
-             f"### Cycle cost ({args.rounds} rounds after {args.warmup} warm-up cycles, keep = "
-             f"{KEEP}; syncoid keeps only its newest sync snapshot)", "",
-             "Target: zfsrepl at least 5 times cheaper than the best peer "
-             "(best peer / zfsrepl >= 5).", "", *cc, ""]
-    bl.write_section("peers", lines)
+    number = (*bl.SECTIONS, *bl.EXTRA_SECTIONS).index(args.section) + 1
+    peers = [v for v in VARIANTS if v not in ("zfsrepl", "raw")]
+    names = ", ".join(peers[:-1]) + (" and " if len(peers) > 1 else "") + peers[-1] \
+        if peers else "the raw pipeline"
+    lines = [f"## {number}. Peers on current OpenZFS (the VM lab): {names}", "",
+             f"{head} Load average at the start: {load}. The variants ({', '.join(VARIANTS)}) "
+             "run as the delegated non-root user `src`, each on its own tree, alternating, "
+             "with zfsrepl's cipher list. The VM is emulated (TCG, 2 vCPUs): absolute times "
+             "are slow and only the ratios of the same run say something.", ""]
+    if tp:
+        lines += [f"### Throughput: one filesystem, {args.size_mib} MiB full, then "
+                  f"{args.size_mib} MiB more incrementally ({args.rounds} rounds)", "", *tp, ""]
+    lines += [f"### Cycle cost ({args.rounds} rounds after {args.warmup} warm-up cycles, keep = "
+              f"{KEEP}; syncoid keeps only its newest sync snapshot)", "",
+              "Targets: zfsrepl at least 5 times cheaper than syncoid and zfs-autobackup; "
+              "ahead of bzfs (bzfs / zfsrepl > 1). bzfs's time is its two runs together.",
+              "", *cc, ""]
+    bl.write_section(args.section, lines)
     print("\n".join(lines))
     return 0
 

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build (once) the OpenZFS lab's VM image: Debian 12 with OpenZFS from bookworm-backports,
-# and the peer tools the benchmarks compare with (syncoid, zfs-autobackup).
+# and the peer tools the benchmarks compare with (syncoid, zfs-autobackup, bzfs).
 #
 #   build.sh          build unless the cache holds an image of this recipe; print its dir
 #   build.sh --path   only print the dir the image of this recipe has (or would have)
@@ -141,8 +141,8 @@ if [ ! -f "$B/.done-dkms" ]; then
     phase dkms "$t"
 fi
 
-# zfs-autobackup, the other peer the benchmarks compare with (syncoid comes with the
-# sanoid package above): pure Python from PyPI, installed with this machine's pip into
+# zfs-autobackup and bzfs, the other peers the benchmarks compare with (syncoid comes with
+# the sanoid package above): pure Python from PyPI, installed with this machine's pip into
 # its own folder, so the guest needs no pip
 if [ ! -f "$B/.done-peers" ]; then
     t=$(date +%s)
@@ -161,6 +161,21 @@ EOF
     # (its --version exits 255)
     in_chroot python3 -c 'import sys; sys.path.insert(0, "/opt/zfs-autobackup")
 import zfs_autobackup.ZfsAutobackup' >>"$B/pip.log" 2>&1 || die "zfs-autobackup does not import, see $B/pip.log"
+    # bzfs, pinned so that figures of different runs compare: pure Python (>= 3.9), no
+    # dependencies at run time, installed the same way
+    rm -rf "$R/opt/bzfs"
+    python3 -m pip install -q --no-deps --target "$R/opt/bzfs" bzfs==1.25.0 \
+        >>"$B/pip.log" 2>&1 || die "pip install bzfs failed, see $B/pip.log"
+    cat > "$R/usr/local/bin/bzfs" <<'EOF'
+#!/usr/bin/python3
+import sys
+sys.path.insert(0, "/opt/bzfs")
+from bzfs_main.bzfs import main
+main()
+EOF
+    chmod 0755 "$R/usr/local/bin/bzfs"
+    rm -rf "$R/opt/bzfs/bin"
+    in_chroot /usr/local/bin/bzfs --version >>"$B/pip.log" 2>&1 || die "bzfs does not run, see $B/pip.log"
     touch "$B/.done-peers"
     phase peers "$t"
 fi
