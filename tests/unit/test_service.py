@@ -635,9 +635,13 @@ def test_runonce_exits_143_on_sigterm_while_waiting_for_the_lock(
     args = argparse.Namespace(name=NAME, dry_run=False, no_wait=False, metrics_file=None,
                               yes=False)
     ctx = Context(config_dir=dirs.config, state_dir=dirs.state, log_dir=dirs.log)
+    before = signal.getsignal(signal.SIGTERM)
     with FileLock(paths.cycle_lock, "run") as held:
         held.acquire(wait=False, what="test")
-        t = signal_when(lambda: True, signal.SIGTERM, delay=0.5)
+        # only once runonce handles SIGTERM: sent before, the signal would be lost (or
+        # end pytest) and runonce would wait for the lock for ever
+        t = signal_when(lambda: signal.getsignal(signal.SIGTERM) is not before,
+                        signal.SIGTERM, delay=0.5)
         code = runonce.run(args, ctx)
         t.join()
     assert code == runonce.EXIT_TERMINATED == 143
