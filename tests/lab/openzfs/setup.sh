@@ -44,7 +44,8 @@ check_lab() {
     [ -e "$LABDIR/lab.env" ] || { echo "no $LABDIR/lab.env"; return 1; }
     [ -n "$(qemu_pid)" ] || { echo "the VM is not running"; return 1; }
     mountpoint -q "$LABDIR/mnt" || { echo "$LABDIR/mnt is not mounted (or its sshfs is gone)"; return 1; }
-    vm_ssh "test -e $LABDIR/lab.env" >/dev/null 2>&1 9>&- || { echo "the VM does not answer"; return 1; }
+    # the guest keeps its wrappers in LABDIR/bin (lab.env is this machine's only)
+    vm_ssh "test -d $LABDIR/bin" >/dev/null 2>&1 9>&- || { echo "the VM does not answer"; return 1; }
 }
 
 if [ "${1:-}" = --check ]; then
