@@ -11,7 +11,7 @@ import re
 
 import pytest
 from test_failover import NAME, remounted, replicate_twice, snapshots, start, text
-from test_setup_support import SetupCase, cleaned_up, replay
+from test_setup_support import SetupCase, cleaned_up, replay, setup_zfs_command
 
 from lab import (
     Area,
@@ -125,7 +125,7 @@ def test_through_the_agent(lab: Lab) -> None:
 
 def _through_the_agent(case: SetupCase) -> None:
     lab, repl = case.lab, case.repl
-    zfs = lab.zfs_command
+    zfs = setup_zfs_command(lab)
     src, dst = case.pairs[0]
     lines = [f'name = "{case.name}"', "keep = 3",
              "[source]", f'host = "{lab.src.address}"', f'user = "{lab.src.user}"',
