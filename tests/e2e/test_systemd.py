@@ -258,3 +258,35 @@ def test_the_packaged_service_under_systemd(lab: Lab, service: tuple[str, str]) 
     assert out(lab, f"systemctl is-enabled {UNIT}", check=False).strip() == "disabled"
     assert unit_property(lab, "MainPID") == "0"
     assert out(lab, f"pgrep -u {lab.src.user} -f 'zfsrepl run {NAME}'", check=False) == ""
+
+
+def test_remove_stops_the_services_and_purge_leaves_only_the_definitions(
+        lab: Lab, service: tuple[str, str]) -> None:
+    """Runs last in this module: it removes the package the module installed."""
+    src, dst = service
+    wants = f"/etc/systemd/system/multi-user.target.wants/{UNIT}"
+    first = change(lab, src, seed=5)
+    vm(lab, f"{ZFSREPL} enable {NAME}")
+    wait_active(lab, "active")
+    replicated(lab, dst, first, "the first cycle before the package is removed")
+    made = out(lab, f"ls -d /var/lib/zfsrepl/services/{NAME} /var/lib/zfsrepl/metrics "
+                    f"{wants} {DROPIN_DIR}/zfsrepl-user.conf").split()
+    assert len(made) == 4, made
+
+    # remove: the running instance is stopped before its program goes; nothing of it
+    # keeps running, and what the administrator made stays
+    vm(lab, "dpkg -r zfsrepl")
+    assert is_active(lab) in ("inactive", "unknown")
+    assert out(lab, f"pgrep -u {lab.src.user} -f 'zfsrepl run {NAME}'", check=False) == ""
+    assert out(lab, "test -e /usr/bin/zfsrepl && echo left", check=False) == ""
+    assert out(lab, f"ls {DEFINITION} /var/lib/zfsrepl/services/{NAME}").split() \
+        == [DEFINITION, f"/var/lib/zfsrepl/services/{NAME}"]
+
+    # purge: what zfsrepl made at run time is gone; the definition stays
+    vm(lab, "dpkg --purge zfsrepl")
+    gone = f"/var/lib/zfsrepl /var/log/zfsrepl {wants} {DROPIN_DIR}/zfsrepl-user.conf"
+    assert out(lab, f"for p in {gone}; do test -e $p -o -L $p && echo $p; done",
+               check=False) == ""
+    assert out(lab, f"test -s {DEFINITION} && echo kept").strip() == "kept"
+    # the replica is untouched by all of it
+    assert own_snapshots(lab, lab.dst, dst)
