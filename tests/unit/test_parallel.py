@@ -28,8 +28,8 @@ from zfsrepl.errors import CommandError, ConfigError, ConnectionFailed
 from zfsrepl.state import StateStore
 from zfsrepl.transfer import Progress, TransferResult
 
+from .fakes import SVC, SimSnap, SimZfs, seq
 from .test_capabilities import FUSE, OPENZFS
-from .test_cycle_batching import SVC, SimSnap, SimZfs, seq
 
 N = 8
 PAIRS = tuple(FilesystemPair(f"tank/src/fs{i}", f"backup/dst/fs{i}") for i in range(N))

@@ -18,9 +18,9 @@ from zfsrepl.state import Newest, ServiceState, from_json, to_json
 from zfsrepl.status import filesystem_status
 from zfsrepl.zfs import CapabilityCache, Zfs
 
+from .fakes import PAIRS, SVC, MakeWorld, SimZfs, World, world  # noqa: F401
 from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
 from .test_capabilities import FUSE, OPENZFS
-from .test_cycle_batching import PAIRS, SVC, MakeWorld, SimZfs, World, world  # noqa: F401
 
 SYNCED = [own(1, 11, 10), own(2, 12, 20)]
 
