@@ -39,6 +39,7 @@ from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
 from zfsrepl.host import NO_TOOLS, Host, LocalHost, SshHost
 from zfsrepl.log import alarm, logger
+from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.transfer import (
     Cancel,
@@ -102,7 +103,7 @@ class FilesystemPlan:
 
 @dataclass
 class CyclePlan:
-    service: Service
+    replication: Replication
     snapshot: str | None  # the snapshot this cycle takes, None when it takes none
     filesystems: list[FilesystemPlan]
     wire: Wire | None = None  # how streams cross the network (None: not asked for)
@@ -123,9 +124,10 @@ class CyclePlan:
             raise ReplicationError("; ".join(found))
 
     def describe(self) -> list[str]:
-        svc = self.service
-        lines = [f"service {svc.name}: {svc.source.user}@{svc.source.host} -> "
-                 f"{svc.destination.user}@{svc.destination.host}"]
+        rep = self.replication
+        svc = rep.service
+        lines = [f"service {svc.name}: {rep.sending.user}@{rep.sending.host} -> "
+                 f"{rep.receiving.user}@{rep.receiving.host}"]
         if self.wire is not None:
             lines.append(f"wire: {wire_text(svc, self.wire)}")
         if svc.parallel > 1:
@@ -192,10 +194,10 @@ def _received(fp: FilesystemPlan) -> list[Snapshot]:
     return [by_name[n] for n in plan.received_names(fp.plan, fp.source)]
 
 
-def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
+def _prune(fp: FilesystemPlan, rep: Replication, sent_ok: bool) -> None:
     """Fill in what retention destroys on each side once the sends went as planned
     (`sent_ok`), or as things stand when they did not."""
-    naming = svc.naming
+    naming = rep.naming
     if isinstance(fp.plan, plan.Resume):
         # What the resumed stream brings shows in the next listing: prune then.
         fp.destroy_source = fp.destroy_destination = ()
@@ -217,10 +219,10 @@ def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> None:
         # next cycle finds its common snapshot whatever arrived.
         pending = plan.received_names(fp.plan, fp.source)
         protected += pending
-    fp.destroy_source = retention.decide(fp.source, naming, svc.keep_source, protected,
+    fp.destroy_source = retention.decide(fp.source, naming, rep.keep_sending, protected,
                                          fp.held_source).destroy
     if dst_after is not None and common is not None:
-        fp.destroy_destination = retention.decide(dst_after, naming, svc.keep_destination,
+        fp.destroy_destination = retention.decide(dst_after, naming, rep.keep_receiving,
                                                   protected, fp.held_destination).destroy
     else:
         fp.destroy_destination = ()
@@ -260,15 +262,16 @@ class CycleEvents:
 class Cycle:
     """The replication of one service between a source and a destination host."""
 
-    def __init__(self, service: Service, source: Host, destination: Host,
+    def __init__(self, replication: Replication | Service, source: Host, destination: Host,
                  events: CycleEvents | None = None,
                  capabilities: CapabilityCache | None = None) -> None:
-        self.service = service
+        self.rep = _replication(replication)
+        self.service = service = self.rep.service
         self.events = events or CycleEvents()
         for host in (source, destination):
             _bound_commands(host, command_timeout(service))
-        self.src = Zfs(source, service.source.zfs_argv, capabilities)
-        self.dst = Zfs(destination, service.destination.zfs_argv, capabilities)
+        self.src = Zfs(source, self.rep.sending.zfs_argv, capabilities)
+        self.dst = Zfs(destination, self.rep.receiving.zfs_argv, capabilities)
         self.tag = hold_tag(service.name)
         self._wire: Wire | None = None
 
@@ -276,10 +279,10 @@ class Cycle:
 
     def survey(self, take_snapshot: bool) -> CyclePlan:
         """List both sides and decide everything; raises before anything changes."""
-        svc = self.service
-        hooks.check_executable("pre_snapshot", svc.pre_snapshot, svc.path)
-        hooks.check_executable("post_snapshot", svc.post_snapshot, svc.path)
-        pairs = list(svc.filesystems)
+        svc, rep = self.service, self.rep
+        hooks.check_executable("pre_snapshot", rep.pre_snapshot, svc.path)
+        hooks.check_executable("post_snapshot", rep.post_snapshot, svc.path)
+        pairs = list(rep.filesystems)
         # the source first: its listing is local, done while the destination's ssh
         # connection may still be opening
         src_caps = self.src.capabilities()
@@ -294,8 +297,7 @@ class Cycle:
                  if dst_roles.get(p.destination) == diagnosis.ROLE_TAKEN_OVER]
         if taken:
             raise ReplicationError(diagnosis.interlock_problem(
-                taken, svc.name, diagnosis.Side("destination", svc.destination.host,
-                                                svc.destination.user)))
+                taken, svc.name, rep.receiving_side))
         src_lists = {fs: (st.snapshots if st else None) for fs, st in src_states.items()}
 
         missing_src = [p.source for p in pairs if src_lists[p.source] is None]
@@ -342,9 +344,9 @@ class Cycle:
                 bookmarks=marks, encrypted=bool(src_state and src_state.encrypted),
                 held_source=frozenset(held_src.get(pair.source, ())),
                 held_destination=frozenset(held_dst.get(pair.destination, ())))
-            _prune(fp, svc, sent_ok=True)
+            _prune(fp, rep, sent_ok=True)
             fps.append(fp)
-        return CyclePlan(svc, snapshot, fps, self.wire() if wire_configured(svc) else None,
+        return CyclePlan(rep, snapshot, fps, self.wire() if wire_configured(svc) else None,
                          skip, unchanged_at if skip else None)
 
     def _unchanged(self, pairs: list[FilesystemPair], src_states: dict[str, FsState | None],
@@ -408,7 +410,7 @@ class Cycle:
     def _readonly_replica(self, dst_caps: Capabilities) -> bool:
         """A new replica is made read-only, where receive can set properties; not when
         replicating back (failback): the receiving side is then the original source."""
-        return dst_caps.recv_props and self.service.role != "destination"
+        return dst_caps.recv_props and self.rep.readonly_replica
 
     def _resumable(self) -> bool:
         return self.dst.capabilities().resume and self.src.capabilities().resume
@@ -435,15 +437,15 @@ class Cycle:
 
         The post hook runs whenever the pre hook was started, even if it or a snapshot
         failed: a database put into backup mode must always be taken out of it."""
-        svc = self.service
+        svc, rep = self.service, self.rep
         assert cp.snapshot is not None
-        sources = [pair.source for pair in svc.filesystems if pair.source not in cp.skipped]
+        sources = [pair.source for pair in rep.filesystems if pair.source not in cp.skipped]
         env = {"ZFSREPL_SERVICE": svc.name, "ZFSREPL_SNAPSHOT": cp.snapshot,
                "ZFSREPL_FILESYSTEMS": "\n".join(sources)}
         failure: ZfsreplError | None = None
         try:
-            if svc.pre_snapshot:
-                hooks.run_hook("pre_snapshot", svc.pre_snapshot,
+            if rep.pre_snapshot:
+                hooks.run_hook("pre_snapshot", rep.pre_snapshot,
                                {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
             taken = int(time.time())
             if self.src.capabilities().multi_snapshot:
@@ -460,9 +462,9 @@ class Cycle:
         except ZfsreplError as exc:
             failure = exc
         finally:
-            if svc.post_snapshot:
+            if rep.post_snapshot:
                 status = "failed" if failure else "ok"
-                hooks.run_hook("post_snapshot", svc.post_snapshot,
+                hooks.run_hook("post_snapshot", rep.post_snapshot,
                                {**env, "ZFSREPL_PHASE": "post_snapshot",
                                 "ZFSREPL_SNAPSHOT_STATUS": status}, svc.hook_timeout)
         if failure:
@@ -630,7 +632,7 @@ class Cycle:
             if isinstance(outcome, ZfsreplError):
                 # its base stays where it was, held as it was
                 failures.append(str(outcome))
-                _prune(fp, self.service, sent_ok=False)
+                _prune(fp, self.rep, sent_ok=False)
                 continue
             again = outcome or again
             base = _new_base(fp)
@@ -723,7 +725,13 @@ def _outcome(work: Callable[[FilesystemPlan, Cancel | None], T], fp: FilesystemP
         return exc
 
 
-def replicate(service: Service, source: Host, destination: Host,
+def _replication(what: Replication | Service) -> Replication:
+    """A definition alone replicates forward: only `runonce` and `doctor` on the
+    destination host turn it around (Replication.of)."""
+    return what if isinstance(what, Replication) else Replication.forward(what)
+
+
+def replicate(replication: Replication | Service, source: Host, destination: Host,
               sleep: Callable[[float], None] = time.sleep,
               events: CycleEvents | None = None,
               capabilities: CapabilityCache | None = None) -> CyclePlan:
@@ -733,7 +741,8 @@ def replicate(service: Service, source: Host, destination: Host,
     `capabilities` keeps the hosts' probes beyond this cycle; a failed attempt clears
     it (the next attempt probes again: a host's ZFS may have changed).
     """
-    cycle = Cycle(service, source, destination, events, capabilities)
+    cycle = Cycle(replication, source, destination, events, capabilities)
+    service = cycle.service
     snapshot_taken = False
     attempts = service.retries
     for attempt in range(1, attempts + 1):
@@ -771,5 +780,6 @@ def replicate(service: Service, source: Host, destination: Host,
     raise AssertionError("unreachable")
 
 
-def dry_run(service: Service, source: Host, destination: Host) -> CyclePlan:
-    return Cycle(service, source, destination).survey(take_snapshot=True)
+def dry_run(replication: Replication | Service, source: Host, destination: Host
+            ) -> CyclePlan:
+    return Cycle(replication, source, destination).survey(take_snapshot=True)

@@ -11,7 +11,7 @@ Nothing here runs a command: doctor.py gathers the facts and applies the repairs
 The sides are named by what they do in the direction this host replicates:
 the *sending* side takes and sends the snapshots, the *receiving* side holds the
 replica. On the source host that is source -> destination; on the destination
-host (failback, see failover.py) it is destination -> source.
+host (failback, see replication.py) it is destination -> source.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from zfsrepl.cycle import (
     destination_after,
 )
 from zfsrepl.errors import ReplicationError
+from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
 
 from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
@@ -34,7 +35,7 @@ def service(keep_source: int = 1, keep_destination: int = 1,
 def planned(src: list[Snapshot], dst: list[Snapshot] | None, svc: Service,
             sent_ok: bool, pair: FilesystemPair = PAIR) -> FilesystemPlan:
     fp = FilesystemPlan(pair, src, dst, plan.plan_filesystem(src, dst, NAMING))
-    _prune(fp, svc, sent_ok)
+    _prune(fp, Replication.forward(svc), sent_ok)
     return fp
 
 
@@ -114,7 +115,7 @@ def test_prune_from_a_bookmark_keeps_the_destination_copy_of_it() -> None:
         fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING,
                                                                  bookmarks=(two,)),
                             bookmarks=(two,))
-        _prune(fp, service(), sent_ok)
+        _prune(fp, Replication.forward(service()), sent_ok)
         assert fp.plan.sends[0].bookmark
         assert fp.destroy_destination == ((seq(1), seq(2)) if sent_ok else (seq(1),))
 
@@ -202,7 +203,7 @@ def _plans() -> CyclePlan:
                 svc, True, pairs[4]),
         planned(fs(6, base), [], svc, True, pairs[5]),
     ]
-    return CyclePlan(svc, new, fps)
+    return CyclePlan(Replication.forward(svc), new, fps)
 
 
 def test_describe() -> None:
@@ -232,7 +233,7 @@ def test_describe() -> None:
 def test_describe_chain_of_sends_and_no_snapshot() -> None:
     src = [own(1, 11, 10), other("hourly", 90, 15), own(2, 12, 20), own(3, 13, 30)]
     svc = service()
-    cp = CyclePlan(svc, None, [planned(src, received(src[:1]), svc, True)])
+    cp = CyclePlan(Replication.forward(svc), None, [planned(src, received(src[:1]), svc, True)])
     lines = cp.describe()
     assert lines[1] == (f"{SRC_FS} -> {DST_FS}: incremental -i @{seq(1)} -> @{seq(2)}; "
                         f"incremental -i @{seq(2)} -> @{seq(3)}")
@@ -310,7 +311,7 @@ def test_destination_after_a_resumed_stream_adds_nothing_it_cannot_know() -> Non
 def test_the_lag_counts_from_when_the_snapshot_was_taken_not_planned() -> None:
     src = _with_new_snapshot([own(1, 11, 10)], SRC_FS, seq(2))
     fp = planned(src, None, service(), sent_ok=True)
-    cp = CyclePlan(service(), seq(2), [fp])
+    cp = CyclePlan(Replication.forward(service()), seq(2), [fp])
     _stamp_creation(cp, 1234567)
     assert [s.creation for s in fp.source] == [10, 1234567]
     after = destination_after(fp)

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from zfsrepl import cycle as cycle_mod
-from zfsrepl import failover
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, destination_after, replicate
 from zfsrepl.errors import CommandError
+from zfsrepl.replication import Replication
 from zfsrepl.transfer import TransferResult
 from zfsrepl.zfs import CapabilityCache
 
@@ -70,7 +70,7 @@ def run(svc: Service, usage: str, cut_in: int | None, caplog: pytest.LogCaptureF
     for n in range(1, CYCLES + 1):
         w.streams.cut = {sending[0]} if n == cut_in else set()
         try:
-            cp = replicate(failover.reversed_service(svc) if failback else svc, src, dst,
+            cp = replicate(Replication.failback(svc) if failback else svc, src, dst,
                            sleep=lambda s: None, events=events, capabilities=w.cache)
         except CommandError as exc:
             events.seen.append(f"cycle {n} failed: {exc}")

@@ -15,6 +15,7 @@ from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, _prune
 from zfsrepl.errors import CommandError
 from zfsrepl.host import LocalHost
+from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.transfer import TransferNotResumable, TransferResult
 
@@ -94,7 +95,7 @@ def the_plan(**extra: Any) -> FilesystemPlan:
     fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING, bookmarks=marks),
                         bookmarks=marks, held_source=frozenset({seq(1)}),
                         held_destination=frozenset({seq(1)}), **extra)
-    _prune(fp, SVC, sent_ok=True)
+    _prune(fp, Replication.forward(SVC), sent_ok=True)
     return fp
 
 
@@ -102,7 +103,7 @@ def test_the_base_moves_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
     c, src, dst = make_cycle(monkeypatch, ALL, ALL)
     fp = the_plan()
     assert fp.destroy_source == (seq(1),) and fp.destroy_destination == (seq(1),)
-    assert c.send_and_prune(CyclePlan(SVC, seq(2), [fp])) is False
+    assert c.send_and_prune(CyclePlan(Replication.forward(SVC), seq(2), [fp])) is False
     sent = [x for x in src.calls if x[0] == "send"]
     assert sent == [("send", plan.Send(seq(2), seq(1)), {"raw": False, "compressed": True})]
     assert ("receive", DST_FS, {"incremental": True, "resumable": True, "readonly": True}) \
@@ -127,8 +128,8 @@ def test_nothing_of_it_on_zfs_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
     dst_snaps = received([own(1, 101, 10)])
     fp = FilesystemPlan(PAIR, src_snaps, dst_snaps,
                         plan.plan_filesystem(src_snaps, dst_snaps, NAMING))
-    _prune(fp, SVC, sent_ok=True)
-    c.send_and_prune(CyclePlan(SVC, seq(2), [fp]))
+    _prune(fp, Replication.forward(SVC), sent_ok=True)
+    c.send_and_prune(CyclePlan(Replication.forward(SVC), seq(2), [fp]))
     assert [x[0] for x in src.calls] == ["send", "destroy"]
     assert [x[0] for x in dst.calls] == ["receive", "destroy"]
     assert dst.calls[0][2] == {"incremental": True, "resumable": False, "readonly": False}
@@ -142,7 +143,7 @@ def test_a_failed_send_releases_only_what_it_destroys(monkeypatch: pytest.Monkey
     c, src, dst = make_cycle(monkeypatch, ALL, ALL, pipe=cut)
     fp = the_plan()
     with pytest.raises(CommandError):
-        c.send_and_prune(CyclePlan(SVC, seq(2), [fp]))
+        c.send_and_prune(CyclePlan(Replication.forward(SVC), seq(2), [fp]))
     # the base @1 stays held and kept; nothing is bookmarked
     assert not [x for x in src.calls + dst.calls if x[0] in ("hold", "release", "bookmark")]
     assert fp.destroy_source == () and fp.destroy_destination == ()
@@ -153,7 +154,7 @@ def resume_plan() -> FilesystemPlan:
     dst = received([own(1, 101, 10)])
     fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING,
                                                              resume_token="1-tok"))
-    _prune(fp, SVC, sent_ok=True)
+    _prune(fp, Replication.forward(SVC), sent_ok=True)
     return fp
 
 
@@ -198,7 +199,7 @@ def test_replicating_back_leaves_the_original_source_writable(
     c, _, _ = make_cycle(monkeypatch, ALL, ALL)
     assert c._readonly_replica(ALL)
     assert not c._readonly_replica(NONE)
-    c.service = dataclasses.replace(SVC, role="destination")
+    c.rep = Replication.failback(dataclasses.replace(SVC, role="destination"))
     assert not c._readonly_replica(ALL)
 
 

@@ -25,6 +25,7 @@ from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, replicate
 from zfsrepl.errors import CommandError, ConfigError, ConnectionFailed
+from zfsrepl.replication import Replication
 from zfsrepl.state import StateStore
 from zfsrepl.transfer import Progress, TransferResult
 
@@ -207,7 +208,7 @@ def test_each_filesystem_keeps_its_streams_in_order_one_at_a_time(
     targets = [f"s{k}" for k in range(1, 4)]
     for p in PAIRS:  # the fake pipe delivers what the source has
         w.src.fs[p.source] = [SimSnap(t, 100 + i, 10 + i) for i, t in enumerate(["s0", *targets])]
-    cp = CyclePlan(svc(4), None, [fs_plan(p, targets) for p in PAIRS])
+    cp = CyclePlan(Replication.forward(svc(4)), None, [fs_plan(p, targets) for p in PAIRS])
     Cycle(svc(4), w.src, w.dst).send_and_prune(cp)
     events = [e for e in w.journal.events if e[0] in ("stream", "streamed")]
     for p in PAIRS:
@@ -319,10 +320,10 @@ def test_a_resumed_stream_asks_for_another_look(make_world: Callable[[str], Worl
     c._stream = stream  # type: ignore[method-assign]
     fps = [FilesystemPlan(p, [], [], plan.UpToDate(seq(1))) for p in PAIRS]
     fps[4] = FilesystemPlan(PAIRS[4], [], [], plan.Resume("token-1"))
-    assert c.send_and_prune(CyclePlan(svc(3), None, fps)) is True
+    assert c.send_and_prune(CyclePlan(Replication.forward(svc(3)), None, fps)) is True
     assert sent == [PAIRS[4].source]
     fps[4] = FilesystemPlan(PAIRS[4], [], [], plan.UpToDate(seq(1)))
-    assert c.send_and_prune(CyclePlan(svc(3), None, fps)) is False
+    assert c.send_and_prune(CyclePlan(Replication.forward(svc(3)), None, fps)) is False
 
 
 # ---------------------------------------------------------------------------- threads
@@ -394,9 +395,10 @@ class _Tty(io.StringIO):
 
 
 def test_dry_run_says_how_many_go_at_once() -> None:
-    cp = CyclePlan(svc(4), None, [])
+    cp = CyclePlan(Replication.forward(svc(4)), None, [])
     assert "parallel: up to 4 filesystems sent at once" in cp.describe()
-    assert not any("parallel" in line for line in CyclePlan(svc(1), None, []).describe())
+    one = CyclePlan(Replication.forward(svc(1)), None, [])
+    assert not any("parallel" in line for line in one.describe())
 
 
 # ---------------------------------------------------------------------------- stopping

@@ -15,6 +15,7 @@ from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import Cycle, FilesystemPlan
 from zfsrepl.diagnosis import Chains, DestroySnapshot, Kind, Rollback, Side, diagnose
 from zfsrepl.errors import UsageError, ZfsreplError
+from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.zfserrors import DatasetBusy, HasClones, PermissionDenied
 
@@ -140,7 +141,7 @@ def report(c: Chains) -> doctor.Report:
     svc = Service(name="svc", source=Endpoint("srchost", "src"),
                   destination=Endpoint("dsthost", "dst"),
                   filesystems=(FilesystemPair(SRC_FS, DST_FS),))
-    rep = doctor.Report(svc, SND, RCV)
+    rep = doctor.Report(Replication.forward(svc))
     f = diagnose(c, NAMING, "svc")
     rep.findings.append(("fs", f))
     aside = repair.offer(c, f, NAMING, WHEN, readonly=False)
