@@ -182,6 +182,13 @@ class SimZfs:
         return 1, "", "no estimate here"  # send -nvP
 
 
+class FnStreams:
+    """Streams that are one function, with transfer.pipe's arguments."""
+
+    def __init__(self, pipe: Callable[..., TransferResult]) -> None:
+        self.pipe = pipe
+
+
 class Sides(Protocol):
     src: SimZfs
     dst: SimZfs

@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from zfsrepl import cycle as cycle_mod
+from zfsrepl import hooks
 from zfsrepl.errors import CommandError
 
 from .fakes import PAIRS, SVC, TAG, MakeWorld, N, seq
@@ -33,9 +34,9 @@ def test_a_failed_batched_snapshot_still_runs_the_post_hook(
         world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     w = world(OPENZFS)
     ran: list[dict[str, str]] = []
-    monkeypatch.setattr(cycle_mod.hooks, "run_hook",
+    monkeypatch.setattr(hooks, "run_hook",
                         lambda key, path, env, timeout: ran.append(env))
-    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda *args: None)
+    monkeypatch.setattr(hooks, "check_executable", lambda *args: None)
     svc = dataclasses.replace(SVC, pre_snapshot="/pre", post_snapshot="/post")
     c = cycle_mod.Cycle(svc, w.src, w.dst)
     cp = c.survey(take_snapshot=True)

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, destination_after, replicate
 from zfsrepl.errors import CommandError
@@ -54,8 +53,8 @@ def back(svc: Service) -> Service:
     return dataclasses.replace(svc, role="destination")
 
 
-def run(svc: Service, usage: str, cut_in: int | None, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def run(svc: Service, usage: str, cut_in: int | None, caplog: pytest.LogCaptureFixture
+        ) -> dict[str, Any]:
     """CYCLES cycles of `svc` between a source whose filesystems exist and an empty
     destination; the first filesystem's streams are cut in cycle `cut_in`."""
     failback = svc.role == "destination"
@@ -63,7 +62,6 @@ def run(svc: Service, usage: str, cut_in: int | None, caplog: pytest.LogCaptureF
     src = SimZfs("src@srchost", usage, sending, {"tank/src", "backup/dst"})
     dst = SimZfs("dst@desthost", usage, [], {"tank/src", "backup/dst"})
     w = World(src, dst, svc, CapabilityCache())
-    monkeypatch.setattr(cycle_mod, "pipe", w.streams.pipe)
     events = Events()
     after: list[dict[str, list[str] | None]] = []
     caplog.set_level(logging.INFO, logger="zfsrepl")
@@ -71,7 +69,8 @@ def run(svc: Service, usage: str, cut_in: int | None, caplog: pytest.LogCaptureF
         w.streams.cut = {sending[0]} if n == cut_in else set()
         try:
             cp = replicate(Replication.failback(svc) if failback else svc, src, dst,
-                           sleep=lambda s: None, events=events, capabilities=w.cache)
+                           sleep=lambda s: None, events=events, capabilities=w.cache,
+                           streams=w.streams)
         except CommandError as exc:
             events.seen.append(f"cycle {n} failed: {exc}")
             continue
@@ -98,10 +97,10 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_a_cycle_runs_the_commands_it_always_ran(case: str, caplog: pytest.LogCaptureFixture,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cycle_runs_the_commands_it_always_ran(case: str,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     svc, usage, cut_in = CASES[case]
-    got = run(svc, usage, cut_in, caplog, monkeypatch)
+    got = run(svc, usage, cut_in, caplog)
     want = json.loads(RECORD.read_text())[case]
     for key in ("source", "destination", "log", "events", "after"):
         assert got[key] == want[key], key

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from zfsrepl import cycle as cycle_mod
-from zfsrepl import unchanged
+from zfsrepl import hooks, survey, unchanged
 from zfsrepl.config import ConfigError, dump_service, parse_service
 from zfsrepl.cycle import replicate
 from zfsrepl.metrics import ServiceSample, render
@@ -181,7 +181,7 @@ def test_without_written_the_key_has_no_effect_and_says_so_once(
         world: MakeWorld, caplog: pytest.LogCaptureFixture,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     w, _ = _world(world, FUSE, has_written=False)
-    monkeypatch.setattr(cycle_mod, "_SAID_NO_WRITTEN", set())
+    monkeypatch.setattr(survey, "_SAID_NO_WRITTEN", set())
     caplog.set_level(logging.INFO, logger="zfsrepl")
     for n in (1, 2, 3):
         replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
@@ -235,9 +235,9 @@ def test_dry_run_and_hooks_name_only_the_changed_filesystems(
     changed = PAIRS[1].source
     src.written[changed] = 1
     ran: list[dict[str, str]] = []
-    monkeypatch.setattr(cycle_mod.hooks, "run_hook",
+    monkeypatch.setattr(hooks, "run_hook",
                         lambda key, path, env, timeout: ran.append(env))
-    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda *args: None)
+    monkeypatch.setattr(hooks, "check_executable", lambda *args: None)
     svc = dataclasses.replace(SKIP, pre_snapshot="/pre", post_snapshot="/post")
     shown = "\n".join(cycle_mod.dry_run(svc, w.src, w.dst).describe())
     assert f"{PAIRS[0].source} -> {PAIRS[0].destination}: unchanged since @{seq(1)}: " \

@@ -1,19 +1,21 @@
-"""The pure parts of a cycle: the new snapshot, retention after the sends, the plan text."""
+"""The pure half of a cycle (cycleplan.py): the new snapshot, retention and the new bases
+after the sends (`after`), the plan text."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from zfsrepl import plan
 from zfsrepl.config import Endpoint, FilesystemPair, Service
-from zfsrepl.cycle import (
+from zfsrepl.cycleplan import (
     CyclePlan,
     FilesystemPlan,
-    _prune,
-    _stamp_creation,
-    _with_new_snapshot,
     destination_after,
+    retention_after,
 )
+from zfsrepl.cycleplan import with_new_snapshot as _with_new_snapshot
 from zfsrepl.errors import ReplicationError
 from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
@@ -35,8 +37,13 @@ def service(keep_source: int = 1, keep_destination: int = 1,
 def planned(src: list[Snapshot], dst: list[Snapshot] | None, svc: Service,
             sent_ok: bool, pair: FilesystemPair = PAIR) -> FilesystemPlan:
     fp = FilesystemPlan(pair, src, dst, plan.plan_filesystem(src, dst, NAMING))
-    _prune(fp, Replication.forward(svc), sent_ok)
-    return fp
+    return _prune(fp, svc, sent_ok)
+
+
+def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> FilesystemPlan:
+    """`fp` with what retention destroys after its sends went (`sent_ok`) or not."""
+    src, dst = retention_after(Replication.forward(svc), fp, sent_ok)
+    return dataclasses.replace(fp, destroy_source=src, destroy_destination=dst)
 
 
 def test_with_new_snapshot() -> None:
@@ -115,7 +122,7 @@ def test_prune_from_a_bookmark_keeps_the_destination_copy_of_it() -> None:
         fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING,
                                                                  bookmarks=(two,)),
                             bookmarks=(two,))
-        _prune(fp, Replication.forward(service()), sent_ok)
+        fp = _prune(fp, service(), sent_ok)
         assert fp.plan.sends[0].bookmark
         assert fp.destroy_destination == ((seq(1), seq(2)) if sent_ok else (seq(1),))
 
@@ -255,8 +262,7 @@ def test_conflicts_name_each_filesystem_and_situation() -> None:
 
 
 def test_no_conflicts() -> None:
-    cp = _plans()
-    cp.filesystems = cp.filesystems[:4]
+    cp = dataclasses.replace(_plans(), filesystems=_plans().filesystems[:4])
     assert cp.conflicts() == []
     cp.raise_on_conflict()
 
@@ -311,8 +317,8 @@ def test_destination_after_a_resumed_stream_adds_nothing_it_cannot_know() -> Non
 def test_the_lag_counts_from_when_the_snapshot_was_taken_not_planned() -> None:
     src = _with_new_snapshot([own(1, 11, 10)], SRC_FS, seq(2))
     fp = planned(src, None, service(), sent_ok=True)
-    cp = CyclePlan(Replication.forward(service()), seq(2), [fp])
-    _stamp_creation(cp, 1234567)
+    cp = CyclePlan(Replication.forward(service()), seq(2), [fp]).stamped(1234567)
+    (fp,) = cp.filesystems
     assert [s.creation for s in fp.source] == [10, 1234567]
     after = destination_after(fp)
     assert after is not None and after[-1].creation == 1234567
