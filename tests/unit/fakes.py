@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 import pytest
 
-from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import hold_tag, replicate
 from zfsrepl.errors import CommandError
@@ -243,7 +242,7 @@ class World:
 
     def cycle(self) -> None:
         replicate(self.svc, self.src, self.dst, sleep=lambda s: None,
-                  capabilities=self.cache)
+                  capabilities=self.cache, streams=self.streams)
 
     def calls_of(self, run: Callable[[], None]) -> tuple[Counter[str], Counter[str]]:
         """The calls on each side while `run()` runs."""
@@ -257,15 +256,13 @@ class World:
 MakeWorld = Callable[[str], World]  # a source and a destination on zfs of this usage
 
 
-def make_world(monkeypatch: pytest.MonkeyPatch, usage: str, svc: Service = SVC) -> World:
+def make_world(usage: str, svc: Service = SVC) -> World:
     """SimZfs on each side of `svc` (the destination's filesystems not there yet)."""
     src = SimZfs("src@srchost", usage, [p.source for p in svc.filesystems], {"tank/src"})
     dst = SimZfs("dst@desthost", usage, [], {"backup/dst"})
-    w = World(src, dst, svc)
-    monkeypatch.setattr(cycle_mod, "pipe", w.streams.pipe)
-    return w
+    return World(src, dst, svc)
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> MakeWorld:
-    return lambda usage: make_world(monkeypatch, usage)
+def world() -> MakeWorld:
+    return make_world

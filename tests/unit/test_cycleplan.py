@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from zfsrepl import plan
+from zfsrepl import cycleplan, plan
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycleplan import (
     CyclePlan,
@@ -57,7 +57,7 @@ def test_with_new_snapshot() -> None:
     assert _with_new_snapshot([], SRC_FS, seq(1))[0].createtxg == 1
 
 
-# ---------------------------------------------------------------------------- _prune
+# ---------------------------------------------------------------------------- retention_after
 
 
 def test_prune_after_full_send() -> None:
@@ -322,3 +322,45 @@ def test_the_lag_counts_from_when_the_snapshot_was_taken_not_planned() -> None:
     assert [s.creation for s in fp.source] == [10, 1234567]
     after = destination_after(fp)
     assert after is not None and after[-1].creation == 1234567
+
+
+# ---------------------------------------------------------------------------- after
+
+
+def test_after_moves_the_base_only_where_the_sends_went_through() -> None:
+    svc = service(keep_source=1, keep_destination=1)
+    base = [own(1, 11, 10), own(2, 12, 20)]
+    sent = planned(_with_new_snapshot(base, SRC_FS, seq(3)), received(base), svc, True)
+    cut = sent
+    resumed = FilesystemPlan(PAIR, base, received(base[:1]),
+                             plan.plan_filesystem(base, received(base[:1]), NAMING,
+                                                  resume_token="1-tok"))
+    current = planned(base, received(base), svc, True)
+    cp = CyclePlan(Replication.forward(svc), seq(3), [sent, cut, resumed, current])
+    ok, failed, resumed_after, up_to_date = cycleplan.after(cp, [True, False, True, True])
+    # sent: the plan's retention, and the newest snapshot sent is the new base
+    assert (ok.destroy_source, ok.destroy_destination, ok.base) == (
+        sent.destroy_source, sent.destroy_destination, seq(3))
+    assert ok.destroy_source == (seq(1), seq(2)) and ok.destroy_destination == (seq(1), seq(2))
+    # cut: the base stays; what the stream may have delivered is kept on the source
+    assert failed.base is None
+    assert (failed.destroy_source, failed.destroy_destination) == ((seq(1),), (seq(1),))
+    # a resumed stream's end is known from the next listing only
+    assert (resumed_after.destroy_source, resumed_after.destroy_destination,
+            resumed_after.base) == ((), (), None)
+    # nothing was sent: the base does not move
+    assert up_to_date.base is None
+
+
+def test_plan_and_after_agree_on_what_a_successful_cycle_destroys() -> None:
+    """The plan shows (dry run) what retention destroys once the sends went through;
+    after() destroys exactly that when they did."""
+    svc = service(keep_source=2, keep_destination=3)
+    rep = Replication.forward(svc)
+    for n in range(1, 7):
+        base = [own(i, 10 + i, 10 * i) for i in range(1, n + 1)]
+        for dst in (None, received(base[:1]), received(base)):
+            fp = planned(_with_new_snapshot(base, SRC_FS, seq(n + 1)), dst, svc, True)
+            out = cycleplan.after_filesystem(rep, fp, sent_ok=True)
+            assert (out.destroy_source, out.destroy_destination) == \
+                retention_after(rep, fp, sent_ok=True)

@@ -1,5 +1,6 @@
-"""A cycle's use of current ZFS: holds and bookmarks of the base, resumed streams,
-the options of each stream; and that none of it happens where the host lacks it."""
+"""The executor's use of current ZFS (executor.py): holds and bookmarks of the base,
+resumed streams, the options of each stream; and that none of it happens where the
+host lacks it."""
 
 from __future__ import annotations
 
