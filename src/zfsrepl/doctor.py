@@ -103,73 +103,89 @@ def examine(svc_def: Service, state_dir: Path, now: datetime | None = None
     """Everything doctor knows about the service; the caller closes the SshHost.
     `now` names a diverged replica's new name (repair.py)."""
     rep = Replication.of(svc_def)
-    snd_side, rcv_side = rep.sending_side, rep.receiving_side
     # forward, the receiving side is reached through its agent; back (failback), the
     # original source is logged into as its user, a password allowed
     via_agent = not rep.is_failback
     report = Report(rep)
-    local = Zfs(LocalHost(snd_side.label), rep.sending.zfs_argv)
+    local = Zfs(LocalHost(rep.sending_side.label), rep.sending.zfs_argv)
     remote_host = _remote(rep.receiving, via_agent)
     remote = Zfs(remote_host, rep.receiving.zfs_argv)
-    pairs = list(rep.filesystems)
+    snd_states, rcv_states = _list_both(report, local, remote, via_agent)
+    chains_ok = False
+    if snd_states is not None and rcv_states is not None:
+        chains_ok = _examine_chains(report, remote, snd_states, rcv_states, via_agent,
+                                    now or datetime.now(timezone.utc))
+    st = StateStore(ServicePaths(state_dir, rep.name)).load()
+    if st.in_maintenance:
+        report.findings.insert(0, ("service", diagnosis.diagnose_maintenance(
+            rep.name, st.maintenance_reason, chains_ok)))
+    return report, local, remote_host
 
-    snd_states: dict[str, FsState | None] | None = None
-    rcv_states: dict[str, FsState | None] | None = None
+
+States = dict[str, FsState | None]
+
+
+def _list_both(report: Report, local: Zfs, remote: Zfs, via_agent: bool
+               ) -> tuple[States | None, States | None]:
+    """Both sides' filesystems (None: that side could not be asked, a finding says why)."""
+    rep = report.replication
+    pairs = rep.filesystems
+    snd_states: States | None = None
+    rcv_states: States | None = None
     resumable = False
     try:
         snd_states = local.states([p.source for p in pairs])  # bookmarks included
         resumable = local.capabilities().resume
     except ZfsreplError as exc:
-        report.findings.append((f"{snd_side.label}", diagnosis.diagnose_access(
-            str(exc), snd_side, rep.name, via_agent=False)))
+        report.findings.append((f"{report.sending.label}", diagnosis.diagnose_access(
+            str(exc), report.sending, rep.name, via_agent=False)))
     try:
         # the token of a cut receive, read where a cycle reads it (both sides resume)
         resumable = resumable and remote.capabilities().resume
         rcv_states = remote.states([p.destination for p in pairs],
                                    (RESUME_TOKEN,) if resumable else ())
     except ZfsreplError as exc:
-        report.findings.append((f"{rcv_side.label}", diagnosis.diagnose_access(
-            str(exc), rcv_side, rep.name, via_agent=via_agent)))
+        report.findings.append((f"{report.receiving.label}", diagnosis.diagnose_access(
+            str(exc), report.receiving, rep.name, via_agent=via_agent)))
+    return snd_states, rcv_states
 
+
+def _examine_chains(report: Report, remote: Zfs, snd_states: States, rcv_states: States,
+                    via_agent: bool, now: datetime) -> bool:
+    """A finding and a table for each filesystem (and the rename aside for a diverged
+    replica); whether every chain allows the next cycle, as is or once repaired."""
+    rep = report.replication
+    pairs = rep.filesystems
+    missing_parents = sorted({p.destination.rsplit("/", 1)[0] for p in pairs
+                              if rcv_states[p.destination] is None})
+    present = remote.existing(missing_parents) if missing_parents else set()
     chains_ok = True
-    if snd_states is not None and rcv_states is not None:
-        missing_parents = sorted({p.destination.rsplit("/", 1)[0] for p in pairs
-                                  if rcv_states[p.destination] is None})
-        present = remote.existing(missing_parents) if missing_parents else set()
-        for p in pairs:
-            snd, rcv = snd_states[p.source], rcv_states[p.destination]
-            written = None
-            if not via_agent and rcv is not None and rcv.snapshots:
-                written = _written(remote, p.destination)
-            c = Chains(p.source, p.destination, snd.snapshots if snd else None,
-                       rcv.snapshots if rcv else None,
-                       sending_bookmarks=tuple(snd.bookmarks) if snd else (),
-                       receiving_resume_token=rcv.resume_token if rcv else None,
-                       receiving_role=rcv.role if rcv else None,
-                       receiving_parent_exists=p.destination.rsplit("/", 1)[0] in present
-                       or rcv is not None,
-                       receiving_written=written, sending_side=snd_side,
-                       receiving_side=rcv_side)
-            f = diagnosis.diagnose(c, rep.naming, rep.name)
-            subject = f"{p.source} -> {p.destination}"
-            report.chains.append(c)
-            report.findings.append((subject, f))
-            report.tables[subject] = diagnosis.chain_table(c, rep.naming)
-            if f.kind in repair.DIVERGED:
-                aside = repair.offer(c, f, rep.naming, now or datetime.now(timezone.utc),
-                                     readonly=rep.readonly_replica
-                                     and remote.capabilities().recv_props)
-                if aside is not None:
-                    report.asides[subject] = aside
-            chains_ok = chains_ok and (f.healthy or bool(f.repairs) or subject in report.asides)
-    else:
-        chains_ok = False
-
-    st = StateStore(ServicePaths(state_dir, rep.name)).load()
-    if st.in_maintenance:
-        report.findings.insert(0, ("service", diagnosis.diagnose_maintenance(
-            rep.name, st.maintenance_reason, chains_ok)))
-    return report, local, remote_host
+    for p in pairs:
+        snd, rcv = snd_states[p.source], rcv_states[p.destination]
+        written = None
+        if not via_agent and rcv is not None and rcv.snapshots:
+            written = _written(remote, p.destination)
+        c = Chains(p.source, p.destination, snd.snapshots if snd else None,
+                   rcv.snapshots if rcv else None,
+                   sending_bookmarks=tuple(snd.bookmarks) if snd else (),
+                   receiving_resume_token=rcv.resume_token if rcv else None,
+                   receiving_role=rcv.role if rcv else None,
+                   receiving_parent_exists=p.destination.rsplit("/", 1)[0] in present
+                   or rcv is not None,
+                   receiving_written=written, sending_side=report.sending,
+                   receiving_side=report.receiving)
+        f = diagnosis.diagnose(c, rep.naming, rep.name)
+        subject = f"{p.source} -> {p.destination}"
+        report.chains.append(c)
+        report.findings.append((subject, f))
+        report.tables[subject] = diagnosis.chain_table(c, rep.naming)
+        if f.kind in repair.DIVERGED:
+            aside = repair.offer(c, f, rep.naming, now, readonly=rep.readonly_replica
+                                 and remote.capabilities().recv_props)
+            if aside is not None:
+                report.asides[subject] = aside
+        chains_ok = chains_ok and (f.healthy or bool(f.repairs) or subject in report.asides)
+    return chains_ok
 
 
 def _written(zfs: Zfs, fs: str) -> int | None:
