@@ -2,10 +2,11 @@
 
 Which way a cycle replicates follows from the definition it runs from: the copy
 setup keeps on the destination host says `role = "destination"`, and `runonce`
-run from that copy replicates destination -> source (failback, fallback). The
-snapshot names stay the service's (`zfsrepl-<srcuser>-<dstuser>-<dsthost>-N`) in
-both directions, and the chain continues by GUID, so forward replication picks
-up again from whatever failback left, with no renaming and no flag to forget.
+run from that copy replicates destination -> source (failback, fallback; see
+replication.py). The snapshot names stay the service's
+(`zfsrepl-<srcuser>-<dstuser>-<dsthost>-N`) in both directions, and the chain
+continues by GUID, so forward replication picks up again from whatever failback
+left, with no renaming and no flag to forget.
 
 A failover for tests (6.1) only makes the destination filesystems usable: the
 source keeps its say, and the next forward cycle overwrites what was changed here
@@ -17,7 +18,8 @@ data it protects, so it survives a rebuilt source's `setup -r` reinstalling the
 key: `lockoutkey` (or `failover --takeover`, where the key cannot be locked out)
 sets the user property zfsrepl:role=source on the destination filesystems, a
 failover keeps a mark it finds, and every cycle refuses to receive into a
-filesystem so marked (cycle.py) until the operator ends it with `failover --end`.
+filesystem so marked (cycleplan.check_listing) until the operator ends it with
+`failover --end`.
 Replicating the changes back (failback) works with the mark set.
 """
 
