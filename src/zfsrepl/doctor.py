@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from zfsrepl import diagnosis, repair
 from zfsrepl.config import Endpoint, Service
@@ -122,7 +122,7 @@ def examine(svc_def: Service, state_dir: Path, now: datetime | None = None
     return report, local, remote_host
 
 
-States = dict[str, FsState | None]
+States = dict[str, Optional[FsState]]  # evaluated at run time: no `|` before 3.10
 
 
 def _list_both(report: Report, local: Zfs, remote: Zfs, via_agent: bool
