@@ -11,7 +11,7 @@ Nothing here runs a command: doctor.py gathers the facts and applies the repairs
 The sides are named by what they do in the direction this host replicates:
 the *sending* side takes and sends the snapshots, the *receiving* side holds the
 replica. On the source host that is source -> destination; on the destination
-host (failback, see failover.py) it is destination -> source.
+host (failback, see replication.py) it is destination -> source.
 """
 
 from __future__ import annotations
@@ -142,24 +142,12 @@ def chain_state(c: Chains, naming: SnapshotNaming) -> ChainState | None:
 
 def diagnose(c: Chains, naming: SnapshotNaming, service: str) -> Finding:
     """The situation of one filesystem, from both chains and the facts."""
-    snd, rcv = c.sending_side, c.receiving_side
+    rcv = c.receiving_side
     state = chain_state(c, naming)
     if state is None:
-        return Finding(
-            Kind.SENDER_MISSING,
-            f"{c.sending_fs} does not exist on the {snd.label}: there is nothing to send.",
-            (f"on {snd.host}: zfs create {shlex.quote(c.sending_fs)}  (or correct "
-             "[[filesystem]] in the definition)",))
+        return _sender_missing(c)
     if c.receiving_role == ROLE_TAKEN_OVER:
-        return Finding(
-            Kind.TAKEN_OVER,
-            f"{c.receiving_fs} on the {rcv.label} was made usable by `zfsrepl failover` "
-            "and may hold changes made there since. Replication refuses to overwrite it "
-            "until you decide.",
-            (f"keep the changes: on {rcv.host} as {rcv.user}: zfsrepl runonce {service} "
-             f"(replicates them back to {snd.host})",
-             f"discard them: on {rcv.host} as {rcv.user}: zfsrepl failover --end {service}, "
-             "then replicate again"))
+        return _taken_over(c, service)
     verdict = state.verdict
     if verdict is Verdict.RESUME:
         return Finding(
@@ -168,18 +156,7 @@ def diagnose(c: Chains, naming: SnapshotNaming, service: str) -> Finding:
             "receive: the next cycle sends the rest of that stream (zfs send -t), then "
             "whatever is still missing.", healthy=True)
     if state.receiving is None:
-        if not c.receiving_parent_exists:
-            parent = c.receiving_fs.rsplit("/", 1)[0]
-            return Finding(
-                Kind.RECEIVER_PARENT_MISSING,
-                f"neither {c.receiving_fs} nor its parent {parent} exists on the "
-                f"{rcv.label}: the stream has nowhere to go.",
-                (f"on {rcv.host}: zfs create -p {shlex.quote(parent)}",))
-        return Finding(
-            Kind.RECEIVER_MISSING,
-            f"{c.receiving_fs} does not exist on the {rcv.label}: the next cycle sends "
-            f"{c.sending_fs} whole" + ("." if state.own else " once it has a snapshot."),
-            healthy=True)
+        return _receiver_missing(c, state)
     if verdict is Verdict.NOTHING_YET:
         return Finding(Kind.NOTHING_YET,
                        f"{c.sending_fs} has no snapshot of service {service} yet: the next "
@@ -213,6 +190,44 @@ def diagnose(c: Chains, naming: SnapshotNaming, service: str) -> Finding:
     return Finding(Kind.UP_TO_DATE,
                    f"{c.receiving_fs} holds {common.label}{mark}, the newest snapshot of "
                    f"{c.sending_fs} of this service.", healthy=True)
+
+
+def _sender_missing(c: Chains) -> Finding:
+    snd = c.sending_side
+    return Finding(
+        Kind.SENDER_MISSING,
+        f"{c.sending_fs} does not exist on the {snd.label}: there is nothing to send.",
+        (f"on {snd.host}: zfs create {shlex.quote(c.sending_fs)}  (or correct "
+         "[[filesystem]] in the definition)",))
+
+
+def _taken_over(c: Chains, service: str) -> Finding:
+    snd, rcv = c.sending_side, c.receiving_side
+    return Finding(
+        Kind.TAKEN_OVER,
+        f"{c.receiving_fs} on the {rcv.label} was made usable by `zfsrepl failover` "
+        "and may hold changes made there since. Replication refuses to overwrite it "
+        "until you decide.",
+        (f"keep the changes: on {rcv.host} as {rcv.user}: zfsrepl runonce {service} "
+         f"(replicates them back to {snd.host})",
+         f"discard them: on {rcv.host} as {rcv.user}: zfsrepl failover --end {service}, "
+         "then replicate again"))
+
+
+def _receiver_missing(c: Chains, state: ChainState) -> Finding:
+    rcv = c.receiving_side
+    if not c.receiving_parent_exists:
+        parent = c.receiving_fs.rsplit("/", 1)[0]
+        return Finding(
+            Kind.RECEIVER_PARENT_MISSING,
+            f"neither {c.receiving_fs} nor its parent {parent} exists on the "
+            f"{rcv.label}: the stream has nowhere to go.",
+            (f"on {rcv.host}: zfs create -p {shlex.quote(parent)}",))
+    return Finding(
+        Kind.RECEIVER_MISSING,
+        f"{c.receiving_fs} does not exist on the {rcv.label}: the next cycle sends "
+        f"{c.sending_fs} whole" + ("." if state.own else " once it has a snapshot."),
+        healthy=True)
 
 
 def _no_common(c: Chains, state: ChainState, service: str) -> Finding:

@@ -15,22 +15,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
-from zfsrepl import diagnosis, failover, repair
+from zfsrepl import diagnosis, repair
 from zfsrepl.config import Endpoint, Service
 from zfsrepl.diagnosis import Chains, Finding, Kind, Side
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
+from zfsrepl.replication import Replication
 from zfsrepl.state import ServicePaths, StateStore, clear_maintenance
 from zfsrepl.zfs import RESUME_TOKEN, FsState, Zfs
 
 
 @dataclass
 class Report:
-    service: Service  # as replicated from this host (reversed on the destination)
-    sending: Side
-    receiving: Side
+    replication: Replication  # the direction this host replicates in
     chains: list[Chains] = field(default_factory=list)
     findings: list[tuple[str, Finding]] = field(default_factory=list)  # (subject, finding)
     tables: dict[str, list[str]] = field(default_factory=dict)
@@ -54,9 +53,17 @@ class Report:
         return [f for subject, f in self.findings if not f.healthy and not f.repairs
                 and (destroy or subject not in self.asides)]
 
+    @property
+    def sending(self) -> Side:
+        return self.replication.sending_side
+
+    @property
+    def receiving(self) -> Side:
+        return self.replication.receiving_side
+
     def lines(self) -> list[str]:
-        svc = self.service
-        out = [f"service {svc.name}: replicating {self.sending.label} -> {self.receiving.label}"]
+        out = [f"service {self.replication.name}: replicating {self.sending.label} -> "
+               f"{self.receiving.label}"]
         for subject, f in self.findings:
             out.append("")
             out.append(f"{subject}: {f.title.upper()}")
@@ -87,15 +94,6 @@ def describe(step: Step) -> str:
     return diagnosis.describe_repair(step)
 
 
-def sides(svc: Service) -> tuple[Service, Side, Side, bool]:
-    """(service as replicated from here, sending side, receiving side, via the agent)."""
-    src = Side("source", svc.source.host, svc.source.user)
-    dst = Side("destination", svc.destination.host, svc.destination.user)
-    if svc.is_destination_copy:
-        return failover.reversed_service(svc), dst, src, False
-    return svc, src, dst, True
-
-
 def _remote(ep: Endpoint, via_agent: bool) -> SshHost:
     return SshHost(ep) if via_agent else SshHost(ep, extra_options=("BatchMode=no",))
 
@@ -104,75 +102,90 @@ def examine(svc_def: Service, state_dir: Path, now: datetime | None = None
             ) -> tuple[Report, Zfs, SshHost]:
     """Everything doctor knows about the service; the caller closes the SshHost.
     `now` names a diverged replica's new name (repair.py)."""
-    svc, snd_side, rcv_side, via_agent = sides(svc_def)
-    report = Report(svc, snd_side, rcv_side)
-    local = Zfs(LocalHost(snd_side.label), svc.source.zfs_argv)
-    remote_host = _remote(svc.destination, via_agent)
-    remote = Zfs(remote_host, svc.destination.zfs_argv)
-    pairs = list(svc.filesystems)
+    rep = Replication.of(svc_def)
+    # forward, the receiving side is reached through its agent; back (failback), the
+    # original source is logged into as its user, a password allowed
+    via_agent = not rep.is_failback
+    report = Report(rep)
+    local = Zfs(LocalHost(rep.sending_side.label), rep.sending.zfs_argv)
+    remote_host = _remote(rep.receiving, via_agent)
+    remote = Zfs(remote_host, rep.receiving.zfs_argv)
+    snd_states, rcv_states = _list_both(report, local, remote, via_agent)
+    chains_ok = False
+    if snd_states is not None and rcv_states is not None:
+        chains_ok = _examine_chains(report, remote, snd_states, rcv_states, via_agent,
+                                    now or datetime.now(timezone.utc))
+    st = StateStore(ServicePaths(state_dir, rep.name)).load()
+    if st.in_maintenance:
+        report.findings.insert(0, ("service", diagnosis.diagnose_maintenance(
+            rep.name, st.maintenance_reason, chains_ok)))
+    return report, local, remote_host
 
-    snd_states: dict[str, FsState | None] | None = None
-    rcv_states: dict[str, FsState | None] | None = None
+
+States = dict[str, Optional[FsState]]  # evaluated at run time: no `|` before 3.10
+
+
+def _list_both(report: Report, local: Zfs, remote: Zfs, via_agent: bool
+               ) -> tuple[States | None, States | None]:
+    """Both sides' filesystems (None: that side could not be asked, a finding says why)."""
+    rep = report.replication
+    pairs = rep.filesystems
+    snd_states: States | None = None
+    rcv_states: States | None = None
     resumable = False
     try:
         snd_states = local.states([p.source for p in pairs])  # bookmarks included
         resumable = local.capabilities().resume
     except ZfsreplError as exc:
-        report.findings.append((f"{snd_side.label}", diagnosis.diagnose_access(
-            str(exc), snd_side, svc.name, via_agent=False)))
+        report.findings.append((f"{report.sending.label}", diagnosis.diagnose_access(
+            str(exc), report.sending, rep.name, via_agent=False)))
     try:
         # the token of a cut receive, read where a cycle reads it (both sides resume)
         resumable = resumable and remote.capabilities().resume
         rcv_states = remote.states([p.destination for p in pairs],
                                    (RESUME_TOKEN,) if resumable else ())
     except ZfsreplError as exc:
-        report.findings.append((f"{rcv_side.label}", diagnosis.diagnose_access(
-            str(exc), rcv_side, svc.name, via_agent=via_agent)))
+        report.findings.append((f"{report.receiving.label}", diagnosis.diagnose_access(
+            str(exc), report.receiving, rep.name, via_agent=via_agent)))
+    return snd_states, rcv_states
 
+
+def _examine_chains(report: Report, remote: Zfs, snd_states: States, rcv_states: States,
+                    via_agent: bool, now: datetime) -> bool:
+    """A finding and a table for each filesystem (and the rename aside for a diverged
+    replica); whether every chain allows the next cycle, as is or once repaired."""
+    rep = report.replication
+    pairs = rep.filesystems
+    missing_parents = sorted({p.destination.rsplit("/", 1)[0] for p in pairs
+                              if rcv_states[p.destination] is None})
+    present = remote.existing(missing_parents) if missing_parents else set()
     chains_ok = True
-    if snd_states is not None and rcv_states is not None:
-        missing_parents = sorted({p.destination.rsplit("/", 1)[0] for p in pairs
-                                  if rcv_states[p.destination] is None})
-        present = remote.existing(missing_parents) if missing_parents else set()
-        for p in pairs:
-            snd, rcv = snd_states[p.source], rcv_states[p.destination]
-            written = None
-            if not via_agent and rcv is not None and rcv.snapshots:
-                written = _written(remote, p.destination)
-            c = Chains(p.source, p.destination, snd.snapshots if snd else None,
-                       rcv.snapshots if rcv else None,
-                       sending_bookmarks=tuple(snd.bookmarks) if snd else (),
-                       receiving_resume_token=rcv.resume_token if rcv else None,
-                       receiving_role=rcv.role if rcv else None,
-                       receiving_parent_exists=p.destination.rsplit("/", 1)[0] in present
-                       or rcv is not None,
-                       receiving_written=written, sending_side=snd_side,
-                       receiving_side=rcv_side)
-            f = diagnosis.diagnose(c, svc.naming, svc.name)
-            subject = f"{p.source} -> {p.destination}"
-            report.chains.append(c)
-            report.findings.append((subject, f))
-            report.tables[subject] = diagnosis.chain_table(c, svc.naming)
-            if f.kind in repair.DIVERGED:
-                aside = repair.offer(c, f, svc.naming, now or datetime.now(timezone.utc),
-                                     readonly=_readonly_replica(svc_def, remote))
-                if aside is not None:
-                    report.asides[subject] = aside
-            chains_ok = chains_ok and (f.healthy or bool(f.repairs) or subject in report.asides)
-    else:
-        chains_ok = False
-
-    st = StateStore(ServicePaths(state_dir, svc.name)).load()
-    if st.in_maintenance:
-        report.findings.insert(0, ("service", diagnosis.diagnose_maintenance(
-            svc.name, st.maintenance_reason, chains_ok)))
-    return report, local, remote_host
-
-
-def _readonly_replica(svc_def: Service, remote: Zfs) -> bool:
-    """As the cycle makes a new replica: read-only where receive sets properties, never
-    when replicating back (the receiving side is then the original source)."""
-    return not svc_def.is_destination_copy and remote.capabilities().recv_props
+    for p in pairs:
+        snd, rcv = snd_states[p.source], rcv_states[p.destination]
+        written = None
+        if not via_agent and rcv is not None and rcv.snapshots:
+            written = _written(remote, p.destination)
+        c = Chains(p.source, p.destination, snd.snapshots if snd else None,
+                   rcv.snapshots if rcv else None,
+                   sending_bookmarks=tuple(snd.bookmarks) if snd else (),
+                   receiving_resume_token=rcv.resume_token if rcv else None,
+                   receiving_role=rcv.role if rcv else None,
+                   receiving_parent_exists=p.destination.rsplit("/", 1)[0] in present
+                   or rcv is not None,
+                   receiving_written=written, sending_side=report.sending,
+                   receiving_side=report.receiving)
+        f = diagnosis.diagnose(c, rep.naming, rep.name)
+        subject = f"{p.source} -> {p.destination}"
+        report.chains.append(c)
+        report.findings.append((subject, f))
+        report.tables[subject] = diagnosis.chain_table(c, rep.naming)
+        if f.kind in repair.DIVERGED:
+            aside = repair.offer(c, f, rep.naming, now, readonly=rep.readonly_replica
+                                 and remote.capabilities().recv_props)
+            if aside is not None:
+                report.asides[subject] = aside
+        chains_ok = chains_ok and (f.healthy or bool(f.repairs) or subject in report.asides)
+    return chains_ok
 
 
 def _written(zfs: Zfs, fs: str) -> int | None:
@@ -189,7 +202,7 @@ def apply(report: Report, local: Zfs, remote: Zfs, state_dir: Path, *,
     """Carry out the report's repairs (`Report.repairs`), in order; one line per step
     done."""
     done: list[str] = []
-    naming = report.service.naming
+    naming = report.replication.naming
     for step in report.repairs(destroy):
         if isinstance(step, repair.RenameAside):
             done += repair.apply(step, remote)
@@ -202,7 +215,7 @@ def apply(report: Report, local: Zfs, remote: Zfs, state_dir: Path, *,
         if isinstance(step, diagnosis.DestroySnapshot):
             if not naming.is_ours(step.snapshot):  # never another's snapshot
                 raise ZfsreplError(f"refusing to destroy @{step.snapshot}: not made by "
-                                   f"service {report.service.name}")
+                                   f"service {report.replication.name}")
             zfs.destroy_snapshot(step.filesystem, step.snapshot)
             done.append(f"destroyed {step.filesystem}@{step.snapshot} on {zfs.label}")
         else:

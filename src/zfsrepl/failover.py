@@ -2,10 +2,11 @@
 
 Which way a cycle replicates follows from the definition it runs from: the copy
 setup keeps on the destination host says `role = "destination"`, and `runonce`
-run from that copy replicates destination -> source (failback, fallback). The
-snapshot names stay the service's (`zfsrepl-<srcuser>-<dstuser>-<dsthost>-N`) in
-both directions, and the chain continues by GUID, so forward replication picks
-up again from whatever failback left, with no renaming and no flag to forget.
+run from that copy replicates destination -> source (failback, fallback; see
+replication.py). The snapshot names stay the service's
+(`zfsrepl-<srcuser>-<dstuser>-<dsthost>-N`) in both directions, and the chain
+continues by GUID, so forward replication picks up again from whatever failback
+left, with no renaming and no flag to forget.
 
 A failover for tests (6.1) only makes the destination filesystems usable: the
 source keeps its say, and the next forward cycle overwrites what was changed here
@@ -17,55 +18,29 @@ data it protects, so it survives a rebuilt source's `setup -r` reinstalling the
 key: `lockoutkey` (or `failover --takeover`, where the key cannot be locked out)
 sets the user property zfsrepl:role=source on the destination filesystems, a
 failover keeps a mark it finds, and every cycle refuses to receive into a
-filesystem so marked (cycle.py) until the operator ends it with `failover --end`.
+filesystem so marked (cycleplan.check_listing) until the operator ends it with
+`failover --end`.
 Replicating the changes back (failback) works with the mark set.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from zfsrepl import diagnosis
-from zfsrepl.config import FilesystemPair, Service
+from zfsrepl.config import Service
 from zfsrepl.cycle import CycleEvents, replicate
 from zfsrepl.errors import CommandError, UsageError, ZfsreplError
 from zfsrepl.host import LocalHost, SshHost
 from zfsrepl.log import logger
-from zfsrepl.naming import SnapshotNaming
+from zfsrepl.replication import Replication
 from zfsrepl.setup import authorized_keys
 from zfsrepl.state import Newest
 from zfsrepl.zfs import ROLE_PROPERTY, Zfs
 from zfsrepl.zfserrors import PermissionDenied
-
-
-@dataclass(frozen=True)
-class ReversedService(Service):
-    """A service turned around for failback: its destination sends, its source
-    receives, and the snapshots keep the service's own names."""
-
-    forward_naming: SnapshotNaming | None = None
-
-    @property
-    def naming(self) -> SnapshotNaming:
-        assert self.forward_naming is not None
-        return self.forward_naming
-
-
-def reversed_service(svc: Service) -> ReversedService:
-    """`svc` replicating destination -> source, with the same snapshot names."""
-    fields = {f.name: getattr(svc, f.name) for f in dataclasses.fields(Service)}
-    fields.update(
-        source=svc.destination, destination=svc.source,
-        filesystems=tuple(FilesystemPair(p.destination, p.source) for p in svc.filesystems),
-        keep_source=svc.keep_destination, keep_destination=svc.keep_source,
-        # hooks quiesce the application on the source host; here it runs elsewhere
-        pre_snapshot=None, post_snapshot=None,
-    )
-    return ReversedService(**fields, forward_naming=svc.naming)
 
 
 def failback_warning(svc: Service) -> str:
@@ -81,11 +56,12 @@ def failback_warning(svc: Service) -> str:
 
 def failback_runner(svc: Service, events: CycleEvents,
                     sleep: Callable[[float], None]) -> dict[str, Newest]:
-    """A `service.run_once` runner for a reversed service: this host sends, the
-    original source receives over ssh (password login allowed)."""
-    local = LocalHost(f"{svc.source.user}@{svc.source.host}")
-    with SshHost(svc.destination, extra_options=("BatchMode=no",)) as remote:
-        replicate(svc, local, remote, sleep=sleep, events=events)
+    """A `service.run_once` runner for the destination's copy of a definition: this host
+    sends, the original source receives over ssh (password login allowed)."""
+    back = Replication.failback(svc)
+    local = LocalHost(f"{back.sending.user}@{back.sending.host}")
+    with SshHost(back.receiving, extra_options=("BatchMode=no",)) as remote:
+        replicate(back, local, remote, sleep=sleep, events=events)
     return {}
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from zfsrepl import log
 
+from .fakes import world  # noqa: F401  (a fixture: every test may ask for one)
+
 
 @pytest.fixture(autouse=True)
 def _loggers_as_they_were() -> Iterator[None]:

@@ -6,89 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
 from zfsrepl import cycle as cycle_mod
-from zfsrepl.config import Endpoint, FilesystemPair, Service
-from zfsrepl.cycle import hold_tag, replicate
+from zfsrepl import hooks
 from zfsrepl.errors import CommandError
-from zfsrepl.transfer import TransferResult
-from zfsrepl.zfs import CapabilityCache
 
-from .helpers import SIM_HOLD_TAG, SimSnap, SimZfs
+from .fakes import PAIRS, SVC, TAG, MakeWorld, N, seq
 from .test_capabilities import FUSE, OPENZFS
-
-N = 5
-PAIRS = tuple(FilesystemPair(f"tank/src/fs{i}", f"backup/dst/fs{i}") for i in range(N))
-SVC = Service(name="batch", source=Endpoint("srchost", "src"),
-              destination=Endpoint("desthost", "dst"), filesystems=PAIRS, keep_source=1,
-              keep_destination=1, retry_delay=0.0)
-TAG = hold_tag(SVC.name)
-assert TAG == SIM_HOLD_TAG
-
-
-def seq(n: int) -> str:
-    return SVC.naming.format(n)
-
-
-@dataclass
-class World:
-    src: SimZfs
-    dst: SimZfs
-    cache: CapabilityCache = field(default_factory=CapabilityCache)
-    cut: set[str] = field(default_factory=set)  # source filesystems whose streams fail
-
-    def cycle(self) -> None:
-        replicate(SVC, self.src, self.dst, sleep=lambda s: None,
-                  capabilities=self.cache)
-
-    def calls_of(self, run: Callable[[], None]) -> tuple[Counter[str], Counter[str]]:
-        """The calls on each side while `run()` runs."""
-        before = len(self.src.calls), len(self.dst.calls)
-        run()
-        src, dst = self.src.calls[before[0]:], self.dst.calls[before[1]:]
-        return (Counter(c[0] if c else "(probe)" for c in src),
-                Counter(c[0] if c else "(probe)" for c in dst))
-
-
-MakeWorld = Callable[[str], World]  # a source and a destination on zfs of this usage
-
-
-@pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> MakeWorld:
-    def make(usage: str) -> World:
-        w = World(SimZfs("src@srchost", usage, [p.source for p in PAIRS], {"tank/src"}),
-                  SimZfs("dst@desthost", usage, [], {"backup/dst"}))
-
-        def pipe(sender: list[str], receiver: list[str], what: str,
-                 **kw: Any) -> TransferResult:
-            w.src.calls.append(sender[1:])
-            w.dst.calls.append(receiver[1:])
-            src_fs, _, target = sender[-1].partition("@")
-            if src_fs in w.cut:
-                raise CommandError(f"{what}: cut", stderr="Connection reset")
-            snaps = w.src.fs[src_fs]
-            top = next(s for s in snaps if s.name == target)
-            sent = [top]
-            if "-I" in sender:
-                base = sender[sender.index("-I") + 1].partition("@")[2]
-                low = next(s.txg for s in snaps if s.name == base)
-                sent = [s for s in snaps if low < s.txg <= top.txg]
-            dst_fs = receiver[-1]
-            w.dst.fs.setdefault(dst_fs, [])
-            w.dst.marks.setdefault(dst_fs, {})
-            w.dst.fs[dst_fs] += [SimSnap(s.name, s.guid, w.dst.next_txg()) for s in sent]
-            return TransferResult(0.1, 10)
-
-        monkeypatch.setattr(cycle_mod, "pipe", pipe)
-        return w
-
-    return make
 
 
 @pytest.mark.parametrize("usage, calls", [(OPENZFS, 1), (FUSE, N)],
@@ -108,9 +34,9 @@ def test_a_failed_batched_snapshot_still_runs_the_post_hook(
         world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
     w = world(OPENZFS)
     ran: list[dict[str, str]] = []
-    monkeypatch.setattr(cycle_mod.hooks, "run_hook",
+    monkeypatch.setattr(hooks, "run_hook",
                         lambda key, path, env, timeout: ran.append(env))
-    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda *args: None)
+    monkeypatch.setattr(hooks, "check_executable", lambda *args: None)
     svc = dataclasses.replace(SVC, pre_snapshot="/pre", post_snapshot="/post")
     c = cycle_mod.Cycle(svc, w.src, w.dst)
     cp = c.survey(take_snapshot=True)

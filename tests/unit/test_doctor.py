@@ -11,7 +11,7 @@ from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import Cycle
 from zfsrepl.diagnosis import Kind
 
-from .helpers import SimSnap, SimZfs
+from .fakes import SimSnap, SimZfs
 from .test_capabilities import FUSE, OPENZFS
 
 PAIR = FilesystemPair("tank/src/fs", "backup/dst/fs")

@@ -27,19 +27,6 @@ def definition(**extra: object) -> dict[str, object]:
             **extra}
 
 
-def test_reversed_service_keeps_the_names_and_swaps_the_sides() -> None:
-    svc = parse_service(definition(role="destination"))
-    back = failover.reversed_service(svc)
-    assert back.naming == svc.naming  # the chain continues by GUID under the same names
-    assert back.source == svc.destination and back.destination == svc.source
-    assert [(p.source, p.destination) for p in back.filesystems] == [
-        ("p/dst/a", "p/src/a"), ("p/dst/b", "p/src/b")]
-    assert (back.keep_source, back.keep_destination) == (5, 2)
-    assert back.pre_snapshot is None
-    assert svc.is_destination_copy
-    assert not parse_service(definition()).is_destination_copy
-
-
 def test_mountpoint_key_is_validated() -> None:
     svc = parse_service(definition())
     assert svc.filesystems[0].mountpoint == "/srv/a" and svc.filesystems[1].mountpoint is None

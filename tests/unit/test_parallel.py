@@ -21,15 +21,15 @@ from typing import Any, ClassVar
 import pytest
 
 from zfsrepl import config, interrupts, plan, service, transfer
-from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, replicate
 from zfsrepl.errors import CommandError, ConfigError, ConnectionFailed
+from zfsrepl.replication import Replication
 from zfsrepl.state import StateStore
 from zfsrepl.transfer import Progress, TransferResult
 
+from .fakes import SVC, FnStreams, SimSnap, SimZfs, seq
 from .test_capabilities import FUSE, OPENZFS
-from .test_cycle_batching import SVC, SimSnap, SimZfs, seq
 
 N = 8
 PAIRS = tuple(FilesystemPair(f"tank/src/fs{i}", f"backup/dst/fs{i}") for i in range(N))
@@ -122,9 +122,14 @@ class World:
     dst: JournaledZfs
     delay: Callable[[str, str], float] = lambda fs, target: 0.05
     cut: set[str] = dataclasses.field(default_factory=set)
+    streams: FnStreams = dataclasses.field(
+        default_factory=lambda: FnStreams(lambda *a, **kw: TransferResult(0.1, 10)))
 
     def cycle(self, service_: Service) -> None:
-        replicate(service_, self.src, self.dst, sleep=lambda s: None)
+        replicate(service_, self.src, self.dst, sleep=lambda s: None, streams=self.streams)
+
+    def new_cycle(self, service_: Service) -> Cycle:
+        return Cycle(service_, self.src, self.dst, streams=self.streams)
 
 
 @pytest.fixture
@@ -165,7 +170,7 @@ def make_world(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], World]:
                     j.events.append(("streamed", src_fs, target))
             return TransferResult(0.1, 10)
 
-        monkeypatch.setattr(cycle_mod, "pipe", pipe)
+        w.streams = FnStreams(pipe)
         return w
 
     return make
@@ -207,8 +212,8 @@ def test_each_filesystem_keeps_its_streams_in_order_one_at_a_time(
     targets = [f"s{k}" for k in range(1, 4)]
     for p in PAIRS:  # the fake pipe delivers what the source has
         w.src.fs[p.source] = [SimSnap(t, 100 + i, 10 + i) for i, t in enumerate(["s0", *targets])]
-    cp = CyclePlan(svc(4), None, [fs_plan(p, targets) for p in PAIRS])
-    Cycle(svc(4), w.src, w.dst).send_and_prune(cp)
+    cp = CyclePlan(Replication.forward(svc(4)), None, [fs_plan(p, targets) for p in PAIRS])
+    w.new_cycle(svc(4)).send_and_prune(cp)
     events = [e for e in w.journal.events if e[0] in ("stream", "streamed")]
     for p in PAIRS:
         mine = [(e[0], e[2]) for e in events if e[1] == p.source]
@@ -309,20 +314,19 @@ def test_prunes_run_side_by_side_too(make_world: Callable[[str], World],
 
 def test_a_resumed_stream_asks_for_another_look(make_world: Callable[[str], World]) -> None:
     w = make_world(OPENZFS)
-    c = Cycle(svc(3), w.src, w.dst)
     sent: list[str] = []
 
-    def stream(fp: FilesystemPlan, s: plan.Send, cancel: Any = None) -> TransferResult:
-        sent.append(fp.pair.source)
+    def stream(sender: list[str], receiver: list[str], what: str, **kw: Any) -> TransferResult:
+        sent.append(what.rsplit(" of ", 1)[1].split(" to ", 1)[0])
         return TransferResult(0.1, 10)
 
-    c._stream = stream  # type: ignore[method-assign]
+    c = Cycle(svc(3), w.src, w.dst, streams=FnStreams(stream))
     fps = [FilesystemPlan(p, [], [], plan.UpToDate(seq(1))) for p in PAIRS]
     fps[4] = FilesystemPlan(PAIRS[4], [], [], plan.Resume("token-1"))
-    assert c.send_and_prune(CyclePlan(svc(3), None, fps)) is True
+    assert c.send_and_prune(CyclePlan(Replication.forward(svc(3)), None, fps)) is True
     assert sent == [PAIRS[4].source]
     fps[4] = FilesystemPlan(PAIRS[4], [], [], plan.UpToDate(seq(1)))
-    assert c.send_and_prune(CyclePlan(svc(3), None, fps)) is False
+    assert c.send_and_prune(CyclePlan(Replication.forward(svc(3)), None, fps)) is False
 
 
 # ---------------------------------------------------------------------------- threads
@@ -375,14 +379,14 @@ def test_streams_in_workers_get_concurrent_progress(make_world: Callable[[str], 
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     w = make_world(FUSE)
     seen: list[tuple[str, bool, bool]] = []
-    fake = cycle_mod.pipe
+    fake = w.streams.pipe
 
     def pipe(sender: list[str], receiver: list[str], what: str, **kw: Any) -> TransferResult:
         seen.append((what, kw["progress"].interactive is False and kw["cancel"] is not None,
                      kw["progress"].what.startswith(sender[-1].partition("@")[0])))
         return fake(sender, receiver, what, **kw)
 
-    monkeypatch.setattr(cycle_mod, "pipe", pipe)
+    w.streams.pipe = pipe
     monkeypatch.setattr(transfer.sys, "stderr", _Tty())
     w.cycle(svc(3))
     assert len(seen) == N and all(concurrent and named for _, concurrent, named in seen)
@@ -394,9 +398,10 @@ class _Tty(io.StringIO):
 
 
 def test_dry_run_says_how_many_go_at_once() -> None:
-    cp = CyclePlan(svc(4), None, [])
+    cp = CyclePlan(Replication.forward(svc(4)), None, [])
     assert "parallel: up to 4 filesystems sent at once" in cp.describe()
-    assert not any("parallel" in line for line in CyclePlan(svc(1), None, []).describe())
+    one = CyclePlan(Replication.forward(svc(1)), None, [])
+    assert not any("parallel" in line for line in one.describe())
 
 
 # ---------------------------------------------------------------------------- stopping
@@ -427,10 +432,10 @@ def test_a_stop_cuts_every_stream_in_flight_and_starts_no_other(
     w = make_world(FUSE)
     # Real pipelines of real processes that would run for a minute: a sender that
     # writes a little and then waits, a receiver that reads until the end.
-    monkeypatch.setattr(cycle_mod, "pipe", lambda sender, receiver, what, **kw: transfer.pipe(
+    w.streams.pipe = lambda sender, receiver, what, **kw: transfer.pipe(
         ["sh", "-c", "echo data; exec sleep 60"], ["sh", "-c", "exec cat >/dev/null"], what,
-        **kw))
-    cycle = Cycle(svc(3), w.src, w.dst)
+        **kw)
+    cycle = w.new_cycle(svc(3))
     cp = cycle.survey(take_snapshot=True)
     cycle.take_snapshots(cp)
 
@@ -528,17 +533,17 @@ def test_an_unexpected_error_in_a_worker_cuts_the_others_and_is_raised(
         make_world: Callable[[str], World]) -> None:
     w = make_world(FUSE)
     w.delay = lambda fs, target: 0.0 if fs == PAIRS[0].source else 0.05
-    cycle = Cycle(svc(3), w.src, w.dst)
+    cycle = w.new_cycle(svc(3))
     cp = cycle.survey(take_snapshot=True)
     cycle.take_snapshots(cp)
-    real = cycle.send
+    real = w.streams.pipe
 
-    def send(fp: FilesystemPlan, cancel: Any = None) -> bool:
-        if fp.pair == PAIRS[0]:
+    def send(sender: list[str], receiver: list[str], what: str, **kw: Any) -> TransferResult:
+        if sender[-1].startswith(PAIRS[0].source + "@"):
             raise RuntimeError("a bug")
-        return real(fp, cancel)
+        return real(sender, receiver, what, **kw)
 
-    cycle.send = send  # type: ignore[method-assign]
+    w.streams.pipe = send
     with pytest.raises(RuntimeError, match="a bug"):
         cycle.send_and_prune(cp)
     # nothing was handed out after it: at most the two in flight beside it streamed

@@ -10,14 +10,18 @@ from typing import Any
 
 import pytest
 
-from zfsrepl import doctor, repair
+from zfsrepl import doctor, executor, repair
 from zfsrepl.config import Endpoint, FilesystemPair, Service
-from zfsrepl.cycle import Cycle, FilesystemPlan
+from zfsrepl.cyclehosts import CycleEvents, CycleHosts
 from zfsrepl.diagnosis import Chains, DestroySnapshot, Kind, Rollback, Side, diagnose
 from zfsrepl.errors import UsageError, ZfsreplError
+from zfsrepl.executor import Prune
+from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
+from zfsrepl.transfer import TransferResult
 from zfsrepl.zfserrors import DatasetBusy, HasClones, PermissionDenied
 
+from .fakes import FnStreams
 from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
 
 WHEN = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
@@ -140,7 +144,7 @@ def report(c: Chains) -> doctor.Report:
     svc = Service(name="svc", source=Endpoint("srchost", "src"),
                   destination=Endpoint("dsthost", "dst"),
                   filesystems=(FilesystemPair(SRC_FS, DST_FS),))
-    rep = doctor.Report(svc, SND, RCV)
+    rep = doctor.Report(Replication.forward(svc))
     f = diagnose(c, NAMING, "svc")
     rep.findings.append(("fs", f))
     aside = repair.offer(c, f, NAMING, WHEN, readonly=False)
@@ -186,14 +190,20 @@ class RecordingZfs:
         pass
 
 
+def _no_stream(*a: Any, **kw: Any) -> TransferResult:
+    raise AssertionError("no stream here")
+
+
 def test_retention_keeps_the_origin_of_a_set_aside_replica_and_prunes_the_rest() -> None:
-    cycle = Cycle.__new__(Cycle)
-    cycle.src, cycle.dst = RecordingZfs(set()), RecordingZfs({seq(2)})  # type: ignore[assignment]
-    cycle.tag = "zfsrepl-svc"
-    fp = FilesystemPlan(FilesystemPair(SRC_FS, DST_FS), [], [], None)  # type: ignore[arg-type]
-    fp.destroy_destination = (seq(1), seq(2), seq(3))
-    cycle.prune(fp)
-    assert cycle.dst.destroyed == [seq(1), seq(3)]  # type: ignore[attr-defined]
+    src, dst = RecordingZfs(set()), RecordingZfs({seq(2)})
+    svc = Service(name="svc", source=Endpoint("srchost", "src"),
+                  destination=Endpoint("dsthost", "dst"),
+                  filesystems=(FilesystemPair(SRC_FS, DST_FS),))
+    hosts = CycleHosts(Replication.forward(svc), src, dst,  # type: ignore[arg-type]
+                       "zfsrepl-svc", CycleEvents(), FnStreams(_no_stream))
+    executor.prune(hosts, Prune(FilesystemPair(SRC_FS, DST_FS), (), (seq(1), seq(2), seq(3)),
+                                frozenset(), frozenset()))
+    assert dst.destroyed == [seq(1), seq(3)]
 
 
 def test_destroy_needs_fix(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from zfsrepl.errors import CommandError, ConfigError
 from zfsrepl.host import LocalHost, SshHost
 from zfsrepl.transfer import TransferFailed, TransferResult
 
+from .fakes import SimZfs
 from .test_capabilities import FUSE
-from .test_cycle_batching import SimZfs
 from .test_wire_compression import SVC
 
 

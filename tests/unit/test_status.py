@@ -18,7 +18,7 @@ from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.state import Newest, ServicePaths, ServiceState, StateStore
 
-from .helpers import SimSnap, SimZfs
+from .fakes import SimSnap, SimZfs
 from .test_capabilities import OPENZFS
 
 NAMING = SnapshotNaming("src", "dst", "desthost")

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from zfsrepl import cycle as cycle_mod
-from zfsrepl import unchanged
+from zfsrepl import hooks, survey, unchanged
 from zfsrepl.config import ConfigError, dump_service, parse_service
 from zfsrepl.cycle import replicate
 from zfsrepl.metrics import ServiceSample, render
@@ -18,9 +18,9 @@ from zfsrepl.state import Newest, ServiceState, from_json, to_json
 from zfsrepl.status import filesystem_status
 from zfsrepl.zfs import CapabilityCache, Zfs
 
+from .fakes import PAIRS, SVC, MakeWorld, SimZfs, World, world  # noqa: F401
 from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
 from .test_capabilities import FUSE, OPENZFS
-from .test_cycle_batching import PAIRS, SVC, MakeWorld, SimZfs, World, world  # noqa: F401
 
 SYNCED = [own(1, 11, 10), own(2, 12, 20)]
 
@@ -140,13 +140,15 @@ def _names(side: SimZfs, fs: str) -> list[str]:
 def test_only_changed_filesystems_get_a_snapshot_send_and_destroy(
         world: MakeWorld, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     w, src = _world(world, OPENZFS)
-    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+              streams=w.streams)
     assert all(_names(w.dst, p.destination) == [seq(1)] for p in PAIRS)
     changed = PAIRS[3].source
     src.written[changed] = 4096
     caplog.set_level(logging.INFO, logger="zfsrepl")
     start = len(w.src.calls)
-    cp = replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    cp = replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+                   streams=w.streams)
     calls = w.src.calls[start:]
     # one call reads `written` for all the candidates
     assert [c for c in calls if "written" in c] == [
@@ -161,7 +163,8 @@ def test_only_changed_filesystems_get_a_snapshot_send_and_destroy(
     assert "skip_unchanged: 4 of 5 filesystem(s) unchanged" in caplog.text
     # nothing at all changed: no snapshot, no send, no destroy anywhere
     first_src, first_dst = len(w.src.calls), len(w.dst.calls)
-    cp = replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    cp = replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+                   streams=w.streams)
     assert cp.snapshot is None and len(cp.skipped) == len(PAIRS)
     done = {c[0] for c in w.src.calls[first_src:] + w.dst.calls[first_dst:]}
     assert not done & {"snapshot", "send", "receive", "destroy", "hold", "release", "bookmark"}
@@ -172,7 +175,8 @@ def test_without_skip_unchanged_every_filesystem_gets_its_snapshot(
     w, _ = _world(world, OPENZFS)
     svc = dataclasses.replace(SKIP, skip_unchanged=False)
     for n in (1, 2):
-        replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+        replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+                  streams=w.streams)
         assert all(_names(w.dst, p.destination)[-1] == seq(n) for p in PAIRS)
     assert not any("written" in c for c in w.src.calls)
 
@@ -181,15 +185,17 @@ def test_without_written_the_key_has_no_effect_and_says_so_once(
         world: MakeWorld, caplog: pytest.LogCaptureFixture,  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     w, _ = _world(world, FUSE, has_written=False)
-    monkeypatch.setattr(cycle_mod, "_SAID_NO_WRITTEN", set())
+    monkeypatch.setattr(survey, "_SAID_NO_WRITTEN", set())
     caplog.set_level(logging.INFO, logger="zfsrepl")
     for n in (1, 2, 3):
-        replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+        replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+                  streams=w.streams)
         assert all(_names(w.dst, p.destination)[-1] == seq(n) for p in PAIRS)
     # asked once; the answer is kept with the host's other probes
     assert sum("written" in c for c in w.src.calls) == 1
     w.cache.clear()  # as after a failed attempt: asked again, but not said again
-    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+              streams=w.streams)
     assert sum("written" in c for c in w.src.calls) == 2
     said = [r for r in caplog.records if "skip_unchanged has no effect" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "WARNING"
@@ -231,20 +237,23 @@ def test_an_unchanged_filesystem_shows_no_growing_lag() -> None:
 def test_dry_run_and_hooks_name_only_the_changed_filesystems(
         world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     w, src = _world(world, OPENZFS)
-    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    replicate(SKIP, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+              streams=w.streams)
     changed = PAIRS[1].source
     src.written[changed] = 1
     ran: list[dict[str, str]] = []
-    monkeypatch.setattr(cycle_mod.hooks, "run_hook",
+    monkeypatch.setattr(hooks, "run_hook",
                         lambda key, path, env, timeout: ran.append(env))
-    monkeypatch.setattr(cycle_mod.hooks, "check_executable", lambda *args: None)
+    monkeypatch.setattr(hooks, "check_executable", lambda *args: None)
     svc = dataclasses.replace(SKIP, pre_snapshot="/pre", post_snapshot="/post")
     shown = "\n".join(cycle_mod.dry_run(svc, w.src, w.dst).describe())
     assert f"{PAIRS[0].source} -> {PAIRS[0].destination}: unchanged since @{seq(1)}: " \
            "no snapshot (skip_unchanged)" in shown
     assert f"snapshot @{seq(2)} of: {changed}\n" in shown
-    replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+              streams=w.streams)
     assert [e["ZFSREPL_FILESYSTEMS"] for e in ran] == [changed, changed]
     ran.clear()
-    replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache)
+    replicate(svc, w.src, w.dst, sleep=lambda s: None, capabilities=w.cache,
+              streams=w.streams)
     assert ran == []  # nothing changed: no snapshot, so no hook

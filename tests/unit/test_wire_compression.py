@@ -36,8 +36,8 @@ from zfsrepl.naming import SnapshotNaming
 from zfsrepl.transfer import TransferFailed, TransferResult, Wire, choose_wire, pipe
 from zfsrepl.zfs import CapabilityCache, Zfs
 
+from .fakes import PAIRS, SimZfs
 from .test_capabilities import FUSE, OPENZFS
-from .test_cycle_batching import PAIRS, SimZfs
 
 # ---------------------------------------------------------------------------- config
 

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
         discards = args.destroy and any(report.asides)
         confirm("Apply these repairs? What was written on the diverged replicas is lost"
                 if discards else "Apply these repairs?", args.yes)
-        remote = Zfs(remote_host, report.service.destination.zfs_argv)
+        remote = Zfs(remote_host, report.replication.receiving.zfs_argv)
         for line in doctor.apply(report, local, remote, ctx.state_dir, destroy=args.destroy):
             print(line)
         if report.unfixed(args.destroy):

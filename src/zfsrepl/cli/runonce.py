@@ -89,17 +89,18 @@ def _failback(args: argparse.Namespace, ctx: Context, svc: config.Service) -> in
     from zfsrepl import failover, service
     from zfsrepl.cli.failover import confirm
     from zfsrepl.cycle import dry_run
+    from zfsrepl.replication import Replication
 
-    back = failover.reversed_service(svc)
+    back = Replication.failback(svc)
     print(failover.failback_warning(svc), file=sys.stderr)
     if args.dry_run:
-        with SshHost(back.destination, extra_options=("BatchMode=no",)) as remote:
+        with SshHost(back.receiving, extra_options=("BatchMode=no",)) as remote:
             cp = dry_run(back, LocalHost(svc.destination.host), remote)
         print("\n".join(cp.describe()))
         print("dry run: nothing was changed")
         return 0
     confirm(f"Replicate {svc.name} back to {svc.source.host}, overwriting its filesystems?",
             args.yes)
-    service.run_once(back, ctx.state_dir, ctx.log_dir, wait=not args.no_wait,
+    service.run_once(svc, ctx.state_dir, ctx.log_dir, wait=not args.no_wait,
                      metrics_file=args.metrics_file, runner=failover.failback_runner)
     return 0

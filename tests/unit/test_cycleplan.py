@@ -1,20 +1,23 @@
-"""The pure parts of a cycle: the new snapshot, retention after the sends, the plan text."""
+"""The pure half of a cycle (cycleplan.py): the new snapshot, retention and the new bases
+after the sends (`after`), the plan text."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from zfsrepl import plan
+from zfsrepl import cycleplan, plan
 from zfsrepl.config import Endpoint, FilesystemPair, Service
-from zfsrepl.cycle import (
+from zfsrepl.cycleplan import (
     CyclePlan,
     FilesystemPlan,
-    _prune,
-    _stamp_creation,
-    _with_new_snapshot,
     destination_after,
+    retention_after,
 )
+from zfsrepl.cycleplan import with_new_snapshot as _with_new_snapshot
 from zfsrepl.errors import ReplicationError
+from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
 
 from .helpers import DST_FS, NAMING, SRC_FS, other, own, received, seq
@@ -34,8 +37,13 @@ def service(keep_source: int = 1, keep_destination: int = 1,
 def planned(src: list[Snapshot], dst: list[Snapshot] | None, svc: Service,
             sent_ok: bool, pair: FilesystemPair = PAIR) -> FilesystemPlan:
     fp = FilesystemPlan(pair, src, dst, plan.plan_filesystem(src, dst, NAMING))
-    _prune(fp, svc, sent_ok)
-    return fp
+    return _prune(fp, svc, sent_ok)
+
+
+def _prune(fp: FilesystemPlan, svc: Service, sent_ok: bool) -> FilesystemPlan:
+    """`fp` with what retention destroys after its sends went (`sent_ok`) or not."""
+    src, dst = retention_after(Replication.forward(svc), fp, sent_ok)
+    return dataclasses.replace(fp, destroy_source=src, destroy_destination=dst)
 
 
 def test_with_new_snapshot() -> None:
@@ -49,7 +57,7 @@ def test_with_new_snapshot() -> None:
     assert _with_new_snapshot([], SRC_FS, seq(1))[0].createtxg == 1
 
 
-# ---------------------------------------------------------------------------- _prune
+# ---------------------------------------------------------------------------- retention_after
 
 
 def test_prune_after_full_send() -> None:
@@ -114,7 +122,7 @@ def test_prune_from_a_bookmark_keeps_the_destination_copy_of_it() -> None:
         fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING,
                                                                  bookmarks=(two,)),
                             bookmarks=(two,))
-        _prune(fp, service(), sent_ok)
+        fp = _prune(fp, service(), sent_ok)
         assert fp.plan.sends[0].bookmark
         assert fp.destroy_destination == ((seq(1), seq(2)) if sent_ok else (seq(1),))
 
@@ -202,7 +210,7 @@ def _plans() -> CyclePlan:
                 svc, True, pairs[4]),
         planned(fs(6, base), [], svc, True, pairs[5]),
     ]
-    return CyclePlan(svc, new, fps)
+    return CyclePlan(Replication.forward(svc), new, fps)
 
 
 def test_describe() -> None:
@@ -232,7 +240,7 @@ def test_describe() -> None:
 def test_describe_chain_of_sends_and_no_snapshot() -> None:
     src = [own(1, 11, 10), other("hourly", 90, 15), own(2, 12, 20), own(3, 13, 30)]
     svc = service()
-    cp = CyclePlan(svc, None, [planned(src, received(src[:1]), svc, True)])
+    cp = CyclePlan(Replication.forward(svc), None, [planned(src, received(src[:1]), svc, True)])
     lines = cp.describe()
     assert lines[1] == (f"{SRC_FS} -> {DST_FS}: incremental -i @{seq(1)} -> @{seq(2)}; "
                         f"incremental -i @{seq(2)} -> @{seq(3)}")
@@ -254,8 +262,7 @@ def test_conflicts_name_each_filesystem_and_situation() -> None:
 
 
 def test_no_conflicts() -> None:
-    cp = _plans()
-    cp.filesystems = cp.filesystems[:4]
+    cp = dataclasses.replace(_plans(), filesystems=_plans().filesystems[:4])
     assert cp.conflicts() == []
     cp.raise_on_conflict()
 
@@ -310,8 +317,50 @@ def test_destination_after_a_resumed_stream_adds_nothing_it_cannot_know() -> Non
 def test_the_lag_counts_from_when_the_snapshot_was_taken_not_planned() -> None:
     src = _with_new_snapshot([own(1, 11, 10)], SRC_FS, seq(2))
     fp = planned(src, None, service(), sent_ok=True)
-    cp = CyclePlan(service(), seq(2), [fp])
-    _stamp_creation(cp, 1234567)
+    cp = CyclePlan(Replication.forward(service()), seq(2), [fp]).stamped(1234567)
+    (fp,) = cp.filesystems
     assert [s.creation for s in fp.source] == [10, 1234567]
     after = destination_after(fp)
     assert after is not None and after[-1].creation == 1234567
+
+
+# ---------------------------------------------------------------------------- after
+
+
+def test_after_moves_the_base_only_where_the_sends_went_through() -> None:
+    svc = service(keep_source=1, keep_destination=1)
+    base = [own(1, 11, 10), own(2, 12, 20)]
+    sent = planned(_with_new_snapshot(base, SRC_FS, seq(3)), received(base), svc, True)
+    cut = sent
+    resumed = FilesystemPlan(PAIR, base, received(base[:1]),
+                             plan.plan_filesystem(base, received(base[:1]), NAMING,
+                                                  resume_token="1-tok"))
+    current = planned(base, received(base), svc, True)
+    cp = CyclePlan(Replication.forward(svc), seq(3), [sent, cut, resumed, current])
+    ok, failed, resumed_after, up_to_date = cycleplan.after(cp, [True, False, True, True])
+    # sent: the plan's retention, and the newest snapshot sent is the new base
+    assert (ok.destroy_source, ok.destroy_destination, ok.base) == (
+        sent.destroy_source, sent.destroy_destination, seq(3))
+    assert ok.destroy_source == (seq(1), seq(2)) and ok.destroy_destination == (seq(1), seq(2))
+    # cut: the base stays; what the stream may have delivered is kept on the source
+    assert failed.base is None
+    assert (failed.destroy_source, failed.destroy_destination) == ((seq(1),), (seq(1),))
+    # a resumed stream's end is known from the next listing only
+    assert (resumed_after.destroy_source, resumed_after.destroy_destination,
+            resumed_after.base) == ((), (), None)
+    # nothing was sent: the base does not move
+    assert up_to_date.base is None
+
+
+def test_plan_and_after_agree_on_what_a_successful_cycle_destroys() -> None:
+    """The plan shows (dry run) what retention destroys once the sends went through;
+    after() destroys exactly that when they did."""
+    svc = service(keep_source=2, keep_destination=3)
+    rep = Replication.forward(svc)
+    for n in range(1, 7):
+        base = [own(i, 10 + i, 10 * i) for i in range(1, n + 1)]
+        for dst in (None, received(base[:1]), received(base)):
+            fp = planned(_with_new_snapshot(base, SRC_FS, seq(n + 1)), dst, svc, True)
+            out = cycleplan.after_filesystem(rep, fp, sent_ok=True)
+            assert (out.destroy_source, out.destroy_destination) == \
+                retention_after(rep, fp, sent_ok=True)

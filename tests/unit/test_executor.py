@@ -1,5 +1,6 @@
-"""A cycle's use of current ZFS: holds and bookmarks of the base, resumed streams,
-the options of each stream; and that none of it happens where the host lacks it."""
+"""The executor's use of current ZFS (executor.py): holds and bookmarks of the base,
+resumed streams, the options of each stream; and that none of it happens where the
+host lacks it."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from typing import Any
 
 import pytest
 
-from zfsrepl import cycle as cycle_mod
 from zfsrepl import plan
 from zfsrepl.capabilities import NONE, Capabilities
 from zfsrepl.config import Endpoint, FilesystemPair, Service
-from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan, _prune
+from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan
+from zfsrepl.cycleplan import after_filesystem, retention_after, with_new_snapshot
 from zfsrepl.errors import CommandError
 from zfsrepl.host import LocalHost
+from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.transfer import TransferNotResumable, TransferResult
 
+from .fakes import FnStreams
 from .helpers import DST_FS, NAMING, SRC_FS, own, received, seq
 
 ALL = Capabilities(resume=True, bookmarks=True, holds=True, raw_send=True, estimate=False,
@@ -72,16 +75,15 @@ class FakeZfs:
 
 def make_cycle(monkeypatch: pytest.MonkeyPatch, src_caps: Capabilities,
                dst_caps: Capabilities, pipe: Any = None) -> tuple[Cycle, FakeZfs, FakeZfs]:
-    c = Cycle(SVC, LocalHost("src"), LocalHost("dst"))
-    src, dst = FakeZfs("src", src_caps), FakeZfs("dst", dst_caps)
-    c.src, c.dst = src, dst  # type: ignore[assignment]
     limits: list[int | None] = []
 
     def fake_pipe(sender: list[str], receiver: list[str], what: str, **kw: Any) -> TransferResult:
         limits.append(kw.get("limit"))
         return TransferResult(0.1, 10)
 
-    monkeypatch.setattr(cycle_mod, "pipe", pipe or fake_pipe)
+    c = Cycle(SVC, LocalHost("src"), LocalHost("dst"), streams=FnStreams(pipe or fake_pipe))
+    src, dst = FakeZfs("src", src_caps), FakeZfs("dst", dst_caps)
+    c.src, c.dst = src, dst  # type: ignore[assignment]
     return c, src, dst
 
 
@@ -94,15 +96,20 @@ def the_plan(**extra: Any) -> FilesystemPlan:
     fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING, bookmarks=marks),
                         bookmarks=marks, held_source=frozenset({seq(1)}),
                         held_destination=frozenset({seq(1)}), **extra)
-    _prune(fp, SVC, sent_ok=True)
-    return fp
+    return _pruned(fp)
+
+
+def _pruned(fp: FilesystemPlan) -> FilesystemPlan:
+    """`fp` with what retention destroys once its sends went as planned."""
+    src, dst = retention_after(Replication.forward(SVC), fp, sent_ok=True)
+    return dataclasses.replace(fp, destroy_source=src, destroy_destination=dst)
 
 
 def test_the_base_moves_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
     c, src, dst = make_cycle(monkeypatch, ALL, ALL)
     fp = the_plan()
     assert fp.destroy_source == (seq(1),) and fp.destroy_destination == (seq(1),)
-    assert c.send_and_prune(CyclePlan(SVC, seq(2), [fp])) is False
+    assert c.send_and_prune(CyclePlan(Replication.forward(SVC), seq(2), [fp])) is False
     sent = [x for x in src.calls if x[0] == "send"]
     assert sent == [("send", plan.Send(seq(2), seq(1)), {"raw": False, "compressed": True})]
     assert ("receive", DST_FS, {"incremental": True, "resumable": True, "readonly": True}) \
@@ -125,10 +132,9 @@ def test_nothing_of_it_on_zfs_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
     c, src, dst = make_cycle(monkeypatch, NONE, NONE)
     src_snaps = [own(1, 101, 10), own(2, 102, 20)]
     dst_snaps = received([own(1, 101, 10)])
-    fp = FilesystemPlan(PAIR, src_snaps, dst_snaps,
-                        plan.plan_filesystem(src_snaps, dst_snaps, NAMING))
-    _prune(fp, SVC, sent_ok=True)
-    c.send_and_prune(CyclePlan(SVC, seq(2), [fp]))
+    fp = _pruned(FilesystemPlan(PAIR, src_snaps, dst_snaps,
+                                plan.plan_filesystem(src_snaps, dst_snaps, NAMING)))
+    c.send_and_prune(CyclePlan(Replication.forward(SVC), seq(2), [fp]))
     assert [x[0] for x in src.calls] == ["send", "destroy"]
     assert [x[0] for x in dst.calls] == ["receive", "destroy"]
     assert dst.calls[0][2] == {"incremental": True, "resumable": False, "readonly": False}
@@ -142,19 +148,19 @@ def test_a_failed_send_releases_only_what_it_destroys(monkeypatch: pytest.Monkey
     c, src, dst = make_cycle(monkeypatch, ALL, ALL, pipe=cut)
     fp = the_plan()
     with pytest.raises(CommandError):
-        c.send_and_prune(CyclePlan(SVC, seq(2), [fp]))
-    # the base @1 stays held and kept; nothing is bookmarked
-    assert not [x for x in src.calls + dst.calls if x[0] in ("hold", "release", "bookmark")]
-    assert fp.destroy_source == () and fp.destroy_destination == ()
+        c.send_and_prune(CyclePlan(Replication.forward(SVC), seq(2), [fp]))
+    # the base @1 stays held and kept; nothing is bookmarked or destroyed
+    assert not [x for x in src.calls + dst.calls
+                if x[0] in ("hold", "release", "bookmark", "destroy")]
+    failed = after_filesystem(Replication.forward(SVC), fp, sent_ok=False)
+    assert (failed.destroy_source, failed.destroy_destination, failed.base) == ((), (), None)
 
 
 def resume_plan() -> FilesystemPlan:
     src = [own(1, 101, 10), own(2, 102, 20)]
     dst = received([own(1, 101, 10)])
-    fp = FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING,
-                                                             resume_token="1-tok"))
-    _prune(fp, SVC, sent_ok=True)
-    return fp
+    return _pruned(FilesystemPlan(PAIR, src, dst, plan.plan_filesystem(src, dst, NAMING,
+                                                                        resume_token="1-tok")))
 
 
 def test_a_resumed_stream_asks_for_another_look(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,14 +204,14 @@ def test_replicating_back_leaves_the_original_source_writable(
     c, _, _ = make_cycle(monkeypatch, ALL, ALL)
     assert c._readonly_replica(ALL)
     assert not c._readonly_replica(NONE)
-    c.service = dataclasses.replace(SVC, role="destination")
+    c.rep = Replication.failback(dataclasses.replace(SVC, role="destination"))
     assert not c._readonly_replica(ALL)
 
 
 def test_the_new_snapshot_is_newer_than_every_bookmark() -> None:
     # every snapshot of the source destroyed; the bookmark of the last one remains
     marks = (Snapshot(SRC_FS, seq(2), 102, 20),)
-    src = cycle_mod._with_new_snapshot([], SRC_FS, seq(3), marks)
+    src = with_new_snapshot([], SRC_FS, seq(3), marks)
     assert src[0].createtxg == 21
     dst = received([own(2, 102, 20)])
     p = plan.plan_filesystem(src, dst, NAMING, bookmarks=marks)
