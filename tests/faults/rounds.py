@@ -364,11 +364,13 @@ class Round:
     def fault_in_cycle(self, moments: tuple[str, ...], begin: Callable[[Running], None], *,
                        end: Callable[[], None] = lambda: None,
                        pause: tuple[float, float] = (0.0, 0.0), end_at_exit: bool = False,
+                       until: Optional[Callable[[Running], None]] = None,
                        verb: str = "runonce") -> Running:
         """Start a cycle (`verb`) with the bandwidth limit, reach a moment drawn from
         `moments`, `begin` the fault there, let the cycle go on (the gate opens), wait
-        `pause` (drawn), `end` the fault (or after the cycle ended: `end_at_exit`), and
-        wait for the cycle to end. `end` runs whatever happens."""
+        `pause` (drawn) or `until(run)` returns, `end` the fault (or after the cycle
+        ended: `end_at_exit`), and wait for the cycle to end. `end` runs whatever
+        happens."""
         moment = self.rng.choice(moments)
         self.define(limit=True)
         self.prepare(moment)
@@ -379,7 +381,10 @@ class Round:
             self.reach(moment, run)
             begin(run)
             self.open_gate()
-            time.sleep(self.rng.uniform(*pause))
+            if until is None:
+                time.sleep(self.rng.uniform(*pause))
+            else:
+                until(run)
             if not end_at_exit:
                 ended = True
                 end()
