@@ -197,6 +197,12 @@ class Round:
         self.expected: dict[str, dict[str, str]] = {}
         self.stream_bytes = 0
         self.patterns = [f"{area.src}/", f"{area.dst}/", f"{self.repl.base}/"]
+        # The lab hosts' network namespaces: another lab on this machine (a benchmark's
+        # own VM, say) runs commands that name the same pools and areas, and its
+        # processes are neither the round's to count nor to kill.
+        self.netns = {lab_host.root(["readlink", "/proc/self/ns/net"]).stdout.decode()
+                      .strip().removeprefix("net:[").removesuffix("]")
+                      for lab_host in lab.hosts}
         self.before = set(self.processes())
         self.define()
 
@@ -264,15 +270,17 @@ class Round:
 
     def processes(self) -> dict[int, tuple[int, str]]:
         """pid -> (ppid, "user args") of every process of the lab's users, and of every
-        process naming this round's datasets or folders (sudo zfs runs as root)."""
-        out = self.lab.src.root(["ps", "-e", "-o", "pid=,ppid=,user=,args="]).stdout.decode()
+        process naming this round's datasets or folders (sudo zfs runs as root), in
+        the lab hosts' network namespaces."""
+        out = self.lab.src.root(["ps", "-e", "-o", "pid=,ppid=,user=,netns=,args="]
+                                ).stdout.decode()
         users = {self.lab.src.user, self.lab.dst.user}
         found: dict[int, tuple[int, str]] = {}
         for line in out.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) < 4:
+            parts = line.split(None, 4)
+            if len(parts) < 5 or parts[3] not in self.netns:
                 continue
-            pid, ppid, user, args = int(parts[0]), int(parts[1]), parts[2], parts[3]
+            pid, ppid, user, args = int(parts[0]), int(parts[1]), parts[2], parts[4]
             if user in users or any(p in args for p in self.patterns):
                 found[pid] = (ppid, f"{user} {args}")
         return found
