@@ -237,8 +237,12 @@ class _Stall:
             if not targets:
                 r.outcome.notes.append(f"no zfs {word} ran any more: the stream had ended")
                 return
-            # the whole chain, to be continued: sudo stops itself when its command is
-            # stopped, and waits for a SIGCONT of its own
+            if r.rng.random() < 0.5:
+                # the whole chain (shell, sudo, zfs), not only the zfs at its end
+                targets = [pid for pid, (_, args) in procs.items()
+                           if f" {word} " in f" {args} " and not args.startswith("ssh ")]
+            # every process of the stream, to be continued: sudo stops itself when its
+            # command is stopped, and waits for a SIGCONT of its own
             self.stopped = {pid: args for pid, (_, args) in procs.items()}
             for pid in targets:
                 r.kill(pid, "STOP")
