@@ -194,6 +194,16 @@ def _innermost(procs: dict[int, tuple[int, str]], word: str) -> list[int]:
             if pid not in parents and f" {word} " in f" {args} " and not args.startswith("ssh ")]
 
 
+def _still_stopped(r: Round, pids: list[int]) -> list[int]:
+    """Those of `pids` that are stopped (ps state T)."""
+    if not pids:
+        return []
+    out = r.lab.src.root(["ps", "-o", "pid=,stat=", "-p", ",".join(map(str, pids))],
+                         check=False).stdout.decode()
+    return [int(pid) for pid, stat in (ln.split() for ln in out.splitlines() if ln.strip())
+            if stat.startswith("T")]
+
+
 def _cuts(text: str) -> list[str]:
     return [ln for ln in text.splitlines()
             if " WARNING " in ln and any(w in ln for w in _CUT_WORDS)]
@@ -280,10 +290,25 @@ class _Stall:
         if self.stopped:
             now = {pid: text.split(" ", 1)[1] if " " in text else ""
                    for pid, (_, text) in r.processes().items()}
-            for pid, args in self.stopped.items():
-                if now.get(pid) == args:  # the same process, not a pid used again
-                    r.kill(pid, "CONT")
+            # the same processes, not pids used again
+            alive = [pid for pid, args in self.stopped.items() if now.get(pid) == args]
             self.stopped = {}
+            for pid in alive:
+                r.kill(pid, "CONT")
+            # sudo, stopped together with its command, learns only once continued that
+            # its command had stopped, and then stops itself: continue it again, until
+            # none has stopped for a while
+            calm = 0
+            for _ in range(50):
+                time.sleep(0.2)
+                again = _still_stopped(r, alive)
+                calm = 0 if again else calm + 1
+                if calm == 3:
+                    break
+                for pid in again:
+                    r.kill(pid, "CONT")
+            else:
+                r.outcome.notes.append(f"still stopped after SIGCONT: {again}")
 
     def _drop(self) -> None:
         """Every packet from and to the source host silently dropped in the destination's
