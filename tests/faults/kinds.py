@@ -174,7 +174,7 @@ _CUT_WORDS = ("cut the transfer", "did not finish within", "lost the connection"
 def _stream_processes(r: Round) -> dict[int, tuple[int, str]]:
     """pid -> (ppid, args) of the processes of the round's streams on both hosts: the
     `zfs send` chain (sudo, zfs), the ssh client that carries the stream, and the
-    `zfs receive` chain that the destination's sshd runs (shell, sudo or agent, zfs)."""
+    `zfs receive` chain that the destination's sshd runs (shell, sudo, zfs)."""
     found = {}
     for pid, (ppid, text) in r.processes().items():
         args = text.split(" ", 1)[1] if " " in text else ""
