@@ -30,15 +30,26 @@ STALL = 5
 RUNONCE_BOUND = 600.0
 
 
-def pipeline_processes(src_fs: str, dst_fs: str) -> dict[int, tuple[int, str]]:
+def lab_netns(lab: Lab) -> set[str]:
+    """The network namespaces of the lab's hosts, as ps shows them (inode numbers)."""
+    return {host.root(["readlink", "/proc/self/ns/net"]).stdout.decode().strip()
+            .removeprefix("net:[").removesuffix("]") for host in lab.hosts}
+
+
+def pipeline_processes(lab: Lab, src_fs: str, dst_fs: str) -> dict[int, tuple[int, str]]:
     """pid -> (ppid, args) of the processes of a stream from src_fs to dst_fs, on both
     hosts (the lab's hosts share this machine's processes): the zfs send chain, the ssh
-    client, the zfs receive chain."""
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True,
-                         check=True).stdout
+    client, the zfs receive chain. Only the lab hosts' network namespaces: another lab
+    on this machine may name the same datasets, and its processes are not ours."""
+    netns = lab_netns(lab)
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,netns=,args="], capture_output=True,
+                         text=True, check=True).stdout
     found = {}
     for line in out.splitlines():
-        pid, ppid, args = line.split(None, 2)
+        parts = line.split(None, 3)
+        if len(parts) < 4 or parts[2] not in netns:
+            continue
+        pid, ppid, args = parts[0], parts[1], parts[3]
         words = f" {args} "
         if (" send " in words and src_fs in args) or \
                 ((" receive " in words or " recv " in words) and dst_fs in args):
@@ -113,11 +124,11 @@ def stalled_setup(lab: Lab, area: Area, repl: ZfsreplCli) -> Iterator[tuple[str,
     repl.write_service(filesystems=[(src, dst)], retries=2, retry_delay=5,
                        bandwidth_limit="1M", stall_timeout=STALL)
     yield src, dst
-    left = list(pipeline_processes(src, dst))
+    left = list(pipeline_processes(lab, src, dst))
     signal_all(left, signal.SIGCONT)
     signal_all(left, signal.SIGKILL)
     wait_for("this test's stream processes to end",
-             lambda: not pipeline_processes(src, dst), timeout=60)
+             lambda: not pipeline_processes(lab, src, dst), timeout=60)
 
 
 def stall_and_recover(lab: Lab, repl: ZfsreplCli, tmp_path: Path, src: str, dst: str,
@@ -140,7 +151,7 @@ def stall_and_recover(lab: Lab, repl: ZfsreplCli, tmp_path: Path, src: str, dst:
         assert proc.poll() is None, text()
 
         def both_ends() -> Pipeline:
-            procs = pipeline_processes(src, dst)
+            procs = pipeline_processes(lab, src, dst)
             return procs if innermost(procs, "send") and innermost(procs, "receive") else {}
 
         recorded = wait_for("the stream's processes", both_ends)

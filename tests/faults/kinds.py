@@ -11,14 +11,19 @@ message and the README document, as an operator would; that counts as recovered.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import re
 import signal
 import subprocess
+import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from lab import Lab, LabHost, own_snapshots, wait_for
+from zfsrepl.config import MIN_STALL_TIMEOUT
+from zfsrepl.cycle import MIN_COMMAND_TIMEOUT
 
 from .rounds import (
     BETWEEN,
@@ -146,6 +151,216 @@ def _play_link(r: Round, variant: str) -> None:
     pause = (1.0, 3.0) if variant == "short" else (KEEPALIVE_SECONDS + 2, KEEPALIVE_SECONDS + 5)
     r.fault_in_cycle(CYCLE_MOMENTS, lambda run: r.lab.set_link(False),
                      end=lambda: r.lab.set_link(True), pause=pause)
+    r.recover()
+
+
+# ------------------------------------------------------------------------ 4: stall
+
+# The round's watchdog: the shortest `stall_timeout` a definition may give. A command
+# that is not a stream (a listing, a destroy) is cut by the cycle's command timeout,
+# which is never shorter than MIN_COMMAND_TIMEOUT.
+STALL_TIMEOUT = MIN_STALL_TIMEOUT
+COMMAND_TIMEOUT = max(STALL_TIMEOUT, MIN_COMMAND_TIMEOUT)
+# How long the cycle may still run once a stall began: three times the timeout of what
+# stalled (the cut, the retry, its end) and room for a loaded machine. A bound against
+# hanging, not a measure of speed.
+STALL_MARGIN = 60.0
+# The WARNINGs that say something was cut because it stalled: the watchdog's (a
+# stream), the command timeout's, ssh's keep-alive giving up, a connection that timed out.
+_CUT_WORDS = ("cut the transfer", "did not finish within", "lost the connection",
+              "cannot connect")
+
+
+def _stream_processes(r: Round) -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, args) of the processes of the round's streams on both hosts: the
+    `zfs send` chain (sudo, zfs), the ssh client that carries the stream, and the
+    `zfs receive` chain that the destination's sshd runs (shell, sudo, zfs)."""
+    found = {}
+    for pid, (ppid, text) in r.processes().items():
+        args = text.split(" ", 1)[1] if " " in text else ""
+        words = f" {args} "
+        if (" send " in words and any(src in args for src, _ in r.pairs)) or (
+                (" receive " in words or " recv " in words)
+                and any(dst in args for _, dst in r.pairs)):
+            found[pid] = (ppid, args)
+    return found
+
+
+def _innermost(procs: dict[int, tuple[int, str]], word: str) -> list[int]:
+    """The processes doing `word` ("send", "receive") themselves: the ends of their
+    chains, not the wrappers that wait for them nor the ssh client that carries them."""
+    parents = {ppid for ppid, _ in procs.values()}
+    return [pid for pid, (_, args) in procs.items()
+            if pid not in parents and f" {word} " in f" {args} " and not args.startswith("ssh ")]
+
+
+def _still_stopped(r: Round, pids: list[int]) -> list[int]:
+    """Those of `pids` that are stopped (ps state T)."""
+    if not pids:
+        return []
+    out = r.lab.src.root(["ps", "-o", "pid=,stat=", "-p", ",".join(map(str, pids))],
+                         check=False).stdout.decode()
+    return [int(pid) for pid, stat in (ln.split() for ln in out.splitlines() if ln.strip())
+            if stat.startswith("T")]
+
+
+def _cuts(text: str) -> list[str]:
+    return [ln for ln in text.splitlines()
+            if " WARNING " in ln and any(w in ln for w in _CUT_WORDS)]
+
+
+def _names_stream(line: str, src: str, dst: str) -> bool:
+    """The watchdog's WARNING names the filesystem and what stalled."""
+    t = f"{STALL_TIMEOUT:g}"
+    return re.search(
+        rf"WARNING (no data moved for {t} s sending .* of {re.escape(src)} to "
+        rf".*:{re.escape(dst)}|zfs (send|receive) on \S+ did not exit {t} s after its "
+        rf"stream ended \(.* of {re.escape(src)} to .*:{re.escape(dst)}\)): cut the "
+        r"transfer$", line) is not None
+
+
+class _Stall:
+    """One stall of a round: its start (a process stopped, packets dropped), the wait
+    for the cut, its release (SIGCONT, the rule removed) and the checks of the cut."""
+
+    def __init__(self, r: Round, variant: str) -> None:
+        self.r = r
+        self.variant = variant
+        self.stopped: dict[int, str] = {}  # pid -> args: the stopped stream's processes
+        self.dropping = ""  # how packets are dropped now ("" while they are not)
+        self.began: Optional[float] = None
+        self.bound = 0.0
+        self.late = ""
+        self.table = f"zfsrepl_stall_{r.area.name}"
+
+    def begin(self, run: Running) -> None:
+        r = self.r
+        if run.ended():
+            r.outcome.notes.append("the cycle had ended before the stall")
+            return
+        if self.variant == "packets-dropped":
+            self._drop()
+        else:
+            word = "receive" if self.variant == "receiver-stopped" else "send"
+            procs = _stream_processes(r)
+            targets = _innermost(procs, word)
+            if not targets:
+                r.outcome.notes.append(f"no zfs {word} ran any more: the stream had ended")
+                return
+            if r.rng.random() < 0.5:
+                # the whole chain (shell, sudo, zfs), not only the zfs at its end
+                targets = [pid for pid, (_, args) in procs.items()
+                           if f" {word} " in f" {args} " and not args.startswith("ssh ")]
+            # every process of the stream, to be continued: sudo stops itself when its
+            # command is stopped, and waits for a SIGCONT of its own
+            self.stopped = {pid: args for pid, (_, args) in procs.items()}
+            for pid in targets:
+                r.kill(pid, "STOP")
+            r.outcome.notes.append("stopped " + "; ".join(procs[p][1][:120] for p in targets))
+        self.began = time.monotonic()
+        stream = r.outcome.phase == "in the stream"
+        self.bound = 3 * (STALL_TIMEOUT if stream else COMMAND_TIMEOUT) + STALL_MARGIN
+
+    def until_cut(self, run: Running) -> None:
+        """Wait for the cut (or the cycle's end), release the stall, and wait for the
+        cycle to end, all within the bound."""
+        if self.began is None:
+            return
+        deadline = self.began + self.bound
+        # not cut by the deadline: found below, the cycle is still running then
+        with contextlib.suppress(AssertionError):
+            wait_for("the stall to be cut", lambda: run.ended() or bool(_cuts(run.text())),
+                     timeout=max(0.0, deadline - time.monotonic()))
+        self.release()
+        try:
+            wait_for("the cycle to end", run.ended,
+                     timeout=max(0.0, deadline - time.monotonic()))
+        except AssertionError:
+            self.late = (f"the cycle still ran {time.monotonic() - self.began:.0f}s after the "
+                         f"stall began (bound {self.bound:.0f}s)")
+
+    def release(self) -> None:
+        r = self.r
+        if self.dropping == "nft":
+            r.lab.dst.root(["nft", "delete", "table", "inet", self.table], check=False)
+        elif self.dropping == "route":
+            r.lab.dst.root(["ip", "route", "del", "blackhole", f"{r.lab.src.address}/32"],
+                           check=False)
+        self.dropping = ""
+        if self.stopped:
+            now = {pid: text.split(" ", 1)[1] if " " in text else ""
+                   for pid, (_, text) in r.processes().items()}
+            # the same processes, not pids used again
+            alive = [pid for pid, args in self.stopped.items() if now.get(pid) == args]
+            self.stopped = {}
+            for pid in alive:
+                r.kill(pid, "CONT")
+            # sudo, stopped together with its command, learns only once continued that
+            # its command had stopped, and then stops itself: continue it again, until
+            # none has stopped for a while
+            calm = 0
+            for _ in range(50):
+                time.sleep(0.2)
+                again = _still_stopped(r, alive)
+                calm = 0 if again else calm + 1
+                if calm == 3:
+                    break
+                for pid in again:
+                    r.kill(pid, "CONT")
+            else:
+                r.outcome.notes.append(f"still stopped after SIGCONT: {again}")
+
+    def _drop(self) -> None:
+        """Every packet from and to the source host silently dropped in the destination's
+        network namespace: by nftables (a table of its own), or where the host has no
+        nft by a blackhole route to the source (its replies go nowhere)."""
+        lab = self.r.lab
+        if lab.dst.root(["nft", "--version"], check=False).returncode == 0:
+            rules = (f"table inet {self.table} {{\n"
+                     f" chain input {{ type filter hook input priority -10; "
+                     f"ip saddr {lab.src.address} drop; }}\n"
+                     f" chain output {{ type filter hook output priority -10; "
+                     f"ip daddr {lab.src.address} drop; }}\n"
+                     "}\n")
+            lab.dst.root(["nft", "-f", "-"], input=rules.encode())
+            self.dropping = "nft"
+        else:
+            lab.dst.root(["ip", "route", "add", "blackhole", f"{lab.src.address}/32"])
+            self.dropping = "route"
+        self.r.outcome.notes.append(f"packets dropped ({self.dropping})")
+
+    def check(self, run: Running) -> None:
+        r = self.r
+        if self.late:
+            raise RoundFailed(self.late)
+        if self.began is None:
+            return
+        text, code = run.text(), run.proc.returncode
+        cuts = _cuts(text)
+        if not cuts:
+            if code != 0:
+                r.unclear("the cycle failed without a WARNING saying what stalled", text)
+            else:
+                r.outcome.notes.append("nothing stalled: the cycle went through")
+            return
+        r.outcome.notes.append(f"cut: {cuts[0].split(' WARNING ', 1)[1][:300]}")
+        watchdog = [ln for ln in cuts if "cut the transfer" in ln]
+        if watchdog and not any(_names_stream(watchdog[0], src, dst) for src, dst in r.pairs):
+            r.unclear("the watchdog's WARNING does not name the filesystem and what stalled",
+                      text)
+
+
+def _play_stall(r: Round, variant: str) -> None:
+    r.settings["stall_timeout"] = STALL_TIMEOUT
+    r.baseline()
+    r.write_data()
+    stall = _Stall(r, variant)
+    r.cleanups.append(stall.release)  # before the round's files go, whatever happened
+    # A stopped process stalls only a stream; dropped packets also hold a listing or a
+    # destroy over ssh, a remote command that does not exit.
+    moments = CYCLE_MOMENTS if variant == "packets-dropped" else STREAM_MOMENTS
+    run = r.fault_in_cycle(moments, stall.begin, end=stall.release, until=stall.until_cut)
+    stall.check(run)
     r.recover()
 
 
@@ -458,18 +673,14 @@ def _lags(what: str, out: str) -> list[float]:
 # ------------------------------------------------------------------------ kinds
 
 
-def _not_played(r: Round, variant: str) -> None:
-    raise RoundFailed("not played")
-
-
 KINDS: tuple[Kind, ...] = (
     Kind(1, "kill", "kill -9 of runonce / run mid-cycle", ("runonce", "run"), _play_kill),
     Kind(2, "ssh", "ssh cut: stream client, master, destination sshd",
          ("client", "master", "sshd"), _play_ssh),
     Kind(3, "link", "link between the hosts down, shorter / longer than the keep-alive",
          ("short", "long"), _play_link),
-    Kind(4, "stall", "a transfer that stalls forever", ("receiver-stopped",), _not_played,
-         skip="not randomized yet: tests/e2e/test_stall.py covers it"),
+    Kind(4, "stall", "a transfer stalled: receiver / sender stopped, packets dropped",
+         ("receiver-stopped", "sender-stopped", "packets-dropped"), _play_stall),
     Kind(5, "full", "destination pool full mid-cycle / source full at the snapshot",
          ("destination", "source"), _play_full),
     Kind(6, "common", "newest common snapshot destroyed by hand",

@@ -197,6 +197,12 @@ class Round:
         self.expected: dict[str, dict[str, str]] = {}
         self.stream_bytes = 0
         self.patterns = [f"{area.src}/", f"{area.dst}/", f"{self.repl.base}/"]
+        # The lab hosts' network namespaces: another lab on this machine (a benchmark's
+        # own VM, say) runs commands that name the same pools and areas, and its
+        # processes are neither the round's to count nor to kill.
+        self.netns = {lab_host.root(["readlink", "/proc/self/ns/net"]).stdout.decode()
+                      .strip().removeprefix("net:[").removesuffix("]")
+                      for lab_host in lab.hosts}
         self.before = set(self.processes())
         self.define()
 
@@ -264,15 +270,17 @@ class Round:
 
     def processes(self) -> dict[int, tuple[int, str]]:
         """pid -> (ppid, "user args") of every process of the lab's users, and of every
-        process naming this round's datasets or folders (sudo zfs runs as root)."""
-        out = self.lab.src.root(["ps", "-e", "-o", "pid=,ppid=,user=,args="]).stdout.decode()
+        process naming this round's datasets or folders (sudo zfs runs as root), in
+        the lab hosts' network namespaces."""
+        out = self.lab.src.root(["ps", "-e", "-o", "pid=,ppid=,user=,netns=,args="]
+                                ).stdout.decode()
         users = {self.lab.src.user, self.lab.dst.user}
         found: dict[int, tuple[int, str]] = {}
         for line in out.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) < 4:
+            parts = line.split(None, 4)
+            if len(parts) < 5 or parts[3] not in self.netns:
                 continue
-            pid, ppid, user, args = int(parts[0]), int(parts[1]), parts[2], parts[3]
+            pid, ppid, user, args = int(parts[0]), int(parts[1]), parts[2], parts[4]
             if user in users or any(p in args for p in self.patterns):
                 found[pid] = (ppid, f"{user} {args}")
         return found
@@ -364,11 +372,13 @@ class Round:
     def fault_in_cycle(self, moments: tuple[str, ...], begin: Callable[[Running], None], *,
                        end: Callable[[], None] = lambda: None,
                        pause: tuple[float, float] = (0.0, 0.0), end_at_exit: bool = False,
+                       until: Optional[Callable[[Running], None]] = None,
                        verb: str = "runonce") -> Running:
         """Start a cycle (`verb`) with the bandwidth limit, reach a moment drawn from
         `moments`, `begin` the fault there, let the cycle go on (the gate opens), wait
-        `pause` (drawn), `end` the fault (or after the cycle ended: `end_at_exit`), and
-        wait for the cycle to end. `end` runs whatever happens."""
+        `pause` (drawn) or `until(run)` returns, `end` the fault (or after the cycle
+        ended: `end_at_exit`), and wait for the cycle to end. `end` runs whatever
+        happens."""
         moment = self.rng.choice(moments)
         self.define(limit=True)
         self.prepare(moment)
@@ -379,7 +389,10 @@ class Round:
             self.reach(moment, run)
             begin(run)
             self.open_gate()
-            time.sleep(self.rng.uniform(*pause))
+            if until is None:
+                time.sleep(self.rng.uniform(*pause))
+            else:
+                until(run)
             if not end_at_exit:
                 ended = True
                 end()
