@@ -31,6 +31,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ContextManager, TypeVar
 
 from zfsrepl import chain, diagnosis, hooks, plan, retention, unchanged
@@ -38,6 +39,7 @@ from zfsrepl.capabilities import Capabilities, compress_argv, format_buffer_size
 from zfsrepl.config import FilesystemPair, Service
 from zfsrepl.errors import CommandError, ReplicationError, UsageError, ZfsreplError
 from zfsrepl.host import NO_TOOLS, Host, LocalHost, SshHost
+from zfsrepl.listing_cache import Listings
 from zfsrepl.log import alarm, logger
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.transfer import (
@@ -256,6 +258,10 @@ class CycleEvents:
         """Wraps hooks and snapshots, which a stop request must not cut in half."""
         return contextlib.nullcontext()
 
+    def listing_folder(self) -> Path | None:
+        """Where the listing cache is kept (listing_cache.py); None: no cache."""
+        return None
+
 
 class Cycle:
     """The replication of one service between a source and a destination host."""
@@ -271,6 +277,7 @@ class Cycle:
         self.dst = Zfs(destination, service.destination.zfs_argv, capabilities)
         self.tag = hold_tag(service.name)
         self._wire: Wire | None = None
+        self.listings = Listings(service, self.events.listing_folder(), self.src, self.dst)
 
     # -- survey ---------------------------------------------------------------------
 
@@ -283,10 +290,9 @@ class Cycle:
         # the source first: its listing is local, done while the destination's ssh
         # connection may still be opening
         src_caps = self.src.capabilities()
-        src_states = self.src.states([p.source for p in pairs],
-                                     (ENCRYPTION,) if src_caps.raw_send else ())
-        dst_states = self.dst.states([p.destination for p in pairs],
-                                     (RESUME_TOKEN,) if self._resumable() else ())
+        src_states, dst_states = self.listings.survey(
+            pairs, (ENCRYPTION,) if src_caps.raw_send else (),
+            (RESUME_TOKEN,) if self._resumable() else ())
         dst_lists = {fs: (st.snapshots if st else None) for fs, st in dst_states.items()}
         dst_roles = {fs: st.role for fs, st in dst_states.items() if st and st.role}
         # The interlock: a destination that took over by failover is never overwritten.
@@ -752,6 +758,7 @@ def replicate(service: Service, source: Host, destination: Host,
                 cp = cycle.survey(take_snapshot=False)
                 cp.raise_on_conflict()
                 again = cycle.send_and_prune(cp)
+            cycle.listings.cycle_done(cp)
             logger.info("cycle of %s finished", service.name)
             return cp
         except UsageError:

@@ -87,6 +87,7 @@ def source_forms() -> list[list[str]]:
     z = zfs.Zfs(host, PREFIX)
     z.capabilities()
     z.states([SRC1, SRC2], (zfs.ENCRYPTION,))
+    z.changed([SRC1, SRC2], (zfs.ENCRYPTION,))  # the listing cache's look
     z.existing([SRC1])
     z.snapshot(SRC1, NAMING.format(5))
     z.snapshot_all([SRC1, SRC2], NAMING.format(6))
@@ -253,6 +254,16 @@ SRC_SNAP = f"{SRC1}@{NAMING.format(3)}"
     (["send", "-i", f"{SRC2}@a", SRC_SNAP], [SOURCE], "same filesystem"),
     (["get", "-Hp", "-o", "property,value", "all;id", SRC1], [SOURCE], "properties"),
     (["list", "-H", "-o", "name", "-r", "tank"], [SOURCE], "'-r'"),
+    # the listing cache's look: the service's own filesystems, their own properties
+    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role", "rpool/ROOT"], [SOURCE],
+     "rpool/ROOT"),
+    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role", SRC_SNAP], [SOURCE], "is not a"),
+    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role,guid", SRC1], [SOURCE],
+     "snapshots_changed,zfsrepl:role"),
+    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role", "zfsrepl_dst/other/fs"], [DESTINATION],
+     "other/fs"),
+    (["get", "-Hp", "-r", "-o", "name,property,value", "snapshots_changed,zfsrepl:role",
+      FS1], [DESTINATION], "get"),
     (["receive", "-A", "-u", FS1], [DESTINATION], "receive"),
     # a user without services, a request for nobody's dataset
     (["mount", FS1], [], "none"),
