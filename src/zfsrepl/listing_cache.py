@@ -181,7 +181,9 @@ def after_changes(fs: str, snapshots: Sequence[Snapshot], bookmarks: Sequence[Sn
     for s in received:
         if s.full_name in changes.destroyed:
             continue
-        refs = s.userrefs + changes.held[s.full_name] - changes.released[s.full_name]
+        refs = s.userrefs
+        if s.full_name not in taken:  # those were read back after the holds moved
+            refs += changes.held[s.full_name] - changes.released[s.full_name]
         out.append(Snapshot(s.filesystem, s.name, s.guid, s.createtxg, s.creation,
                             max(refs, 0)))
     by_name = {s.name: s for s in out}
@@ -426,12 +428,14 @@ class Listings:
         for side in SIDES:
             for fs, st in seen[side].states.items():
                 value = values[side].get(fs)
-                if st is None or value is None:
+                if value is None:
                     continue
                 if side == "destination":
                     arrived = came.get(fs, [])
                     if arrived is None:
                         continue
+                    if st is None and arrived:  # created by a full stream
+                        st = FsState()
                     if fs not in _touched(changes[side]) and not arrived \
                             and value != seen[side].changed.get(fs):
                         continue  # moved, and not by this cycle
@@ -440,6 +444,8 @@ class Listings:
                     if fs not in _touched(changes[side]) \
                             and value != seen[side].changed.get(fs):
                         continue
+                if st is None:
+                    continue
                 result = after_changes(fs, st.snapshots, st.bookmarks, changes[side],
                                        arrived, taken)
                 if result is not None:

@@ -192,6 +192,8 @@ def test_the_role_values_are_the_failovers() -> None:
 
 
 OWN_SNAP = f"{FS1}@{NAMING.format(3)}"
+LOOK = ["get", "-Hp", "-o", "name,property,value"]
+CHANGED = "snapshots_changed,zfsrepl:role"
 SRC_SNAP = f"{SRC1}@{NAMING.format(3)}"
 
 
@@ -255,13 +257,10 @@ SRC_SNAP = f"{SRC1}@{NAMING.format(3)}"
     (["get", "-Hp", "-o", "property,value", "all;id", SRC1], [SOURCE], "properties"),
     (["list", "-H", "-o", "name", "-r", "tank"], [SOURCE], "'-r'"),
     # the listing cache's look: the service's own filesystems, their own properties
-    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role", "rpool/ROOT"], [SOURCE],
-     "rpool/ROOT"),
-    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role", SRC_SNAP], [SOURCE], "is not a"),
-    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role,guid", SRC1], [SOURCE],
-     "snapshots_changed,zfsrepl:role"),
-    (["get", "-Hp", "-o", "name,property,value", "snapshots_changed,zfsrepl:role", "zfsrepl_dst/other/fs"], [DESTINATION],
-     "other/fs"),
+    ([*LOOK, CHANGED, "rpool/ROOT"], [SOURCE], "rpool/ROOT"),
+    ([*LOOK, CHANGED, SRC_SNAP], [SOURCE], "is not a"),
+    ([*LOOK, CHANGED + ",guid", SRC1], [SOURCE], CHANGED),
+    ([*LOOK, CHANGED, "zfsrepl_dst/other/fs"], [DESTINATION], "other/fs"),
     (["get", "-Hp", "-r", "-o", "name,property,value", "snapshots_changed,zfsrepl:role",
       FS1], [DESTINATION], "get"),
     (["receive", "-A", "-u", FS1], [DESTINATION], "receive"),
