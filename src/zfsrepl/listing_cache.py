@@ -34,7 +34,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -96,8 +96,8 @@ def reusable(entry: Entry | None, changed: int | None, now: float) -> bool:
             and 0 <= now - entry.listed_at < TRUST_SECONDS)
 
 
-def doubtful(pairs: Sequence[FilesystemPair], src: dict[str, FsState | None],
-             dst: dict[str, FsState | None], cached: set[tuple[str, str]],
+def doubtful(pairs: Sequence[FilesystemPair], src: Mapping[str, FsState | None],
+             dst: Mapping[str, FsState | None], cached: set[tuple[str, str]],
              naming: SnapshotNaming) -> list[FilesystemPair]:
     """The pairs with a side from the cache (`cached`: (side, filesystem)) whose chain
     is not the ordinary one (up to date, or behind by this service's snapshots, the

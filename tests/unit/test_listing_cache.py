@@ -168,6 +168,7 @@ class SimChanged(SimZfs):
             if fs not in self.fs or (at and self.find(name) is None):
                 err.append(f"cannot open '{name}': dataset does not exist")
                 continue
+            values: dict[str, object]
             if at:
                 s = self.find(name)
                 assert s is not None
