@@ -21,18 +21,14 @@ LISTING = re.compile(r"running .*get -Hp -r -d 1 ")
 pytestmark = pytest.mark.backends("openzfs")
 
 
-def runonce(repl: ZfsreplCli, *, check: bool = True) -> tuple[str, int, int]:
-    """One cycle with --debug: its output, and the full listings of each side."""
+def runonce(repl: ZfsreplCli, src: str, dst: str, *,
+            check: bool = True) -> tuple[str, int, int]:
+    """One cycle with --debug: its output, and the full listings of `src` and `dst`."""
     proc = repl.run("runonce", "--debug", SERVICE, timeout=600, check=check)
     out = proc.stdout.decode() + proc.stderr.decode()
-    src = dst = 0
-    for line in out.splitlines():
-        if LISTING.search(line):
-            if " ssh " in line or "'zfs get" in line:
-                dst += 1
-            else:
-                src += 1
-    return out, src, dst
+    ends = [ln.rstrip().rstrip("'\"") for ln in out.splitlines() if LISTING.search(ln)]
+    return (out, sum(1 for ln in ends if ln.endswith(" " + src)),
+            sum(1 for ln in ends if ln.endswith(" " + dst)))
 
 
 def listings_file(repl: ZfsreplCli) -> str:
@@ -61,11 +57,11 @@ def one_filesystem(lab: Lab, area: Area, repl: ZfsreplCli, **fields: object) -> 
 def test_a_second_cycle_lists_neither_side_in_full(lab: Lab, area: Area,
                                                     repl: ZfsreplCli) -> None:
     src, dst = one_filesystem(lab, area, repl)
-    out, n_src, n_dst = runonce(repl)
+    out, n_src, n_dst = runonce(repl, src, dst)
     assert (n_src, n_dst) == (1, 1), out  # nothing kept yet
     for n in range(2, 6):  # retention destroys from the fourth cycle on
         write_tree(lab.src.mountpoint(src), seed=n)
-        out, n_src, n_dst = runonce(repl)
+        out, n_src, n_dst = runonce(repl, src, dst)
         assert (n_src, n_dst) == (0, 0), out
         assert "0 of 1 filesystem(s) listed in full, 1 from the listing cache" in out, out
         assert own_snapshots(lab, lab.dst, dst) == own_snapshots(lab, lab.src, src)
@@ -77,12 +73,12 @@ def test_a_snapshot_destroyed_by_hand_between_cycles_is_seen(
         lab: Lab, area: Area, repl: ZfsreplCli, side: str) -> None:
     src, dst = one_filesystem(lab, area, repl, keep=5)
     for _ in range(3):
-        runonce(repl)
+        runonce(repl, src, dst)
     host, fs = (lab.src, src) if side == "source" else (lab.dst, dst)
     oldest = own_snapshots(lab, host, fs)[0]  # not the base: not held
     changed_second_passed(host, fs)
     host.root(["zfs", "destroy", f"{fs}@{oldest}"])
-    out, n_src, n_dst = runonce(repl)
+    out, n_src, n_dst = runonce(repl, src, dst)
     assert (n_src, n_dst) == ((1, 0) if side == "source" else (0, 1)), out
     kept = json.loads(lab.src.root(["cat", listings_file(repl)]).stdout)
     assert oldest not in [row[0] for row in kept[side][fs]["snapshots"]]
@@ -90,12 +86,12 @@ def test_a_snapshot_destroyed_by_hand_between_cycles_is_seen(
 
 def test_a_snapshot_made_by_hand_on_the_source_between_cycles_is_seen(
         lab: Lab, area: Area, repl: ZfsreplCli) -> None:
-    src, _ = one_filesystem(lab, area, repl)
-    runonce(repl)
-    runonce(repl)
+    src, dst = one_filesystem(lab, area, repl)
+    runonce(repl, src, dst)
+    runonce(repl, src, dst)
     changed_second_passed(lab.src, src)
     lab.src.root(["zfs", "snapshot", f"{src}@by-hand"])
-    out, n_src, n_dst = runonce(repl)
+    out, n_src, n_dst = runonce(repl, src, dst)
     assert (n_src, n_dst) == (1, 0), out
     kept = json.loads(lab.src.root(["cat", listings_file(repl)]).stdout)
     assert "by-hand" in [row[0] for row in kept["source"][src]["snapshots"]]
@@ -103,12 +99,12 @@ def test_a_snapshot_made_by_hand_on_the_source_between_cycles_is_seen(
 
 def test_a_snapshot_made_by_hand_on_the_replica_is_a_conflict_as_without_the_cache(
         lab: Lab, area: Area, repl: ZfsreplCli) -> None:
-    _, dst = one_filesystem(lab, area, repl)
-    runonce(repl)
-    runonce(repl)
+    src, dst = one_filesystem(lab, area, repl)
+    runonce(repl, src, dst)
+    runonce(repl, src, dst)
     changed_second_passed(lab.dst, dst)
     lab.dst.root(["zfs", "snapshot", f"{dst}@by-hand"])
-    out, _, n_dst = runonce(repl, check=False)
+    out, _, n_dst = runonce(repl, src, dst, check=False)
     assert n_dst == 1, out
     assert "@by-hand" in out and "newer than the last one it shares" in out, out
     assert "by-hand" in [ln.split("@", 1)[1] for ln in lab.dst.root(
@@ -119,14 +115,14 @@ def test_a_snapshot_made_by_hand_on_the_replica_is_a_conflict_as_without_the_cac
 def test_a_damaged_cache_file_is_ignored_with_one_warning(lab: Lab, area: Area,
                                                           repl: ZfsreplCli) -> None:
     src, dst = one_filesystem(lab, area, repl)
-    runonce(repl)
+    runonce(repl, src, dst)
     repl.put(repl.state_dir / "services" / SERVICE / "listings.json", b"\x00{not json")
-    out, n_src, n_dst = runonce(repl)
+    out, n_src, n_dst = runonce(repl, src, dst)
     assert (n_src, n_dst) == (1, 1), out
     assert out.count("WARNING") == 1 and "ignoring the listing cache" in out, out
     assert "Traceback" not in out
     assert own_snapshots(lab, lab.dst, dst) == own_snapshots(lab, lab.src, src)
-    out, n_src, n_dst = runonce(repl)  # written again after that cycle
+    out, n_src, n_dst = runonce(repl, src, dst)  # written again after that cycle
     assert (n_src, n_dst) == (0, 0), out
 
 
@@ -135,7 +131,7 @@ def test_without_snapshots_changed_the_cache_stays_off(lab: Lab, area: Area,
                                                        repl: ZfsreplCli) -> None:
     src, dst = one_filesystem(lab, area, repl)
     for _ in range(3):
-        out, n_src, n_dst = runonce(repl)
+        out, n_src, n_dst = runonce(repl, src, dst)
         assert (n_src, n_dst) == (1, 1), out
         assert "WARNING" not in out, out
     assert own_snapshots(lab, lab.dst, dst) == own_snapshots(lab, lab.src, src)
