@@ -56,6 +56,11 @@ LISTINGS_FILE = "listings.json"
 # A filesystem is listed in full at least this often, whatever its value says: the
 # bound on how long a snapshot hidden behind a cycle's own change goes unseen.
 TRUST_SECONDS = 600
+# Below this many snapshots in all (both sides, every filesystem) a full listing costs
+# about what the cache's own looks cost (two calls per side and cycle, one of them a
+# round trip to the destination): such a service lists in full and keeps only a note
+# saying so, which spares it those looks until its listings grow past it.
+MIN_SNAPSHOTS = 1000
 SIDES = ("source", "destination")
 
 
@@ -78,6 +83,7 @@ class Kept:
     key: dict[str, Any]
     entries: dict[str, dict[str, Entry]] = field(
         default_factory=lambda: {side: {} for side in SIDES})
+    small: bool = False  # fewer than MIN_SNAPSHOTS: list in full without a look
 
 
 # ---------------------------------------------------------------------------- decisions
@@ -94,6 +100,11 @@ def reusable(entry: Entry | None, changed: int | None, now: float) -> bool:
     """Whether a kept listing stands for the filesystem as it is now."""
     return (entry is not None and changed is not None and entry.changed == changed
             and 0 <= now - entry.listed_at < TRUST_SECONDS)
+
+
+def snapshot_count(states: Sequence[Mapping[str, FsState | None]]) -> int:
+    return sum(len(st.snapshots) for side in states for st in side.values()
+               if st is not None)
 
 
 def doubtful(pairs: Sequence[FilesystemPair], src: Mapping[str, FsState | None],
@@ -237,7 +248,7 @@ def _snap_of(fs: str, row: Any) -> Snapshot:
 
 def encode(kept: Kept) -> str:
     return json.dumps({
-        "version": FORMAT_VERSION, "key": kept.key,
+        "version": FORMAT_VERSION, "key": kept.key, "small": kept.small,
         **{side: {fs: {"changed": e.changed, "listed_at": e.listed_at,
                        "snapshots": [_snap_row(s) for s in e.snapshots],
                        "bookmarks": [_snap_row(s) for s in e.bookmarks]}
@@ -255,7 +266,10 @@ def decode(text: str) -> Kept:
     key = data.get("key")
     if not isinstance(key, dict):
         raise ValueError("no key")
-    kept = Kept(key)
+    small = data.get("small", False)
+    if not isinstance(small, bool):
+        raise ValueError("small is not true or false")
+    kept = Kept(key, small=small)
     for side in SIDES:
         found = data.get(side)
         if not isinstance(found, dict):
@@ -297,6 +311,7 @@ class Listings:
         self.zfs = {"source": src, "destination": dst}
         self.clock = clock
         self._seen: dict[str, _Seen] | None = None
+        self._small: int | None = None  # a small service's snapshots, listed in full
 
     def _key(self) -> dict[str, Any]:
         return cache_key(self.service, self.zfs["source"].identity(),
@@ -333,12 +348,22 @@ class Listings:
         them, from the cache where it holds."""
         src, dst = self.zfs["source"], self.zfs["destination"]
         src_fs, dst_fs = [p.source for p in pairs], [p.destination for p in pairs]
-        self._seen = None
-        if self.path is None:
+        self._seen = self._small = None
+
+        def in_full() -> tuple[dict[str, FsState | None], dict[str, FsState | None]]:
             return src.states(src_fs, src_extra), dst.states(dst_fs, dst_extra)
-        if src.lacks_snapshots_changed() or dst.lacks_snapshots_changed():
-            return src.states(src_fs, src_extra), dst.states(dst_fs, dst_extra)
+
+        # ZFS without bookmarks (pool v23, zfs-fuse, Solaris) has no snapshots_changed
+        # either: not even asked.
+        if self.path is None or src.lacks_snapshots_changed() \
+                or dst.lacks_snapshots_changed() \
+                or not (src.capabilities().bookmarks and dst.capabilities().bookmarks):
+            return in_full()
         kept = self.load()
+        if kept is not None and kept.small:
+            listed = in_full()
+            self._small = snapshot_count(listed)
+            return listed
         # Written again only after a cycle that went through: an attempt that fails or is
         # stopped half-way leaves no listing behind that its changes made wrong.
         self._remove()
@@ -351,7 +376,7 @@ class Listings:
             zfs.journal = None
             found = zfs.changed(names, extra)
             if found is None:  # no snapshots_changed here: the cache stays off
-                return src.states(src_fs, src_extra), dst.states(dst_fs, dst_extra)
+                return in_full()
             values[side] = found
         for side, zfs, names, extra in sides:
             found = values[side]
@@ -399,7 +424,19 @@ class Listings:
         back what ZFS alone knows (the new snapshots' GUIDs, the values after the
         cycle's last change). Failing here fails nothing: the cache is dropped."""
         seen, self._seen = self._seen, None
-        if seen is None or self.path is None:
+        small, self._small = self._small, None
+        if self.path is None:
+            return
+        if small is not None:
+            if small >= MIN_SNAPSHOTS:
+                self._remove()  # the next cycle looks, and keeps what it lists
+            return
+        if seen is None:
+            return
+        if snapshot_count([s.states for s in seen.values()]) < MIN_SNAPSHOTS:
+            for zfs in self.zfs.values():
+                zfs.journal = None
+            self._write(Kept(self._key(), small=True))
             return
         try:
             kept = self._predicted(cp, seen)
@@ -407,6 +444,10 @@ class Listings:
             logger.debug("listing cache not kept: %s", exc)
             self.discard()
             return
+        self._write(kept)
+
+    def _write(self, kept: Kept) -> None:
+        assert self.path is not None
         try:
             write_atomically(self.path, encode(kept), mode=0o600)
         except (OSError, UnsafePath) as exc:

@@ -239,6 +239,9 @@ MakeWorld = Callable[..., World]
 
 @pytest.fixture
 def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MakeWorld:
+    # these few snapshots stand for thousands (see test_a_small_service_...)
+    monkeypatch.setattr(lc, "MIN_SNAPSHOTS", 0)
+
     def make(usage: str = OPENZFS, has_property: bool = True) -> World:
         w = World(SimChanged("src@srchost", usage, [p.source for p in PAIRS], {"tank/src"},
                              has_property=has_property),
@@ -411,11 +414,44 @@ def test_a_resumed_stream_is_not_predicted(world: MakeWorld) -> None:
         A.destination: None}
 
 
-def test_without_snapshots_changed_the_cache_stays_off(world: MakeWorld) -> None:
-    w = world(FUSE, has_property=False)
+def looks(w: World) -> int:
+    """The cache's looks (gets of snapshots_changed) on both sides so far."""
+    return sum(1 for c in w.src.calls + w.dst.calls
+               if c[:1] == ["get"] and "snapshots_changed" in ",".join(c))
+
+
+def test_without_bookmarks_the_cache_is_not_even_asked_for(world: MakeWorld) -> None:
+    w = world(FUSE, has_property=False)  # zfs-fuse, pool v23
     for _ in range(3):
         assert w.listings() == (1, 1)
     assert not w.file.exists()
-    asked = [c for c in w.src.calls + w.dst.calls
-             if c[:1] == ["get"] and "snapshots_changed" in ",".join(c)]
-    assert len(asked) == 1  # once for the life of the probes, then not again
+    assert looks(w) == 0
+
+
+def test_without_snapshots_changed_the_cache_stays_off(world: MakeWorld) -> None:
+    w = world(OPENZFS, has_property=False)  # OpenZFS before 2.2
+    for _ in range(3):
+        assert w.listings() == (1, 1)
+    assert not w.file.exists()
+    assert looks(w) == 1  # once for the life of the probes, then not again
+
+
+def test_a_small_service_lists_in_full_without_looking_until_it_grows(
+        world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = world()
+    monkeypatch.setattr(lc, "MIN_SNAPSHOTS", 10)
+    assert w.listings() == (1, 1)
+    assert w.kept().small and looks(w) == 2  # the first cycle looked, found few
+    counts = []
+    while True:
+        before = looks(w)
+        listed = w.listings()
+        counts.append(sum(len(v) for v in (*w.src.fs.values(), *w.dst.fs.values())))
+        if looks(w) > before:
+            break
+        assert listed == (1, 1)  # in full, and no look: as without the cache
+    # the cycle that looked again came after one whose listing held 10 or more
+    assert counts[-2] >= 10 > counts[0]
+    assert not w.kept().small
+    assert w.listings() == (0, 0)
+    assert_kept_is_what_zfs_shows(w)
