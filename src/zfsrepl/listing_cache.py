@@ -444,6 +444,11 @@ class Listings:
             logger.debug("listing cache not kept: %s", exc)
             self.discard()
             return
+        except Exception as exc:  # the cycle went through: a fault here never fails it
+            logger.warning("listing cache not kept (%s: %s); the next cycle lists in full",
+                           type(exc).__name__, exc)
+            self.discard()
+            return
         self._write(kept)
 
     def _write(self, kept: Kept) -> None:

@@ -36,6 +36,8 @@ WRITTEN = "written"
 # which are never cached (a failover sets zfsrepl:role without touching a snapshot).
 SNAPSHOTS_CHANGED = "snapshots_changed"
 FS_LIST_PROPS = (ROLE_PROPERTY, RESUME_TOKEN, ENCRYPTION)
+# The exit status of a request the zfsrepl agent or zfs wrapper refuses (agent.py).
+_EXIT_REFUSED = 126
 # What the cache needs of a snapshot this cycle took, read after it was taken.
 _NEW_SNAPSHOT_PROPS = ("guid", "createtxg", "creation", "userrefs")
 _BUSY_RETRIES = 20
@@ -323,8 +325,14 @@ class Zfs:
                  *(p for p in FS_LIST_PROPS if p in extra and p != ROLE_PROPERTY))
         result = self.host.run(self.argv("get", "-Hp", "-o", "name,property,value",
                                          ",".join(props), *filesystems), check=False)
-        if result.returncode != 0 \
-                and isinstance(self._failed(result), zfserrors.UnknownProperty):
+        refused = result.returncode == _EXIT_REFUSED and "refused" in result.stderr
+        if refused or (result.returncode != 0
+                       and isinstance(self._failed(result), zfserrors.UnknownProperty)):
+            if refused:
+                # an agent or zfs wrapper of a zfsrepl older than this look
+                logger.info("%s: %s; every cycle lists in full (update zfsrepl there to "
+                            "use the listing cache)", self.label,
+                            first_line(result.stderr))
             self._no_changed = True
             if self._cache is not None:
                 self._cache.put_lacking(self._cache_key(), SNAPSHOTS_CHANGED)

@@ -90,6 +90,7 @@ def test_listing_properties_are_zfs_pys() -> None:
 
 
 def test_the_listing_caches_properties_are_zfs_pys() -> None:
+    assert zfs._EXIT_REFUSED == agent.EXIT_REFUSED
     assert agent.CHANGED_PROPERTIES == (zfs.SNAPSHOTS_CHANGED, zfs.ROLE_PROPERTY)
     assert set(zfs.FS_LIST_PROPS) - {zfs.ROLE_PROPERTY} == set(agent.LISTING_OPTIONAL)
 

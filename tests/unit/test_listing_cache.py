@@ -147,6 +147,7 @@ class SimChanged(SimZfs):
     def __init__(self, *args: Any, has_property: bool = True) -> None:
         super().__init__(*args)
         self.has_property = has_property
+        self.refuse_look = False  # as the agent of an older zfsrepl
         self.clock = 1_700_000_000
         self.changed: dict[str, int] = {}
         self.full_listings = 0
@@ -162,6 +163,8 @@ class SimChanged(SimZfs):
         props, names = a[3].split(","), a[4:]
         if "snapshots_changed" in props and not self.has_property:
             return 2, "", "bad property list: invalid property 'snapshots_changed'"
+        if self.refuse_look:
+            return 126, "", "zfsrepl agent: refused: zfs get is allowed only as: ..."
         out, err = [], []
         for name in names:
             fs, at, _ = name.partition("@")
@@ -455,3 +458,35 @@ def test_a_small_service_lists_in_full_without_looking_until_it_grows(
     assert not w.kept().small
     assert w.listings() == (0, 0)
     assert_kept_is_what_zfs_shows(w)
+
+
+def test_an_agent_that_refuses_the_look_leaves_the_cache_off(
+        world: MakeWorld, caplog: pytest.LogCaptureFixture) -> None:
+    w = world()
+    w.dst.refuse_look = True
+    caplog.set_level(logging.INFO, logger="zfsrepl")
+    for _ in range(3):
+        assert w.listings() == (1, 1)  # the cycles go on, listing in full
+    said = [r.message for r in caplog.records if "update zfsrepl there" in r.message]
+    assert len(said) == 1 and "refused" in said[0], said
+    assert not w.file.exists()
+
+
+def test_a_fault_in_keeping_the_listing_fails_no_cycle(
+        world: MakeWorld, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = world()
+    w.cycle()
+    original = lc.after_changes
+
+    def broken(*args: Any, **kw: Any) -> None:
+        raise KeyError("x")
+
+    monkeypatch.setattr(lc, "after_changes", broken)
+    caplog.set_level(logging.WARNING, logger="zfsrepl")
+    w.cycle()  # went through
+    assert any("listing cache not kept (KeyError" in r.message for r in caplog.records)
+    assert not w.file.exists()
+    monkeypatch.setattr(lc, "after_changes", original)
+    assert w.listings() == (1, 1)
+    assert w.listings() == (0, 0)
