@@ -49,13 +49,14 @@ def changed_second_passed(host: LabHost, fs: str) -> None:
 
 
 def one_filesystem(lab: Lab, area: Area, repl: ZfsreplCli, **fields: object) -> tuple[str, str]:
-    """A service of one filesystem; on OpenZFS its source holds MIN_SNAPSHOTS snapshots
-    of no service's first (below that the cache lists in full, without a look)."""
+    """A service of one filesystem; on OpenZFS its source holds more than MIN_SNAPSHOTS
+    snapshots of no service first (below that a service lists in full, without a
+    look)."""
     src, dst = f"{area.src}/fs", f"{area.dst}/fs"
     lab.src.zfs("create", src)
     write_tree(lab.src.mountpoint(src), seed=1)
     if "openzfs" in lab.features:
-        for start in range(0, MIN_SNAPSHOTS, 500):
+        for start in range(0, MIN_SNAPSHOTS + 1, 500):
             lab.src.root(["zfs", "snapshot",
                           *(f"{src}@bulk-{i}" for i in range(start, start + 500))])
     repl.write_service(filesystems=[(src, dst)], retries=1, **{"keep": 3, **fields})
