@@ -30,7 +30,8 @@ each round runs, in this order:
     full      zfsrepl runonce with the listing cache file removed first: both sides
               listed in full, as without the cache (the file is written again)
     cached    zfsrepl runonce right after: nothing changed but its own cycle, so
-              neither side is listed in full
+              neither side is listed in full (from MIN_SNAPSHOTS snapshots in all;
+              below, a service lists in full without the cache's looks, by design)
 
 and the section reports the target's ratio, cached cycle at the largest count over
 the smallest (issue: 10,000 snapshots under twice 100), with the full listings each
