@@ -490,3 +490,18 @@ def test_a_fault_in_keeping_the_listing_fails_no_cycle(
     monkeypatch.setattr(lc, "after_changes", original)
     assert w.listings() == (1, 1)
     assert w.listings() == (0, 0)
+
+
+def test_the_look_is_parsed_as_zfs_prints_it() -> None:
+    from zfsrepl.zfs import parse_changed
+    out = ("tank/a\tsnapshots_changed\t1700000001\n"
+           "tank/a\tzfsrepl:role\t-\n"
+           "tank/a\treceive_resume_token\t1-abc\n"
+           "tank/b\tsnapshots_changed\t-\n"
+           "tank/b\tzfsrepl:role\tsource\n"
+           "tank/other\tsnapshots_changed\t5\n")
+    found = parse_changed(out, ["tank/a", "tank/b", "tank/gone"])
+    assert set(found) == {"tank/a", "tank/b"}  # tank/gone does not exist
+    assert found["tank/a"][0] == 1700000001 and found["tank/a"][1].resume_token == "1-abc"
+    assert found["tank/a"][1].role is None
+    assert found["tank/b"][0] is None and found["tank/b"][1].role == "source"
