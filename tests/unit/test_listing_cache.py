@@ -148,6 +148,7 @@ class SimChanged(SimZfs):
         super().__init__(*args)
         self.has_property = has_property
         self.refuse_look = False  # as the agent of an older zfsrepl
+        self.roles: dict[str, str] = {}  # zfsrepl:role, set without touching a snapshot
         self.clock = 1_700_000_000
         self.changed: dict[str, int] = {}
         self.full_listings = 0
@@ -179,6 +180,7 @@ class SimChanged(SimZfs):
                           "userrefs": len(s.holds)}
             else:
                 values = {"snapshots_changed": self.changed.get(fs, "-"),
+                          "zfsrepl:role": self.roles.get(fs, "-"),
                           "receive_resume_token": self.tokens.get(fs, "-"),
                           "encryption": "off"}
             out += [f"{name}\t{p}\t{values.get(p, '-')}" for p in props]
@@ -505,3 +507,16 @@ def test_the_look_is_parsed_as_zfs_prints_it() -> None:
     assert found["tank/a"][0] == 1700000001 and found["tank/a"][1].resume_token == "1-abc"
     assert found["tank/a"][1].role is None
     assert found["tank/b"][0] is None and found["tank/b"][1].role == "source"
+
+
+def test_a_takeover_is_seen_though_the_listing_comes_from_the_cache(
+        world: MakeWorld) -> None:
+    from zfsrepl.errors import ReplicationError
+    w = world()
+    w.cycle()
+    assert w.listings() == (0, 0)
+    w.dst.roles[A.destination] = "source"  # failover --takeover: no snapshot changes
+    before = sum(len(v) for v in w.dst.fs.values())
+    with pytest.raises(ReplicationError, match=A.destination):
+        w.cycle()
+    assert sum(len(v) for v in w.dst.fs.values()) == before  # nothing received
