@@ -348,6 +348,11 @@ class Zfs:
         result = self.host.run(self.argv("get", "-Hp", "-o", "name,property,value",
                                          ",".join(props), *filesystems, *snapshots),
                                check=False)
+        if result.returncode == _EXIT_REFUSED and "refused" in result.stderr:
+            # a zfs wrapper (sudo) has no such form: not asked again by this process
+            self._no_changed = True
+            if self._cache is not None:
+                self._cache.put_lacking(self._cache_key(), SNAPSHOTS_CHANGED)
         self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
         values = {fs: v for fs, (v, _) in parse_changed(result.stdout, filesystems).items()}
         records: dict[str, dict[str, str]] = {}

@@ -148,6 +148,7 @@ class SimChanged(SimZfs):
         super().__init__(*args)
         self.has_property = has_property
         self.refuse_look = False  # as the agent of an older zfsrepl
+        self.refuse_after = False  # as a zfs wrapper: no get of snapshots by name
         self.roles: dict[str, str] = {}  # zfsrepl:role, set without touching a snapshot
         self.clock = 1_700_000_000
         self.changed: dict[str, int] = {}
@@ -164,7 +165,7 @@ class SimChanged(SimZfs):
         props, names = a[3].split(","), a[4:]
         if "snapshots_changed" in props and not self.has_property:
             return 2, "", "bad property list: invalid property 'snapshots_changed'"
-        if self.refuse_look:
+        if self.refuse_look or (self.refuse_after and any("@" in n for n in names)):
             return 126, "", "zfsrepl agent: refused: zfs get is allowed only as: ..."
         out, err = [], []
         for name in names:
@@ -520,3 +521,14 @@ def test_a_takeover_is_seen_though_the_listing_comes_from_the_cache(
     with pytest.raises(ReplicationError, match=A.destination):
         w.cycle()
     assert sum(len(v) for v in w.dst.fs.values()) == before  # nothing received
+
+
+def test_a_source_that_refuses_the_read_back_stops_looking(world: MakeWorld) -> None:
+    w = world()
+    w.src.refuse_after = True  # a zfs wrapper behind sudo on the source
+    w.cycle()
+    first = looks(w)
+    for _ in range(3):
+        assert w.listings() == (1, 1)
+    assert looks(w) == first  # not asked again by this process
+    assert not w.file.exists()
