@@ -292,7 +292,7 @@ class Cycle:
         src_caps = self.src.capabilities()
         src_states, dst_states = self.listings.survey(
             pairs, (ENCRYPTION,) if src_caps.raw_send else (),
-            (RESUME_TOKEN,) if self._resumable() else ())
+            lambda: (RESUME_TOKEN,) if self._resumable() else ())
         dst_lists = {fs: (st.snapshots if st else None) for fs, st in dst_states.items()}
         dst_roles = {fs: st.role for fs, st in dst_states.items() if st and st.role}
         # The interlock: a destination that took over by failover is never overwritten.

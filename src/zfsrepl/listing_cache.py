@@ -342,58 +342,63 @@ class Listings:
         return kept
 
     def survey(self, pairs: Sequence[FilesystemPair], src_extra: tuple[str, ...],
-               dst_extra: tuple[str, ...]
+               dst_extra: Callable[[], tuple[str, ...]]
                ) -> tuple[dict[str, FsState | None], dict[str, FsState | None]]:
         """Each side's FsState of each filesystem of `pairs`, as `Zfs.states` gives
-        them, from the cache where it holds."""
+        them, from the cache where it holds. The source is done first (its calls are
+        local, made while the destination's ssh connection may still be opening), so
+        the destination's `extra` is asked for only then."""
         src, dst = self.zfs["source"], self.zfs["destination"]
         src_fs, dst_fs = [p.source for p in pairs], [p.destination for p in pairs]
         self._seen = self._small = None
 
         def in_full() -> tuple[dict[str, FsState | None], dict[str, FsState | None]]:
-            return src.states(src_fs, src_extra), dst.states(dst_fs, dst_extra)
+            listed = src.states(src_fs, src_extra)
+            return listed, dst.states(dst_fs, dst_extra())
 
         # ZFS without bookmarks (pool v23, zfs-fuse, Solaris) has no snapshots_changed
         # either: not even asked.
         if self.path is None or src.lacks_snapshots_changed() \
-                or dst.lacks_snapshots_changed() \
-                or not (src.capabilities().bookmarks and dst.capabilities().bookmarks):
+                or dst.lacks_snapshots_changed() or not src.capabilities().bookmarks:
             return in_full()
         kept = self.load()
         if kept is not None and kept.small:
-            listed = in_full()
-            self._small = snapshot_count(listed)
-            return listed
+            found = in_full()
+            self._small = snapshot_count(found)
+            return found
         # Written again only after a cycle that went through: an attempt that fails or is
         # stopped half-way leaves no listing behind that its changes made wrong.
         self._remove()
         seen = {side: _Seen() for side in SIDES}
         cached: set[tuple[str, str]] = set()
-        out = {}
-        sides = (("source", src, src_fs, src_extra), ("destination", dst, dst_fs, dst_extra))
-        values = {}
-        for side, zfs, names, extra in sides:
+        out: dict[str, dict[str, FsState | None]] = {}
+        extras = {"source": src_extra}
+        for side, zfs, names in (("source", src, src_fs), ("destination", dst, dst_fs)):
             zfs.journal = None
-            found = zfs.changed(names, extra)
-            if found is None:  # no snapshots_changed here: the cache stays off
-                return in_full()
-            values[side] = found
-        for side, zfs, names, extra in sides:
-            found = values[side]
+            if side == "destination":
+                extras[side] = dst_extra()
+                looked = dst.changed(names, extras[side]) \
+                    if dst.capabilities().bookmarks else None
+            else:
+                looked = src.changed(names, src_extra)
+            if looked is None:  # no snapshots_changed here: the cache stays off
+                if side == "source":
+                    return in_full()
+                return out["source"], dst.states(dst_fs, extras[side])
             now = self.clock()
             entries = kept.entries[side] if kept is not None else {}
-            use = [fs for fs in names if fs in found
-                   and reusable(entries.get(fs), found[fs][0], now)]
-            states = zfs.states([fs for fs in names if fs not in use], extra)
+            use = [fs for fs in names if fs in looked
+                   and reusable(entries.get(fs), looked[fs][0], now)]
+            states = zfs.states([fs for fs in names if fs not in use], extras[side])
             for fs in use:
-                entry, st = entries[fs], found[fs][1]
+                entry, st = entries[fs], looked[fs][1]
                 st.snapshots, st.bookmarks = list(entry.snapshots), list(entry.bookmarks)
                 states[fs] = st
                 cached.add((side, fs))
                 seen[side].listed_at[fs] = entry.listed_at
             for fs in names:
                 seen[side].listed_at.setdefault(fs, now)
-                seen[side].changed[fs] = found[fs][0] if fs in found else None
+                seen[side].changed[fs] = looked[fs][0] if fs in looked else None
             logger.debug("%s: %d of %d filesystem(s) listed in full, %d from the "
                          "listing cache", zfs.label, len(names) - len(use), len(names),
                          len(use))
@@ -405,11 +410,11 @@ class Listings:
             logger.debug("listing again what the cache said of %s: its chain is not "
                          "the ordinary one", ", ".join(p.source for p in again))
             now = self.clock()
-            for side, zfs, names, extra in (
-                    ("source", src, [p.source for p in again], src_extra),
-                    ("destination", dst, [p.destination for p in again], dst_extra)):
+            for side, zfs, names in (
+                    ("source", src, [p.source for p in again]),
+                    ("destination", dst, [p.destination for p in again])):
                 relist = [fs for fs in names if (side, fs) in cached]
-                out[side].update(zfs.states(relist, extra))
+                out[side].update(zfs.states(relist, extras[side]))
                 for fs in relist:
                     seen[side].listed_at[fs] = now
         for zfs in (src, dst):

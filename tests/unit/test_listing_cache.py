@@ -150,9 +150,15 @@ class SimChanged(SimZfs):
         self.refuse_look = False  # as the agent of an older zfsrepl
         self.refuse_after = False  # as a zfs wrapper: no get of snapshots by name
         self.roles: dict[str, str] = {}  # zfsrepl:role, set without touching a snapshot
+        self.order: list[str] | None = None  # both hosts' calls in order, where shared
         self.clock = 1_700_000_000
         self.changed: dict[str, int] = {}
         self.full_listings = 0
+
+    def run(self, argv: list[str], **kw: Any) -> Any:
+        if self.order is not None:
+            self.order.append(f"{self.label} {' '.join(argv[1:2])}")
+        return super().run(argv, **kw)
 
     def touch(self, fs: str) -> None:
         self.clock += 1
@@ -532,3 +538,19 @@ def test_a_source_that_refuses_the_read_back_stops_looking(world: MakeWorld) -> 
         assert w.listings() == (1, 1)
     assert looks(w) == first  # not asked again by this process
     assert not w.file.exists()
+
+
+@pytest.mark.parametrize("usage", [OPENZFS, FUSE], ids=["openzfs", "zfs-fuse"])
+def test_the_source_is_done_before_the_destination_is_asked_anything(
+        world: MakeWorld, usage: str) -> None:
+    # its calls are local: they run while the destination's ssh connection opens
+    w = world(usage, has_property=usage == OPENZFS)
+    for n in range(3):
+        order: list[str] = []
+        w.src.order = w.dst.order = order
+        w.cycle()
+        # the listings and probes of the survey, before it reads holds or snapshots
+        survey = order[:next(i for i, c in enumerate(order)
+                             if c.endswith((" snapshot", " holds", " list")))]
+        first_dst = next(i for i, c in enumerate(survey) if c.startswith("dst@"))
+        assert all(c.startswith("dst@") for c in survey[first_dst:]), (n, survey)
