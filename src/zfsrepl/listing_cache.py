@@ -4,26 +4,30 @@ changed.
 Where ZFS has `snapshots_changed` (OpenZFS 2.2 and later: when a snapshot of the
 filesystem was last created, destroyed or renamed), a cycle asks each side for it
 once, for all the service's filesystems (with the filesystems' own properties of the
-listing, which are never cached), and lists in full only the filesystems whose value
-moved since the listing kept in the service's state folder (LISTINGS_FILE). After a
-cycle that went through, what the cycle itself did (its snapshots, receives, destroys,
-holds and bookmarks, each as ZFS confirmed it) is applied to what it listed, the
-snapshots it took are read back for their GUIDs, and the result is kept with the
-values read after the last change.
+listing, which are never cached: a failover sets zfsrepl:role without touching a
+snapshot), and lists in full only the filesystems whose value moved since the listing
+kept in the service's state folder (LISTINGS_FILE). The source is done first, then
+the destination. After a cycle that went through, what the cycle itself did (its
+snapshots, receives, destroys, holds and bookmarks, each as ZFS confirmed it: see
+`Zfs.journal`) is applied to what it listed, the snapshots it took are read back for
+their GUIDs, and the result is kept with the values read after its last change.
 
 Any doubt lists again: no file, a file that cannot be read or parsed (one WARNING),
 another version, another service, host or set of filesystems, a value that moved or
 that ZFS does not give, a listing older than TRUST_SECONDS, a failed attempt (the file
-is removed), and a filesystem whose chain from a cached side is anything but up to
-date or behind by snapshots of this service (both sides of it are listed again before
-anything is decided: a conflict is never reported, nor a stream sent, on the cache's
-word). Where ZFS has no `snapshots_changed` (zfs-fuse, older OpenZFS) nothing here
-runs and every cycle lists both sides as before.
+is removed when a survey reads it, and written only after a cycle that went through),
+and a filesystem whose chain from a cached side is anything but up to date or behind
+by snapshots of this service (both sides of it are listed again before anything is
+decided: a conflict is never reported, nor an unusual chain acted on, from the cache
+alone). A service with fewer than MIN_SNAPSHOTS snapshots keeps only a note saying
+so and lists in full without the looks. Where ZFS has no `snapshots_changed`
+(zfs-fuse, OpenZFS before 2.2), or the destination's agent refuses the look (an older
+zfsrepl), every cycle lists both sides as before.
 
 The value has a resolution of one second, and a change made by someone else on a side
-while a cycle changes that side is hidden behind the cycle's own: such a snapshot is
-seen at the next full listing, at most TRUST_SECONDS later. One made between two
-cycles is seen by the next cycle.
+while a cycle changes that side (or in the second of its last change) is hidden
+behind the cycle's own: such a snapshot is seen at the next full listing, at most
+TRUST_SECONDS later. One made between two cycles is seen by the next cycle.
 
 The decisions are pure functions at the top; `Listings` does the reading and writing.
 """
