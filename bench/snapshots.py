@@ -21,25 +21,56 @@ Run as root from the repository root:
 
 10,000 works (--counts 1000,10000) but takes about 15 minutes on zfs-fuse (creating
 and receiving the snapshots dominates), so the default stops at 3,000.
+
+On the OpenZFS lab (the VM, ``--backend openzfs``; started and removed as for
+peers.py) the listing cache is on (`snapshots_changed`, see listing_cache.py), and
+each round runs, in this order:
+
+    raw       as above (its snapshot moves the source's snapshots_changed)
+    full      zfsrepl runonce with the listing cache file removed first: both sides
+              listed in full, as without the cache (the file is written again)
+    cached    zfsrepl runonce right after: nothing changed but its own cycle, so
+              neither side is listed in full (from MIN_SNAPSHOTS snapshots in all;
+              below, a service lists in full without the cache's looks, by design)
+
+and the section reports the target's ratio, cached cycle at the largest count over
+the smallest (issue: 10,000 snapshots under twice 100), with the full listings each
+zfsrepl variant made (from `runonce --debug`), so a figure never stands for a cycle
+that did not use the cache:
+
+    python bench/snapshots.py --backend openzfs [--counts 100,10000] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
+# The backend is chosen before benchlib imports the lab.
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--backend", choices=("openzfs", "fuse"), default="fuse")
+_backend = _pre.parse_known_args()[0].backend
+os.environ["ZFSREPL_LAB_BACKEND"] = _backend
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import benchlib as bl
+import benchlib as bl  # noqa: E402
 
-from lab import Lab, ZfsreplCli, claim_area, lab_session
-from zfsrepl import chain, config, plan, retention
-from zfsrepl.cycle import Cycle
-from zfsrepl.host import Result
-from zfsrepl.zfs import Zfs
+from lab import Lab, ZfsreplCli, claim_area, lab_session  # noqa: E402
+from zfsrepl import chain, config, plan, retention  # noqa: E402
+from zfsrepl.cycle import Cycle  # noqa: E402
+from zfsrepl.host import Result  # noqa: E402
+from zfsrepl.listing_cache import LISTINGS_FILE, MIN_SNAPSHOTS  # noqa: E402
+from zfsrepl.zfs import Zfs  # noqa: E402
 
 ROUNDS_INPROCESS = 5
+OPENZFS = _backend == "openzfs"
+# zfs snapshots per `zfs snapshot` call while setting up on OpenZFS (zfs-fuse: one)
+SNAPSHOT_BATCH = 500
+# runonce --debug: a full listing is this command, on either host
+FULL_LISTING = re.compile(r"running .*get -Hp -r -d 1 ")
 LISTING = ["get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
            "guid,createtxg,creation,userrefs,zfsrepl:role"]
 
@@ -108,7 +139,8 @@ class Chain:
         create = bl.timed(lambda: bl.root_script(
             self.lab.src, 'i=$3; end=$(($3 + $4)); while [ "$i" -lt "$end" ]; do '
             'zfs snapshot "$1@$2$i"; i=$((i + 1)); done',
-            self.fs, self.prefix, str(first), str(add)))
+            self.fs, self.prefix, str(first), str(add)) if not OPENZFS else self._batched(
+            first, add))
         dst_newest = bl.snapshot_names(self.lab.dst, self.dst)[-1]
         top = f"{self.prefix}{first + add - 1}"
         catchup = bl.timed(lambda: bl.user_script(
@@ -116,8 +148,34 @@ class Chain:
             f"{self.fs}@{top}", self.dst, self.host, dst_newest))
         return add, create, catchup
 
+    def _batched(self, first: int, add: int) -> None:
+        """OpenZFS takes many snapshots in one call: SNAPSHOT_BATCH at a time."""
+        for start in range(first, first + add, SNAPSHOT_BATCH):
+            names = [f"{self.fs}@{self.prefix}{i}"
+                     for i in range(start, min(start + SNAPSHOT_BATCH, first + add))]
+            bl.root_script(self.lab.src, 'zfs snapshot "$@"', *names)
+
     def zfsrepl(self) -> float:
         return bl.timed(lambda: self.repl.run("runonce", "many", timeout=1800))
+
+    def zfsrepl_counted(self, *, drop_cache: bool) -> tuple[float, tuple[int, int]]:
+        """One runonce with --debug (after removing the listing cache file where
+        `drop_cache`): seconds, and the full listings it made on (source,
+        destination)."""
+        if drop_cache:
+            path = self.repl.state_dir / "services" / "many" / LISTINGS_FILE
+            self.lab.src.root(["rm", "-f", str(path)])
+        out: list[str] = []
+
+        def run() -> None:
+            proc = self.repl.run("runonce", "--debug", "many", timeout=1800)
+            out.append((proc.stdout + proc.stderr).decode("utf-8", "replace"))
+
+        seconds = bl.timed(run)
+        ends = [ln.rstrip().rstrip("'\"") for ln in out[0].splitlines()
+                if FULL_LISTING.search(ln)]
+        return seconds, (sum(1 for ln in ends if ln.endswith(" " + self.fs)),
+                         sum(1 for ln in ends if ln.endswith(" " + self.dst)))
 
     def raw(self) -> float:
         k = self.raw_k = self.raw_k + 1
@@ -161,12 +219,15 @@ class Chain:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--counts", default="1000,3000")
+    parser.add_argument("--backend", choices=("openzfs", "fuse"), default="fuse")
+    parser.add_argument("--counts", default="100,10000" if OPENZFS else "1000,3000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep-lab", action="store_true")
     args = parser.parse_args()
     bl.require_root()
     counts = sorted(int(c) for c in args.counts.split(","))
+    if OPENZFS:
+        return cached_run(counts, args.rounds, args.keep_lab)
 
     rows, setup_rows, plan_rows, loads = [], [], [], []
     with lab_session(keep=args.keep_lab) as lab, claim_area(lab) as area, \
@@ -227,6 +288,76 @@ def main() -> int:
         # longer to destroy them than the lab waits, and the figures must not be lost
         bl.write_section("snapshots", lines)
         print("\n".join(lines))
+    return 0
+
+
+VARIANTS = ("raw", "full", "cached")
+
+
+def cached_run(counts: list[int], rounds: int, keep_lab: bool) -> int:
+    """The OpenZFS run: raw, zfsrepl without and with the listing cache (see the top)."""
+    times: dict[tuple[int, str], list[float]] = {}
+    listed: dict[tuple[int, str], set[tuple[int, int]]] = {}
+    loads: list[str] = []
+    with lab_session(keep=keep_lab) as lab, claim_area(lab) as area, \
+            bl.service_cli(lab, f"bench-{area.name}") as repl:
+        chain_ = Chain(lab, repl, area.src, area.dst)
+        for n in counts:
+            loads.append(f"{n}: {bl.load()}")
+            print(f"{n} snapshots: creating", flush=True)
+            chain_.grow(n)
+            chain_.zfsrepl()  # untimed: the first cycle after the -I
+            for i in range(rounds):
+                for v in VARIANTS:  # in this order: see the top
+                    if v == "raw":
+                        seconds = chain_.raw()
+                    else:
+                        seconds, calls = chain_.zfsrepl_counted(drop_cache=(v == "full"))
+                        listed.setdefault((n, v), set()).add(calls)
+                    times.setdefault((n, v), []).append(seconds)
+                print(f"  {n} snapshots, round {i + 1}: "
+                      + "  ".join(f"{v} {times[(n, v)][-1]:.2f}s" for v in VARIANTS),
+                      flush=True)
+    med = {k: bl.median(v) for k, v in times.items()}
+
+    def shown(n: int, v: str) -> str:
+        return ", ".join(f"{s} / {d}" for s, d in sorted(listed[(n, v)]))
+
+    rows = [[n, *(f"{med[(n, v)]:.2f}" for v in VARIANTS),
+             " ".join(f"{t:.2f}" for t in times[(n, "cached")]),
+             shown(n, "full"), shown(n, "cached"),
+             f"{med[(n, 'full')] / med[(n, 'cached')]:.2f}"] for n in counts]
+    first, last = counts[0], counts[-1]
+    ratio = med[(last, "cached")] / med[(first, "cached")]
+    ratio_full = med[(last, "full")] / med[(first, "full")]
+    # below MIN_SNAPSHOTS in all a service lists in full without a look, by design
+    big = [n for n in counts if 2 * n >= MIN_SNAPSHOTS]
+    used = all(listed[(n, "cached")] == {(0, 0)} for n in big)
+    lines = ["## 3b. Scaling with snapshots on OpenZFS: the listing cache", "",
+             "On current OpenZFS in the VM lab (emulated: only ratios of the same run "
+             f"travel). Load average at the start of each size: {'; '.join(loads)}. One "
+             "filesystem holding the service's own snapshots on both sides, kept all "
+             f"(nothing destroyed). {rounds} rounds, each in this order: `raw` (`zfs "
+             "snapshot`; `zfs send -i | ssh zfs receive -u -F`), `full` (`zfsrepl runonce` "
+             "with the listing cache file removed first: both sides listed in full, as "
+             "without the cache) and `cached` (`zfsrepl runonce` right after it). Full "
+             "listings per zfsrepl cycle (source / destination) are counted in its "
+             "`--debug` output. A service with fewer than "
+             f"{MIN_SNAPSHOTS:,} snapshots in all (both sides) lists in full without the "
+             "cache's looks, by design: there its `cached` cycle is a plain full listing.",
+             "",
+             *bl.table(["snapshots", "raw median (s)", "full median (s)",
+                        "cached median (s)", "cached rounds (s)",
+                        "full listings, full", "full listings, cached", "full / cached"],
+                       rows), "",
+             f"**Target: a cycle at {last:,} snapshots under twice one at {first:,}: "
+             f"cached {med[(last, 'cached')]:.2f} s / {med[(first, 'cached')]:.2f} s = "
+             f"{ratio:.2f}** ({'met' if ratio < 2 else 'missed'}); without the cache "
+             f"(full) the same ratio is {ratio_full:.2f}."
+             + ("" if used else " Some `cached` cycles listed in full (see the column): "
+                "their figures do not stand for the cache."), ""]
+    bl.write_section("snapshots-openzfs", lines)
+    print("\n".join(lines))
     return 0
 
 

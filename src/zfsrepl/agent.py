@@ -19,6 +19,9 @@ Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
     (nothing)                                             zfs's usage: the capability probe
     get -Hp -r -d 1 -o name,property,value PROPS FS...   PROPS from LISTING_PROPERTIES
                                                           and LISTING_OPTIONAL
+    get -Hp -o name,property,value snapshots_changed,zfsrepl:role[,OPT]... FS...
+                                                          the listing cache's look; OPT
+                                                          from LISTING_OPTIONAL
     list -H -o name NAME...                               NAME: an own FS or its parent
     receive -u [-s] [-o readonly=on] FS                   full stream (or a resumed one)
     receive -u -F [-s] FS                                 incremental, FS must exist
@@ -87,6 +90,10 @@ from zfsrepl.naming import SnapshotNaming
 # and those it adds where the host has the feature (zfs.py `OPTIONAL_LIST_PROPS`).
 LISTING_PROPERTIES = ("guid", "createtxg", "creation", "userrefs", "zfsrepl:role")
 LISTING_OPTIONAL = ("receive_resume_token", "encryption")
+# The listing cache's look at the filesystems alone (zfs.py `Zfs.changed`): when their
+# snapshots last changed, with the filesystem properties the listing gives.
+CHANGED_HEAD = ["get", "-Hp", "-o", "name,property,value"]
+CHANGED_PROPERTIES = ("snapshots_changed", "zfsrepl:role")
 # Far above any real request (a listing of many filesystems), far below what could
 # hurt: refused before it is even split.
 MAX_COMMAND_BYTES = 64 * 1024
@@ -319,6 +326,8 @@ def _own_snapshot(name: str, policy: Policy, what: str) -> Refused | None:
 
 def _get(args: list[str], policy: Policy) -> Decision:
     head = ["get", "-Hp", "-r", "-d", "1", "-o", "name,property,value"]
+    if args[:len(CHANGED_HEAD)] == CHANGED_HEAD:
+        return _get_changed(args, policy)
     if args[:len(head)] != head or len(args) < len(head) + 2:
         return Refused("zfs get is allowed only as: get -Hp -r -d 1 -o name,property,value "
                        f"{','.join(LISTING_PROPERTIES)} FS...")
@@ -333,6 +342,23 @@ def _get(args: list[str], policy: Policy) -> Decision:
             return refused
     # -r -d 1 also lists the filesystems right below: another service's among them
     return RunZfs(tuple(args), listing=True)
+
+
+def _get_changed(args: list[str], policy: Policy) -> Decision:
+    """The listing cache's look: snapshots_changed and the filesystem properties of the
+    listing, of the service's own filesystems only (no -r: nothing below them)."""
+    n = len(CHANGED_HEAD)
+    props = args[n].split(",") if len(args) > n + 1 else []
+    if props[:2] != list(CHANGED_PROPERTIES) or len(set(props)) != len(props) \
+            or not set(props[2:]) <= set(LISTING_OPTIONAL):
+        return Refused(f"zfs get is allowed so only as: {' '.join(CHANGED_HEAD)} "
+                       f"{','.join(CHANGED_PROPERTIES)}[,{'][,'.join(LISTING_OPTIONAL)}] "
+                       "FS...")
+    for fs in args[n + 1:]:
+        refused = _own_fs(fs, policy)
+        if refused:
+            return refused
+    return RunZfs(tuple(args))
 
 
 def _list(args: list[str], policy: Policy) -> Decision:

@@ -196,6 +196,7 @@ def replicate(replication: Replication | Service, source: Host, destination: Hos
                     cp = cycle.take_snapshots(cp)
                 snapshot_taken = True
             cp = _send_with_follow_ups(cycle, cp)
+            cycle.hosts.listings.cycle_done(cp)
             logger.info("cycle of %s finished", service.name)
             return cp
         except UsageError:

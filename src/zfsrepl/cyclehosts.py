@@ -5,6 +5,7 @@ is probed once per connection (capabilities, the wire's tools)."""
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
 from zfsrepl.capabilities import Capabilities
@@ -12,6 +13,7 @@ from zfsrepl.config import FilesystemPair
 from zfsrepl.cycleplan import wire_configured
 from zfsrepl.errors import ZfsreplError
 from zfsrepl.host import NO_TOOLS
+from zfsrepl.listing_cache import Listings
 from zfsrepl.log import logger
 from zfsrepl.replication import Replication
 from zfsrepl.transfer import TransferResult, Wire, choose_wire
@@ -31,6 +33,10 @@ class CycleEvents:
     def snapshot_phase(self) -> ContextManager[None]:
         """Wraps hooks and snapshots, which a stop request must not cut in half."""
         return contextlib.nullcontext()
+
+    def listing_folder(self) -> Path | None:
+        """Where the listing cache is kept (listing_cache.py); None: no cache."""
+        return None
 
 
 class Streams(Protocol):
@@ -53,6 +59,11 @@ class CycleHosts:
         self.events = events
         self.streams = streams
         self._wire: Wire | None = None
+        # A failback lists the other way round: it keeps no listing cache, so that
+        # one direction's cached listings never stand for the other's.
+        self.listings = Listings(rep.service,
+                                 None if rep.is_failback else events.listing_folder(),
+                                 src, dst)
 
     def wire(self) -> Wire:
         """How this cycle's streams cross the network: what the definition asks for, as

@@ -256,6 +256,9 @@ class Recorder(CycleEvents):
     def snapshot_phase(self) -> ContextManager[None]:
         return self.guard()
 
+    def listing_folder(self) -> Path | None:
+        return self.store.paths.folder
+
 
 def recorded_cycle(svc: Service, store: StateStore, runner: CycleRunner, sleep: Sleep,
                    guard: Guard = contextlib.nullcontext,

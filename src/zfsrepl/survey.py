@@ -69,10 +69,9 @@ class Survey:
         h = self.h
         pairs = h.rep.filesystems
         src_caps = h.src.capabilities()
-        src = h.src.states([p.source for p in pairs],
-                           (ENCRYPTION,) if src_caps.raw_send else ())
-        dst = h.dst.states([p.destination for p in pairs],
-                           (RESUME_TOKEN,) if h.resumable() else ())
+        src, dst = h.listings.survey(
+            pairs, (ENCRYPTION,) if src_caps.raw_send else (),
+            lambda: (RESUME_TOKEN,) if h.resumable() else ())
         return Listing(src, dst)
 
     def unchanged(self, listing: Listing) -> frozenset[str]:

@@ -30,6 +30,16 @@ ENCRYPTION = "encryption"
 OPTIONAL_LIST_PROPS = (RESUME_TOKEN, ENCRYPTION)
 # Bytes written since the newest snapshot (skip_unchanged); not on pool version 23.
 WRITTEN = "written"
+# When a snapshot of the filesystem was last created, destroyed or renamed (seconds;
+# OpenZFS 2.2 and later): the listing cache (listing_cache.py) lists again only the
+# filesystems where it moved. Read with the filesystems' own properties of the listing,
+# which are never cached (a failover sets zfsrepl:role without touching a snapshot).
+SNAPSHOTS_CHANGED = "snapshots_changed"
+FS_LIST_PROPS = (ROLE_PROPERTY, RESUME_TOKEN, ENCRYPTION)
+# The exit status of a request the zfsrepl agent or zfs wrapper refuses (agent.py).
+_EXIT_REFUSED = 126
+# What the cache needs of a snapshot this cycle took, read after it was taken.
+_NEW_SNAPSHOT_PROPS = ("guid", "createtxg", "creation", "userrefs")
 _BUSY_RETRIES = 20
 # The arguments of one batched hold or release, in bytes: each call stays well under
 # the agent's limit on a request (agent.MAX_COMMAND_BYTES, 64 KiB, quoting included).
@@ -111,10 +121,25 @@ class Zfs:
         self._tools: Tools | None = None
         self._cache = cache
         self._no_written = False
+        self._no_changed = False
+        # Where a list, each change this object made that went through is added to it
+        # as (what, FS@SNAP or FS#BOOKMARK): the listing cache predicts from it what the
+        # next listing would show (see listing_cache.py).
+        self.journal: list[tuple[str, str]] | None = None
 
     def _cache_key(self) -> CacheKey:
         port = getattr(getattr(self.host, "endpoint", None), "port", None)
         return (self.host.label, port, tuple(self.zfs_argv))
+
+    def identity(self) -> list[object]:
+        """Which host, user and zfs command this is, as JSON can keep it: a listing kept
+        for another one is never used for this one."""
+        label, port, argv = self._cache_key()
+        return [label, port, list(argv)]
+
+    def _note(self, what: str, *names: str) -> None:
+        if self.journal is not None:
+            self.journal.extend((what, name) for name in names)
 
     def capabilities(self) -> Capabilities:
         """What this host's ZFS offers, probed once (one call: its usage text); once
@@ -151,6 +176,7 @@ class Zfs:
         self._caps = None
         self._tools = None
         self._no_written = False
+        self._no_changed = False
         if self._cache is not None:
             self._cache.forget(self._cache_key())
 
@@ -276,6 +302,74 @@ class Zfs:
         self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
         return unchanged.parse_written(result.stdout, filesystems)
 
+    def lacks_snapshots_changed(self) -> bool:
+        """Whether this host's ZFS is known to have no `snapshots_changed` (found out by
+        an earlier `changed()`), without asking it."""
+        if self._no_changed:
+            return True
+        return self._cache is not None and self._cache.lacks(self._cache_key(),
+                                                             SNAPSHOTS_CHANGED)
+
+    def changed(self, filesystems: list[str], extra: tuple[str, ...] = ()
+                ) -> dict[str, tuple[int | None, FsState]] | None:
+        """Each existing filesystem's `snapshots_changed` (None where ZFS gives no
+        number) and its FsState without snapshots (role, and the `extra` of
+        FS_LIST_PROPS), in one call without -r; None where this ZFS has no
+        `snapshots_changed` (before OpenZFS 2.2, zfs-fuse), which is then not asked
+        again."""
+        if self.lacks_snapshots_changed():
+            return None
+        if not filesystems:
+            return {}
+        props = (SNAPSHOTS_CHANGED, ROLE_PROPERTY,
+                 *(p for p in FS_LIST_PROPS if p in extra and p != ROLE_PROPERTY))
+        result = self.host.run(self.argv("get", "-Hp", "-o", "name,property,value",
+                                         ",".join(props), *filesystems), check=False)
+        refused = result.returncode == _EXIT_REFUSED and "refused" in result.stderr
+        if refused or (result.returncode != 0
+                       and isinstance(self._failed(result), zfserrors.UnknownProperty)):
+            if refused:
+                # an agent or zfs wrapper of a zfsrepl older than this look
+                logger.info("%s: %s; every cycle lists in full (update zfsrepl there to "
+                            "use the listing cache)", self.label,
+                            first_line(result.stderr))
+            self._no_changed = True
+            if self._cache is not None:
+                self._cache.put_lacking(self._cache_key(), SNAPSHOTS_CHANGED)
+            return None
+        self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
+        return parse_changed(result.stdout, filesystems)
+
+    def changed_after(self, filesystems: list[str], snapshots: list[str]
+                      ) -> tuple[dict[str, int | None], dict[str, Snapshot]]:
+        """After a cycle (source side): each filesystem's `snapshots_changed`, and the
+        snapshots (FS@SNAP) this cycle took, in one call."""
+        props = (SNAPSHOTS_CHANGED, *_NEW_SNAPSHOT_PROPS)
+        result = self.host.run(self.argv("get", "-Hp", "-o", "name,property,value",
+                                         ",".join(props), *filesystems, *snapshots),
+                               check=False)
+        if result.returncode == _EXIT_REFUSED and "refused" in result.stderr:
+            # a zfs wrapper (sudo) has no such form: not asked again by this process
+            self._no_changed = True
+            if self._cache is not None:
+                self._cache.put_lacking(self._cache_key(), SNAPSHOTS_CHANGED)
+        self._raise_unless_only_missing(result.returncode, result.stderr, result.argv)
+        values = {fs: v for fs, (v, _) in parse_changed(result.stdout, filesystems).items()}
+        records: dict[str, dict[str, str]] = {}
+        for line in result.stdout.splitlines():
+            parts = line.rsplit("\t", 2)
+            if len(parts) == 3 and parts[0] in snapshots:
+                records.setdefault(parts[0], {})[parts[1]] = parts[2]
+        found: dict[str, Snapshot] = {}
+        for full, values_of in records.items():
+            fs, name = full.split("@", 1)
+            guid, txg = _int(values_of.get("guid")), _int(values_of.get("createtxg"))
+            if guid is not None and txg is not None:
+                found[full] = Snapshot(fs, name, guid, txg,
+                                       _int(values_of.get("creation")) or 0,
+                                       _int(values_of.get("userrefs")) or 0)
+        return values, found
+
     def existing(self, names: list[str]) -> set[str]:
         """Which of `names` exist, in one call."""
         if not names:
@@ -293,16 +387,19 @@ class Zfs:
 
     def snapshot(self, filesystem: str, name: str) -> None:
         self.run("snapshot", f"{filesystem}@{name}")
+        self._note("snapshot", f"{filesystem}@{name}")
 
     def snapshot_all(self, filesystems: Sequence[str], name: str) -> None:
         """The snapshot `name` of every one of `filesystems`, in one call (only where
         capabilities() says multi_snapshot). OpenZFS takes them atomically: one point
         in time across the filesystems, and none at all if one cannot be taken."""
         self.run("snapshot", *(f"{fs}@{name}" for fs in filesystems))
+        self._note("snapshot", *(f"{fs}@{name}" for fs in filesystems))
 
     def destroy_snapshot(self, filesystem: str, name: str) -> None:
         """Destroy one snapshot, riding out the short 'dataset is busy' of FUSE mounts."""
         self._busy_retried("destroy", f"{filesystem}@{name}")
+        self._note("destroy", f"{filesystem}@{name}")
 
     def rename(self, filesystem: str, new_name: str) -> None:
         """Rename a filesystem (no options: never its snapshots alone, never -p),
@@ -337,6 +434,7 @@ class Zfs:
     def rollback(self, filesystem: str, name: str) -> None:
         """Roll back to `name`, which must be the newest snapshot (no -r: nothing else
         is destroyed)."""
+        self._note("other", f"{filesystem}@{name}")  # before: a failure may have done it
         self.run("rollback", f"{filesystem}@{name}")
 
     def set_property(self, filesystem: str, prop: str, value: str) -> None:
@@ -377,6 +475,7 @@ class Zfs:
             result = self.host.run(self.argv(sub, tag, *batch), check=False)
             if result.returncode != 0 and not zfserrors.every_line(result.stderr, harmless):
                 raise self._failed(result)
+            self._note(sub, *batch)
 
     def holds(self, snapshots: list[Snapshot]) -> dict[str, set[str]]:
         """The hold tags of each snapshot (by full name FS@SNAP), in one call."""
@@ -398,12 +497,15 @@ class Zfs:
             error = self._failed(result)
             if not isinstance(error, zfserrors.DatasetExists):
                 raise error
+        self._note("bookmark", f"{filesystem}#{name}")
 
     def destroy_bookmark(self, filesystem: str, name: str) -> None:
         self.run("destroy", f"{filesystem}#{name}")
+        self._note("destroy", f"{filesystem}#{name}")
 
     def abort_resumable(self, filesystem: str) -> None:
         """Discard the partial state of a cut resumable receive (receive -A)."""
+        self._note("other", filesystem)
         self.run("receive", "-A", filesystem)
 
     # -- streams ------------------------------------------------------------------
@@ -472,6 +574,32 @@ class Zfs:
         receive = self.argv(*self.receive_args(filesystem, incremental=incremental,
                                                resumable=resumable, readonly=readonly))
         return pipeline_command(self.host, [*helpers, receive], quiet_helpers=not agent)
+
+
+def parse_changed(output: str, filesystems: list[str]
+                  ) -> dict[str, tuple[int | None, FsState]]:
+    """`zfs get -Hp -o name,property,value snapshots_changed,...` output: each listed
+    filesystem's value (None: no number, "-" where it was never set) and its FsState
+    without snapshots; a filesystem not in the output does not exist."""
+    wanted = set(filesystems)
+    out: dict[str, tuple[int | None, FsState]] = {}
+    for line in output.splitlines():
+        parts = line.rsplit("\t", 2)
+        if len(parts) != 3 or parts[0] not in wanted:
+            continue
+        name, prop, value = parts
+        changed, st = out.get(name, (None, FsState()))
+        if prop == SNAPSHOTS_CHANGED:
+            changed = _int(value)
+        elif value not in ("-", ""):
+            if prop == ROLE_PROPERTY:
+                st.role = value
+            elif prop == RESUME_TOKEN:
+                st.resume_token = value
+            elif prop == ENCRYPTION:
+                st.encryption = value
+        out[name] = (changed, st)
+    return out
 
 
 def _batches(words: Sequence[str], limit: int) -> Iterator[list[str]]:

@@ -64,6 +64,8 @@ def cycle_commands(zfs_argv: list[str]) -> list[list[str]]:
     # what the features of current ZFS add (capabilities.py)
     z.capabilities()
     z.states([FS1, FS2], (zfs.RESUME_TOKEN,))
+    # the listing cache's look where ZFS has snapshots_changed (listing_cache.py)
+    z.changed([FS1, FS2], (zfs.RESUME_TOKEN,))
     # a cycle moves every filesystem's base at once; retention releases one
     z.hold("zfsrepl-svc", [f"{FS1}@{NAMING.format(4)}", f"{FS2}@{NAMING.format(4)}"])
     z.release("zfsrepl-svc", [f"{FS1}@{NAMING.format(3)}", f"{FS2}@{NAMING.format(3)}"])
@@ -87,6 +89,43 @@ def test_listing_properties_are_zfs_pys() -> None:
     assert agent.LISTING_OPTIONAL == zfs.OPTIONAL_LIST_PROPS
 
 
+def test_the_listing_caches_properties_are_zfs_pys() -> None:
+    assert zfs._EXIT_REFUSED == agent.EXIT_REFUSED
+    assert agent.CHANGED_PROPERTIES == (zfs.SNAPSHOTS_CHANGED, zfs.ROLE_PROPERTY)
+    assert set(zfs.FS_LIST_PROPS) - {zfs.ROLE_PROPERTY} == set(agent.LISTING_OPTIONAL)
+
+
+@pytest.mark.parametrize("props", ["snapshots_changed,zfsrepl:role",
+                                   "snapshots_changed,zfsrepl:role,receive_resume_token",
+                                   "snapshots_changed,zfsrepl:role,encryption",
+                                   "snapshots_changed,zfsrepl:role,receive_resume_token,"
+                                   "encryption"])
+def test_the_listing_caches_look_is_allowed_on_own_filesystems(props: str) -> None:
+    argv = ["get", "-Hp", "-o", "name,property,value", props, FS1, FS2]
+    decision = decide(wire(["zfs", *argv]), POLICY)
+    assert decision == RunZfs(tuple(argv))
+    assert not decision.listing  # no -r: only the filesystems named
+
+
+@pytest.mark.parametrize("argv", [
+    ["snapshots_changed,zfsrepl:role", FS1, "zfsrepl_dst/other"],  # another's filesystem
+    ["snapshots_changed,zfsrepl:role", "zfsrepl_dst/svc"],  # the parent
+    ["snapshots_changed,zfsrepl:role", f"{FS1}@{NAMING.format(3)}"],  # a snapshot
+    ["snapshots_changed,zfsrepl:role"],  # nothing named
+    ["snapshots_changed", FS1],  # not the form zfsrepl sends
+    ["snapshots_changed,zfsrepl:role,guid", FS1],  # more than the filesystem's properties
+    ["snapshots_changed,zfsrepl:role,all", FS1],
+    ["snapshots_changed,zfsrepl:role,encryption,encryption", FS1],
+    ["zfsrepl:role,snapshots_changed", FS1],
+    ["snapshots_changed,zfsrepl:role,keystatus", FS1],
+    ["-r", "snapshots_changed,zfsrepl:role", FS1],
+    ["-d", "1", "snapshots_changed,zfsrepl:role", FS1],
+])
+def test_the_listing_caches_look_allows_nothing_more(argv: list[str]) -> None:
+    decision = decide(wire(["zfs", "get", "-Hp", "-o", "name,property,value", *argv]), POLICY)
+    assert isinstance(decision, Refused), argv
+
+
 def test_hold_tag_is_the_cycles() -> None:
     assert POLICY.hold_tag == cycle.hold_tag(POLICY.service)
 
@@ -94,7 +133,7 @@ def test_hold_tag_is_the_cycles() -> None:
 @pytest.mark.parametrize("prefix", [list(SUDO_ZFS), ["zfs"], ["/usr/sbin/zfs"]])
 def test_every_command_of_a_cycle_is_allowed_and_runs_the_agents_zfs(prefix: list[str]) -> None:
     commands = cycle_commands(prefix)
-    assert len(commands) == 16
+    assert len(commands) == 17
     for argv in commands:
         decision = decide(wire(argv), POLICY)
         assert isinstance(decision, RunZfs), (argv, decision)

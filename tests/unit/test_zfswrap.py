@@ -87,6 +87,7 @@ def source_forms() -> list[list[str]]:
     z = zfs.Zfs(host, PREFIX)
     z.capabilities()
     z.states([SRC1, SRC2], (zfs.ENCRYPTION,))
+    z.changed([SRC1, SRC2], (zfs.ENCRYPTION,))  # the listing cache's look
     z.existing([SRC1])
     z.snapshot(SRC1, NAMING.format(5))
     z.snapshot_all([SRC1, SRC2], NAMING.format(6))
@@ -191,6 +192,8 @@ def test_the_role_values_are_the_failovers() -> None:
 
 
 OWN_SNAP = f"{FS1}@{NAMING.format(3)}"
+LOOK = ["get", "-Hp", "-o", "name,property,value"]
+CHANGED = "snapshots_changed,zfsrepl:role"
 SRC_SNAP = f"{SRC1}@{NAMING.format(3)}"
 
 
@@ -253,6 +256,13 @@ SRC_SNAP = f"{SRC1}@{NAMING.format(3)}"
     (["send", "-i", f"{SRC2}@a", SRC_SNAP], [SOURCE], "same filesystem"),
     (["get", "-Hp", "-o", "property,value", "all;id", SRC1], [SOURCE], "properties"),
     (["list", "-H", "-o", "name", "-r", "tank"], [SOURCE], "'-r'"),
+    # the listing cache's look: the service's own filesystems, their own properties
+    ([*LOOK, CHANGED, "rpool/ROOT"], [SOURCE], "rpool/ROOT"),
+    ([*LOOK, CHANGED, SRC_SNAP], [SOURCE], "is not a"),
+    ([*LOOK, CHANGED + ",guid", SRC1], [SOURCE], CHANGED),
+    ([*LOOK, CHANGED, "zfsrepl_dst/other/fs"], [DESTINATION], "other/fs"),
+    (["get", "-Hp", "-r", "-o", "name,property,value", "snapshots_changed,zfsrepl:role",
+      FS1], [DESTINATION], "get"),
     (["receive", "-A", "-u", FS1], [DESTINATION], "receive"),
     # a user without services, a request for nobody's dataset
     (["mount", FS1], [], "none"),
