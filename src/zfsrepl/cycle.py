@@ -733,7 +733,7 @@ def replicate(service: Service, source: Host, destination: Host,
     `capabilities` keeps the hosts' probes beyond this cycle; a failed attempt clears
     it (the next attempt probes again: a host's ZFS may have changed).
     """
-    cycle = Cycle(service, source, destination, events, capabilities)
+    cycle = cycle_class(service)(service, source, destination, events, capabilities)
     snapshot_taken = False
     attempts = service.retries
     for attempt in range(1, attempts + 1):
@@ -772,4 +772,12 @@ def replicate(service: Service, source: Host, destination: Host,
 
 
 def dry_run(service: Service, source: Host, destination: Host) -> CyclePlan:
-    return Cycle(service, source, destination).survey(take_snapshot=True)
+    return cycle_class(service)(service, source, destination).survey(take_snapshot=True)
+
+
+def cycle_class(service: Service) -> type[Cycle]:
+    if service.recursive:  # one stream for the subtree
+        from zfsrepl.recursive import RecursiveCycle
+
+        return RecursiveCycle
+    return Cycle
