@@ -416,6 +416,8 @@ def test_a_cycle_is_one_snapshot_one_stream_and_the_forms_pass_agent_and_wrapper
     dtail = [a[len(ZFS):] for a in dst.argvs]
     assert ["destroy", f"{DST}@{n(1)}"] in dtail and ["destroy", f"{DST}/a@{n(1)}"] in dtail
     assert not [a for a in dtail if "gone" in " ".join(a) and a[0] == "destroy"]
+    # no hold or bookmark on the base
+    assert not [a for a in (*tail, *dtail) if a[:1] in (["hold"], ["release"], ["bookmark"])]
     # every form passes the wrapper's rules (the agent's grammar for the destination)
     for rule, forms in ((SOURCE_RULE, [*tail, streams[0][0][len(ZFS):]]),
                         (DESTINATION_RULE, [*dtail, streams[0][1][len(ZFS):]])):
