@@ -121,7 +121,7 @@ def main() -> int:
     counts = [int(c) for c in args.counts.split(",")]
     variants = VARIANTS
     med: dict[tuple[int, str], float] = {}
-    rows = []
+    rows: list[list[object]] = []
     load = bl.load()
     with lab_session(keep=args.keep_lab) as lab, claim_area(lab) as area, \
             bl.service_cli(lab, f"bench-{area.name}") as repl:
@@ -140,6 +140,14 @@ def main() -> int:
                 med[(n, v)] = bl.median(times[v])
                 rows.append([n, v, " ".join(f"{t:.2f}" for t in times[v]),
                              f"{med[(n, v)]:.2f}"])
+        # written before the area is released: a busy dataset there loses no figure
+        report(load, counts, med, rows, args.rounds)
+    return 0
+
+
+def report(load: str, counts: list[int], med: dict[tuple[int, str], float],
+           rows: list[list[object]], rounds: int) -> None:
+    variants = VARIANTS
     lines = ["## 6. One stream for a subtree: `recursive = true`", "",
              f"Load average at the start: {load}. N filesystems below one parent, "
              "replicated four ways in the same run, alternating: a raw per-filesystem "
@@ -150,7 +158,7 @@ def main() -> int:
              "per-fs`) and of one with `recursive = true` (`zfsrepl recursive`: one "
              "`snapshot -r`, one `send -R`, one receive without `-F`, `destroy -r` on each "
              "side), each zfsrepl service on a tree of its own. keep = 3, "
-             f"{WARMUP} cycles before measuring, {args.rounds} rounds alternating.", "",
+             f"{WARMUP} cycles before measuring, {rounds} rounds alternating.", "",
              *bl.table(["filesystems", "cycle", "rounds (s)", "median (s)"], rows), ""]
     lo, hi = min(counts), max(counts)
     if lo != hi:
@@ -167,7 +175,6 @@ def main() -> int:
     lines.append("")
     bl.write_section("recursive", lines)
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

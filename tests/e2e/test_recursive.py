@@ -138,7 +138,8 @@ def test_the_agent_takes_a_replication_stream_only_for_a_recursive_service(
     refused = agent(lab, f"zfs receive -u {dst}", dst, incremental, "--recursive")
     assert refused.returncode == 126, refused.stderr
     assert f"{src}/b: setuid=".encode() in refused.stderr
-    assert f"{dst}@s2" not in lab.dst.zfs("list", "-H", "-o", "name", "-t", "snapshot", dst)
+    assert f"{dst}@s2" not in lab.dst.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-d",
+                                          "1", dst)
 
     lab.src.zfs("inherit", "setuid", f"{src}/b")
     lab.src.zfs("snapshot", "-r", f"{src}@s3")
