@@ -132,6 +132,13 @@ def below(name: str, parent: str) -> bool:
     return name == parent or name.startswith(parent + "/")
 
 
+# What to do when the replicas of one subtree stand at different snapshots.
+_APART = ("one stream cannot start from both (a replication stream cut midway leaves "
+          "its filesystems apart); bring the replicas behind up to date by hand (zfs "
+          "send -I of each), or destroy the newer snapshot on the replicas ahead while "
+          "the source still has the older one ('zfsrepl doctor' compares the chains)")
+
+
 def decide_tree(fps: list[FilesystemPlan], naming: SnapshotNaming
                 ) -> tuple[TreeSend | None, list[str]]:
     """The one stream that brings every filesystem of `fps` (the parent first) up to
@@ -139,8 +146,13 @@ def decide_tree(fps: list[FilesystemPlan], naming: SnapshotNaming
     top = fps[0].plan
     if isinstance(top, plan.Full):
         return TreeSend(target=top.send.target), []
+    if isinstance(top, plan.UpToDate):
+        # a stream cut midway may have brought the parent and left a child behind
+        return None, [f"{fp.pair.destination} is behind {fps[0].pair.destination} "
+                      f"(@{p.base} against @{top.common}): {_APART}"
+                      for fp in fps[1:] if isinstance(p := fp.plan, plan.Incremental)]
     if not isinstance(top, plan.Incremental):
-        return None, []  # up to date, nothing yet, or a conflict conflicts() names
+        return None, []  # nothing yet, or a conflict conflicts() names
     base, target = top.base, top.sends[-1].target
     problems: list[str] = []
     foreign_between = False
@@ -158,8 +170,7 @@ def decide_tree(fps: list[FilesystemPlan], naming: SnapshotNaming
             if p.base != base:
                 problems.append(
                     f"{fp.pair.source} shares @{p.base} with {fp.pair.destination}, not "
-                    f"the parent's @{base}: one stream cannot start from both; run "
-                    "'zfsrepl doctor' to compare the chains")
+                    f"the parent's @{base}: {_APART}")
             foreign_between = foreign_between or len(p.sends) > 1
             intermediates = intermediates or any(s.intermediates for s in p.sends)
         elif not isinstance(p, (plan.NoCommonSnapshot, plan.Diverged, plan.NothingToSend)):

@@ -331,6 +331,16 @@ def test_a_tree_that_cannot_go_as_one_stream_is_named() -> None:
     assert problems and f"shares @{NAMING.format(1)} with" in problems[0]
 
 
+def test_a_child_left_behind_by_a_cut_stream_is_named_not_skipped() -> None:
+    # the parent received @2, the child still stands at @1
+    parent = fplan("", [snap(SRC, 1, 11, 1), snap(SRC, 2, 12, 5)],
+                   [snap(DST, 1, 11, 1), snap(DST, 2, 12, 5)])
+    child = fplan("/a", [snap(SRC + "/a", 1, 21, 1), snap(SRC + "/a", 2, 22, 5)],
+                  [snap(DST + "/a", 1, 21, 1)])
+    send, problems = decide_tree([parent, child], NAMING)
+    assert send is None and problems and f"{DST}/a is behind {DST}" in problems[0]
+
+
 def test_destroy_r_only_where_every_filesystem_with_the_name_would_destroy_it() -> None:
     old, older = NAMING.format(1), NAMING.format(2)
     tree = {DST: [snap(DST, 1, 1, 1), snap(DST, 2, 2, 2)],
