@@ -453,3 +453,32 @@ def test_a_missing_source_parent_is_one_clear_error() -> None:
 
 def test_config_module_keeps_the_key_listed() -> None:
     assert "recursive" in config._TOP_KEYS
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the wrapper runs as root")
+def test_the_installed_wrapper_takes_a_replication_stream_only_under_a_recursive_rule(
+        tmp_path: Path) -> None:
+    from .test_zfswrap import _run, _wrapper
+
+    argv, bin_dir = _wrapper(tmp_path)
+    rule_file = tmp_path / "rules" / "nobody" / "svc.destination.json"
+    stream = FULL + b"the substreams"
+    rule_file.write_text(zfswrap.Rule("svc", "destination", frozenset({DST}), NAMING)
+                         .to_json())
+    out = _run(argv, ["receive", "-u", DST], stream)
+    assert out.returncode == zfswrap.EXIT_REFUSED and b"replication stream" in out.stderr
+    assert not (bin_dir / "stream").exists()
+
+    rule_file.write_text(DESTINATION_RULE.to_json())
+    out = _run(argv, ["receive", "-u", DST], stream)
+    assert out.returncode == 0, out.stderr
+    assert (bin_dir / "stream").read_bytes() == stream  # whole, its list included
+    # setuid=on: left out where this zfs has receive -x (the fake's usage is OpenZFS's)
+    out = _run(argv, ["receive", "-u", DST], _setuid_on(FULL))
+    assert out.returncode == 0, out.stderr
+    assert "-x\nsetuid\n" in (bin_dir / "args").read_text()
+    (bin_dir / "usage").write_text("usage: zfs command args ...\n")  # zfs-fuse: no -x
+    (bin_dir / "stream").unlink()
+    out = _run(argv, ["receive", "-u", DST], _setuid_on(FULL))
+    assert out.returncode == zfswrap.EXIT_REFUSED and b"setuid=1" in out.stderr
+    assert not (bin_dir / "stream").exists()
