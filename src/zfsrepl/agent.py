@@ -184,7 +184,7 @@ class RunZfs:
     moves: str | None = None
     stream: bool = False  # reads a send stream: its first record is checked first
     # A recursive service's receive into this parent: only a replication stream, whose
-    # list of filesystems is checked first (see `check_stream`).
+    # list of filesystems is checked first (see `read_stream`).
     replication: str | None = None
     listing: bool = False  # its output is cut to the service's own datasets
 

@@ -164,8 +164,6 @@ def parse_rule(text: str, where: str) -> Rule | str:
     if not isinstance(data, dict) or set(data) - {"recursive"} != keys:
         return f"{where}: must hold exactly {', '.join(sorted(keys))} (and recursive)"
     recursive = data.pop("recursive", False)
-    if not isinstance(recursive, bool) or (recursive and len(data["filesystems"]) != 1):
-        return f"{where}: recursive must be true or false, true only with one filesystem"
     words = [data[k] for k in sorted(keys - {"filesystems"})]
     if not all(isinstance(w, str) and w and not _CONTROL_RE.search(w) for w in words):
         return f"{where}: service, side and the user and host names must be plain text"
@@ -179,6 +177,8 @@ def parse_rule(text: str, where: str) -> Rule | str:
         problem = dataset_problem(fs)
         if problem:
             return f"{where}: filesystem {fs!r} {problem}"
+    if not isinstance(recursive, bool) or (recursive and len(filesystems) != 1):
+        return f"{where}: recursive must be true or false, true only with one filesystem"
     return Rule(service=data["service"], side=data["side"],
                 filesystems=frozenset(filesystems),
                 naming=SnapshotNaming(data["source_user"], data["destination_user"],

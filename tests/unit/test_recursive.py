@@ -108,6 +108,13 @@ def test_setup_writes_it_into_the_forced_command_and_the_wrapper_rule() -> None:
     assert "recursive" not in zfswrap.Rule("s", "source", frozenset({SRC}), NAMING).to_json()
     two = zfswrap.Rule("s", "source", frozenset({SRC, "tank/x"}), NAMING, recursive=True)
     assert "recursive must be" in str(zfswrap.parse_rule(two.to_json(), "r.json"))
+    for bad in ('"yes"', "1"):
+        text = DESTINATION_RULE.to_json().replace('"recursive": true', f'"recursive": {bad}')
+        assert "recursive must be" in str(zfswrap.parse_rule(text, "r.json"))
+    text = DESTINATION_RULE.to_json().replace('"filesystems": [', '"filesystems": 5, "x": [')
+    assert "must hold exactly" in str(zfswrap.parse_rule(text, "r.json"))
+    text = DESTINATION_RULE.to_json().replace(f'[\n  "{DST}"\n ]', "5")
+    assert "list of filesystem names" in str(zfswrap.parse_rule(text, "r.json"))
 
 
 # ---------------------------------------------------------------------------- stream check
