@@ -420,6 +420,10 @@ def test_a_cycle_is_one_snapshot_one_stream_and_the_forms_pass_agent_and_wrapper
     cycle = RecursiveCycle(SVC, src, dst)  # type: ignore[arg-type]
     cp = cycle.survey(take_snapshot=True)
     assert cp.conflicts() == []
+    shown = cp.describe()  # runonce --dry-run
+    assert shown[1] == (f"recursive: one stream: zfs send -R -i {SRC}@{n(2)} {SRC}@{n(3)} | "
+                        f"zfs receive -u {DST}")
+    assert f"{SRC}/new -> {DST}/new: full send of @{n(3)}" in shown
     cycle.take_snapshots(cp)
     cycle.send_and_prune(cp)
     tail = [a[len(ZFS):] for a in src.argvs]
