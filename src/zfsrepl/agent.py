@@ -37,6 +37,15 @@ Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
     hello                                                 version, ZFS capabilities and
                                                           which of zstd, lz4, mbuffer it has
 
+For a recursive service (`--recursive`: its one filesystem is a parent, and every
+filesystem below it is the service's too), the receive forms above are replaced by
+one, and two are added:
+
+    receive -u FS                                         FS: the parent; only a
+                                                          replication stream (send -R)
+    get -Hp -r -o name,property,value PROPS FS            the whole subtree's listing
+    destroy -r FS@SNAP                                    SNAP made by this service
+
 and a receive of the forms above behind the helpers of wire compression and
 buffering, in this order, each optional but one of them there (see `Pipeline`):
 
@@ -55,7 +64,11 @@ this host (README, "What the agent enforces"):
     the stream               a receive reads the stream's first record (streamcheck) and
                              refuses replication streams and anything else that is not
                              one filesystem's send stream; where zfs runs as root and has
-                             receive -x, dangerous properties are excluded
+                             receive -x, dangerous properties are excluded. A recursive
+                             service's receive takes only a replication stream; its list
+                             of filesystems is read first: an incremental one only into
+                             an existing parent, and one that sets a property reaching
+                             root (streamcheck.ROOT_PROPERTIES) only where -x excludes it
     the reach of -F          a forced receive (and a rename) is refused over descendants
                              that are not the service's; nested destinations are
                              refused altogether
@@ -132,6 +145,13 @@ class Policy:
     filesystems: frozenset[str]
     naming: SnapshotNaming
     zfs_argv: tuple[str, ...]  # how the agent runs zfs, e.g. ("sudo", "-n", "/usr/sbin/zfs")
+    # The one filesystem is a parent replicated with all below it (config `recursive`).
+    recursive: bool = False
+
+    def owns(self, name: str) -> bool:
+        """Whether the dataset `name` is one of the service's filesystems."""
+        return name in self.filesystems or (
+            self.recursive and any(name.startswith(fs + "/") for fs in self.filesystems))
 
     @property
     def hold_tag(self) -> str:
@@ -170,6 +190,9 @@ class RunZfs:
     # descendants that are not the service's (they would move with it).
     moves: str | None = None
     stream: bool = False  # reads a send stream: its first record is checked first
+    # A recursive service's receive into this parent: only a replication stream, whose
+    # list of filesystems is checked first (see `read_stream`).
+    replication: str | None = None
     listing: bool = False  # its output is cut to the service's own datasets
 
 
@@ -305,7 +328,7 @@ def _strip_prefix(words: list[str], policy: Policy) -> list[str] | None:
 
 
 def _own_fs(name: str, policy: Policy) -> Refused | None:
-    if name not in policy.filesystems:
+    if not policy.owns(name):
         return Refused(f"{name!r} is not a destination filesystem of service {policy.service}")
     return None
 
@@ -325,6 +348,8 @@ def _own_snapshot(name: str, policy: Policy, what: str) -> Refused | None:
 
 
 def _get(args: list[str], policy: Policy) -> Decision:
+    if policy.recursive and args[:3] == ["get", "-Hp", "-r"] and args[3:4] != ["-d"]:
+        return _get_subtree(args, policy)
     head = ["get", "-Hp", "-r", "-d", "1", "-o", "name,property,value"]
     if args[:len(CHANGED_HEAD)] == CHANGED_HEAD:
         return _get_changed(args, policy)
@@ -361,19 +386,36 @@ def _get_changed(args: list[str], policy: Policy) -> Decision:
     return RunZfs(tuple(args))
 
 
+def _get_subtree(args: list[str], policy: Policy) -> Decision:
+    """A recursive service's listing: its whole subtree in one call."""
+    head = ["get", "-Hp", "-r", "-o", "name,property,value"]
+    allowed = (*LISTING_PROPERTIES, *LISTING_OPTIONAL)
+    if args[:len(head)] != head or len(args) != len(head) + 2 \
+            or args[-1] not in policy.filesystems:
+        return Refused("zfs get of a recursive service is allowed only as: get -Hp -r -o "
+                       f"name,property,value {','.join(LISTING_PROPERTIES)} "
+                       f"{' or '.join(sorted(policy.filesystems))}")
+    props = args[len(head)].split(",")
+    if len(set(props)) != len(props) or not set(props) <= set(allowed):
+        return Refused(f"zfs get may read only {','.join(allowed)}, "
+                       f"not {args[len(head)]!r}")
+    return RunZfs(tuple(args), listing=True)
+
+
 def _list(args: list[str], policy: Policy) -> Decision:
     head = ["list", "-H", "-o", "name"]
     if args[:len(head)] != head or len(args) == len(head):
         return Refused("zfs list is allowed only as: list -H -o name DATASET...")
-    allowed = policy.filesystems | policy.parents
     for name in args[len(head):]:
-        if name not in allowed:
+        if not policy.owns(name) and name not in policy.parents:
             return Refused(f"{name!r} is neither a destination filesystem of service "
                            f"{policy.service} nor the parent of one")
     return RunZfs(tuple(args))
 
 
 def _receive(args: list[str], policy: Policy) -> Decision:
+    if policy.recursive:
+        return _receive_subtree(args, policy)
     usage = ("zfs receive is allowed only as: receive -u [-F] [-s] [-o readonly=on] FS, "
              "or receive -A FS")
     if len(args) == 3 and args[1] == "-A":
@@ -399,6 +441,17 @@ def _receive(args: list[str], policy: Policy) -> Decision:
     fs = args[-1]
     return RunZfs(tuple(args), must_exist=fs if incremental else None, changes=(fs,),
                   forced=fs if incremental else None, stream=True)
+
+
+def _receive_subtree(args: list[str], policy: Policy) -> Decision:
+    """A recursive service's one receive: a replication stream into its parent, without
+    -F (which would destroy what the stream lacks below it, snapshots others made
+    included); the stream itself is checked when it comes (streamcheck)."""
+    if len(args) != 3 or args[1] != "-u" or args[2] not in policy.filesystems:
+        return Refused(f"service {policy.service} is recursive: zfs receive is allowed "
+                       f"only as: receive -u {' or '.join(sorted(policy.filesystems))} "
+                       "(one zfs send -R stream, no -F)")
+    return RunZfs(tuple(args), changes=(args[2],), stream=True, replication=args[2])
 
 
 def _hold_or_release(args: list[str], policy: Policy) -> Decision:
@@ -428,6 +481,10 @@ def _holds(args: list[str], policy: Policy) -> Decision:
 
 
 def _destroy(args: list[str], policy: Policy) -> Decision:
+    if policy.recursive and len(args) == 3 and args[1] == "-r":
+        # the snapshot of that name of every filesystem below: all the service's
+        return (_own_snapshot(args[2], policy, "destroy")
+                or RunZfs(tuple(args), changes=_filesystems_of(args[2:])))
     if len(args) != 2 or args[1].startswith("-"):
         return Refused("zfs destroy is allowed only as: destroy FS@SNAP (no options)")
     return (_own_snapshot(args[1], policy, "destroy")
@@ -509,7 +566,7 @@ def inspect_args(run: RunZfs) -> list[str] | None:
     """The one zfs listing a request needs before it runs (which of its filesystems
     exist, their interlock, and for a forced receive what lies below), or None."""
     names = set(run.changes)
-    names.update(n for n in (run.must_exist, run.forced, run.moves) if n)
+    names.update(n for n in (run.must_exist, run.forced, run.moves, run.replication) if n)
     if not names:
         return None
     args = ["list", "-H", "-o", f"name,{ROLE_PROPERTY}"]
@@ -545,7 +602,7 @@ def judge(run: RunZfs, roles: dict[str, str], policy: Policy) -> Refused | None:
     top = run.forced or run.moves
     if top:
         below = sorted(n for n in roles
-                       if n.startswith(top + "/") and n not in policy.filesystems)
+                       if n.startswith(top + "/") and not policy.owns(n))
         if below:
             harm = ("a forced receive (-F) could destroy it" if run.forced else
                     "renaming the filesystem would move it too")
@@ -556,12 +613,15 @@ def judge(run: RunZfs, roles: dict[str, str], policy: Policy) -> Refused | None:
     return None
 
 
-def own_listing(output: bytes, filesystems: frozenset[str]) -> bytes:
+def own_listing(output: bytes, filesystems: frozenset[str], recursive: bool = False) -> bytes:
     """The lines of a `zfs get -H` listing about `filesystems` and their snapshots:
-    `-r -d 1` also lists the filesystems right below, which may be anyone's."""
+    `-r -d 1` also lists the filesystems right below, which may be anyone's
+    (`recursive`: all below are the service's too)."""
     own = {fs.encode("utf-8") for fs in filesystems}
+    below = tuple(fs + b"/" for fs in own) if recursive else ()
     return b"".join(ln for ln in output.splitlines(keepends=True)
-                    if ln.split(b"\t", 1)[0].split(b"@", 1)[0] in own)
+                    if (name := ln.split(b"\t", 1)[0].split(b"@", 1)[0]) in own
+                    or name.startswith(below))
 
 
 def excludes_properties(usage: str) -> bool:
@@ -696,16 +756,19 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
         return 0
     receive = decision.receive if isinstance(decision, Pipeline) else decision
     args = inspect_args(receive)
+    existing: frozenset[str] = frozenset()
     if args:
         roles = inspect(policy.zfs_argv, args)
         refused = roles if isinstance(roles, Refused) else judge(receive, roles, policy)
         if refused:
             return refuse(log, refused.reason, text)
+        assert not isinstance(roles, Refused)
+        existing = frozenset(roles)
     if receive.listing:
         return run_listing(receive, policy, log)
     if receive.stream:
         pipeline = decision if isinstance(decision, Pipeline) else Pipeline((), decision)
-        return run_pipeline(pipeline, policy, log, text)
+        return run_pipeline(pipeline, policy, log, text, existing)
     argv = [*policy.zfs_argv, *receive.args]
     log.write("INFO", f"running: {shlex.join(argv)}")
     sys.stdout.flush()
@@ -757,14 +820,15 @@ def run_listing(run: RunZfs, policy: Policy, log: AgentLog) -> int:
         print(f"zfsrepl agent: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
         log.write("WARNING", f"cannot run {shlex.join(argv)}: {exc.strerror}")
         return EXIT_CANNOT_RUN
-    sys.stdout.buffer.write(own_listing(proc.stdout, policy.filesystems))
+    sys.stdout.buffer.write(own_listing(proc.stdout, policy.filesystems, policy.recursive))
     sys.stdout.flush()
     sys.stderr.buffer.write(proc.stderr)
     sys.stderr.flush()
     return _exit_code(proc.returncode)
 
 
-def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str = "") -> int:
+def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str = "",
+                 existing: frozenset[str] = frozenset()) -> int:
     """Run `[helper | ...] zfs receive` with OS pipes between the programs, after a look
     at the stream's first record (see streamcheck): the stream goes from sshd through
     the helpers into zfs without passing through Python; the agent reads the first
@@ -783,7 +847,8 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str
             return EXIT_CANNOT_RUN
         argvs.append([found, *helper[1:]])
     receive = decision.receive.args
-    if privileged(policy.zfs_argv, os.geteuid()) and probe_exclusions(policy.zfs_argv):
+    excluded = privileged(policy.zfs_argv, os.geteuid()) and probe_exclusions(policy.zfs_argv)
+    if excluded:
         receive = with_exclusions(receive)
     argvs.append([*policy.zfs_argv, *receive])
     log.write("INFO", "running: " + " | ".join(shlex.join(a) for a in argvs))
@@ -804,8 +869,8 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str
                 stack.callback(stream.close)
             upstream = sys.stdin.fileno() if stream is None else stream.fileno()
             header = _read_up_to(upstream, streamcheck.HEADER_BYTES)
-            checked = streamcheck.check_begin(header)
-            if isinstance(checked, streamcheck.BadStream):
+            checked = read_stream(header, upstream, decision.receive, existing, excluded)
+            if isinstance(checked, Refused):
                 if stream is not None:
                     stream.close()  # a helper still writing gets a broken pipe
                 if len(header) < streamcheck.HEADER_BYTES:
@@ -815,7 +880,7 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str
                     if failed:
                         return failed
                 return refuse(log, checked.reason, command)
-            problem = _start_receive(argvs[-1], errors[-1], procs, header, upstream)
+            problem = _start_receive(argvs[-1], errors[-1], procs, checked, upstream)
             if stream is not None:
                 stream.close()  # zfs stopped early: the helpers must not wait for a reader
             if problem:
@@ -834,6 +899,42 @@ def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str
             for signum in _STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
         return _report(codes, argvs, errors, log)
+
+
+def read_stream(header: bytes, upstream: int, run: RunZfs, existing: frozenset[str],
+                excluded: bool) -> bytes | Refused:
+    """The first bytes of the stream for `run`, checked before zfs sees any: `header`
+    (HEADER_BYTES of it, read), and for a replication stream the rest of its BEGIN
+    record and its list of filesystems, read from `upstream`; or why it is refused.
+    `existing`: the datasets the look before the request found; `excluded`: zfs runs
+    with the dangerous properties excluded (-x)."""
+    checked = streamcheck.check_begin(header, replication=run.replication is not None)
+    if isinstance(checked, streamcheck.BadStream):
+        return Refused(checked.reason)
+    if run.replication is None:
+        return header
+    prefix = header + _read_up_to(
+        upstream, streamcheck.RECORD_BYTES - len(header) + checked.payload)
+    return judge_replication(streamcheck.check_replication(prefix), run.replication,
+                             existing, excluded) or prefix
+
+
+def judge_replication(found: streamcheck.Replication | streamcheck.BadStream, target: str,
+                      existing: frozenset[str], excluded: bool) -> Refused | None:
+    """Whether a replication stream that brings `found` may be received into `target`."""
+    if isinstance(found, streamcheck.BadStream):
+        return Refused(found.reason)
+    if found.incremental and target not in existing:
+        # zfs would look for the base snapshot elsewhere in the pool (zfs-fuse does)
+        return Refused(f"{target!r} does not exist: an incremental replication stream is "
+                       "received only into an existing filesystem")
+    if found.harmful and not excluded:
+        more = f" and {len(found.harmful) - 3} more" if len(found.harmful) > 3 else ""
+        return Refused(f"the stream would set {'; '.join(found.harmful[:3])}{more}: "
+                       "properties that reach root here, and this zfs cannot leave them "
+                       "out (no receive -x, or it does not run as root); on the source, "
+                       "`zfs inherit` them below the service's parent (or set them off)")
+    return None
 
 
 def _start(argvs: list[list[str]], errors: list[IO[bytes]],
@@ -993,6 +1094,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zfs-command", default="zfs",
                    help="how the agent runs zfs (the definition's destination zfs_command)")
     p.add_argument("--log", metavar="FILE", help="also append log lines to FILE")
+    p.add_argument("--recursive", action="store_true",
+                   help="the one --filesystem is a parent: all below it are the service's, "
+                        "received as one replication stream (the definition's recursive)")
     return p
 
 
@@ -1006,7 +1110,7 @@ def policy_from_args(args: argparse.Namespace) -> Policy:
     return Policy(service=args.service, filesystems=frozenset(args.filesystem),
                   naming=SnapshotNaming(args.source_user, args.destination_user,
                                         args.destination_host),
-                  zfs_argv=zfs_argv)
+                  zfs_argv=zfs_argv, recursive=args.recursive)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -134,6 +134,9 @@ class Service:
     # A filesystem with nothing written since its newest snapshot, which the destination
     # holds, gets no snapshot, send or destroy (unchanged.py); where ZFS has `written`.
     skip_unchanged: bool = False
+    # One stream for a subtree (recursive.py): the one [[filesystem]] is a parent,
+    # replicated with everything below it by `snapshot -r`, `send -R`, one receive.
+    recursive: bool = False
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -250,7 +253,7 @@ _TOP_KEYS = {
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
     "bandwidth_limit", "wire_compression", "buffer", "parallel", "stall_timeout",
-    "skip_unchanged",
+    "skip_unchanged", "recursive",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command", "address"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
@@ -486,6 +489,7 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
     stall_timeout = r.integer("stall_timeout", default=300, minimum=MIN_STALL_TIMEOUT,
                               maximum=MAX_STALL_TIMEOUT)
     skip_unchanged = r.boolean("skip_unchanged", default=False)
+    recursive = r.boolean("recursive", default=False)
     role = r.string("role", required=False, pattern=ROLE_RE,
                     expected='"source" or "destination"') or "source"
     metrics_port = r.integer("metrics_port", default=0, minimum=0, maximum=65535) or None
@@ -578,6 +582,10 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
                    "destinations side by side, none inside another (a forced receive "
                    "into the outer one would destroy the inner one)")
 
+    if recursive:
+        _check_recursive(r, pairs, {"parallel": parallel != 1,
+                                    "skip_unchanged": skip_unchanged}, data)
+
     return Service(
         name=name, source=source, destination=destination, filesystems=tuple(pairs),
         interval=interval, retries=retries, keep_source=keep_source,
@@ -587,8 +595,36 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         metrics_port=metrics_port, metrics_address=metrics_address,
         bandwidth_limit=bandwidth_limit, wire_compression=wire_compression, buffer=buffer,
         parallel=parallel, stall_timeout=stall_timeout, skip_unchanged=skip_unchanged,
-        path=path,
+        recursive=recursive, path=path,
     )
+
+
+# What a recursive service cannot have, and what to do instead: its cycle is one
+# snapshot call, one stream and one receive for the whole subtree.
+_NOT_RECURSIVE = {
+    "parallel": "one stream carries every filesystem, there is nothing to send side by "
+                "side; remove parallel",
+    "skip_unchanged": "`zfs snapshot -r` snapshots every filesystem below the parent "
+                      "together; remove skip_unchanged",
+}
+
+
+def _check_recursive(r: _Reader, pairs: list[FilesystemPair], used: dict[str, bool],
+                     data: dict[str, Any]) -> None:
+    """recursive = true: one [[filesystem]], the parent, whose children are found at
+    every cycle (`zfs list -r`), none listed; no per-filesystem settings."""
+    if len(pairs) != 1:
+        r.fail("filesystem", f"{len(pairs)} [[filesystem]] tables with recursive = true",
+               "exactly one [[filesystem]]: the parent, replicated with every filesystem "
+               "below it (found at each cycle), as one stream into its destination; "
+               "or recursive = false to list filesystems one by one")
+    if pairs[0].mountpoint is not None:
+        r.fail("filesystem[1].mountpoint", "is not used with recursive = true",
+               "no mountpoint: the replicas keep the mountpoints they inherit below the "
+               "destination parent")
+    for key, why in _NOT_RECURSIVE.items():
+        if used[key]:
+            r.fail(key, f"{data[key]!r} does not apply with recursive = true: {why}", None)
 
 
 # ---------------------------------------------------------------------------- writing
@@ -664,6 +700,8 @@ def dump_service(svc: Service) -> str:
         lines.append(f"stall_timeout = {svc.stall_timeout}")
     if svc.skip_unchanged:
         lines.append("skip_unchanged = true")
+    if svc.recursive:
+        lines.append("recursive = true")
     lines += ["", "[source]", *_endpoint_toml(svc.source),
               "", "[destination]", *_endpoint_toml(svc.destination)]
     for pair in svc.filesystems:

@@ -183,7 +183,8 @@ def replicate(replication: Replication | Service, source: Host, destination: Hos
     `capabilities` keeps the hosts' probes beyond this cycle; a failed attempt clears
     it (the next attempt probes again: a host's ZFS may have changed).
     """
-    cycle = Cycle(replication, source, destination, events, capabilities, streams)
+    rep = _replication(replication)
+    cycle = cycle_class(rep)(rep, source, destination, events, capabilities, streams)
     service = cycle.service
     snapshot_taken = False
     attempts = service.retries
@@ -231,4 +232,13 @@ def _send_with_follow_ups(cycle: Cycle, cp: CyclePlan) -> CyclePlan:
 
 def dry_run(replication: Replication | Service, source: Host, destination: Host
             ) -> CyclePlan:
-    return Cycle(replication, source, destination).survey(take_snapshot=True)
+    rep = _replication(replication)
+    return cycle_class(rep)(rep, source, destination).survey(take_snapshot=True)
+
+
+def cycle_class(rep: Replication) -> type[Cycle]:
+    if rep.service.recursive:  # one stream for the subtree
+        from zfsrepl.recursive import RecursiveCycle
+
+        return RecursiveCycle
+    return Cycle

@@ -24,6 +24,15 @@ one of the argument forms zfsrepl sends on that side, on those filesystems:
     set zfsrepl:role=..., readonly=on|off  destination: the failover's marks
     mount, unmount FS
 
+A recursive service's rule (`"recursive": true`: its one filesystem is a parent, every
+filesystem below it is the service's too) adds, for that parent only:
+
+    snapshot -r FS@S                       source: the whole subtree at once
+    send -R [-i|-I FS@BASE] FS@S           source: the subtree as one replication stream
+    destroy -r FS@S                        both sides: the service's own name
+    receive -u FS                          destination, in place of the forms above: only
+                                           a replication stream, checked as the agent does
+
 Everything else (other properties, mountpoint among them; other datasets; options
 zfsrepl never gives) is refused with one line on standard error naming what, exit
 EXIT_REFUSED, before anything runs. zfs runs with a clean environment, by the absolute
@@ -84,10 +93,14 @@ class Rule:
     side: str  # "source" or "destination"
     filesystems: frozenset[str]
     naming: SnapshotNaming
+    recursive: bool = False
 
     def policy(self) -> agent.Policy:
         return agent.Policy(service=self.service, filesystems=self.filesystems,
-                            naming=self.naming, zfs_argv=("zfs",))
+                            naming=self.naming, zfs_argv=("zfs",), recursive=self.recursive)
+
+    def owns(self, name: str) -> bool:
+        return self.policy().owns(name)
 
     @property
     def maintenance_property(self) -> str:
@@ -95,12 +108,14 @@ class Rule:
                                             for c in self.service)
 
     def to_json(self) -> str:
-        return json.dumps({"service": self.service, "side": self.side,
-                           "filesystems": sorted(self.filesystems),
-                           "source_user": self.naming.source_user,
-                           "destination_user": self.naming.destination_user,
-                           "destination_host": self.naming.destination_host},
-                          indent=1, sort_keys=True) + "\n"
+        data: dict[str, object] = {
+            "service": self.service, "side": self.side, "filesystems": sorted(self.filesystems),
+            "source_user": self.naming.source_user,
+            "destination_user": self.naming.destination_user,
+            "destination_host": self.naming.destination_host}
+        if self.recursive:
+            data["recursive"] = True
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
 @dataclass(frozen=True)
@@ -109,6 +124,7 @@ class Run:
 
     args: tuple[str, ...]
     stream: bool = False  # a receive: its stream is checked, properties excluded
+    replication: bool = False  # a recursive service's receive: only a `send -R` stream
     # a receive the agent's checks must look at first (the reach of -F, an incremental
     # into an existing filesystem): agent.inspect_args / agent.judge
     check: agent.RunZfs | None = None
@@ -145,8 +161,9 @@ def parse_rule(text: str, where: str) -> Rule | str:
         return f"{where}: not JSON ({exc})"
     keys = {"service", "side", "filesystems", "source_user", "destination_user",
             "destination_host"}
-    if not isinstance(data, dict) or set(data) != keys:
-        return f"{where}: must hold exactly {', '.join(sorted(keys))}"
+    if not isinstance(data, dict) or set(data) - {"recursive"} != keys:
+        return f"{where}: must hold exactly {', '.join(sorted(keys))} (and recursive)"
+    recursive = data.pop("recursive", False)
     words = [data[k] for k in sorted(keys - {"filesystems"})]
     if not all(isinstance(w, str) and w and not _CONTROL_RE.search(w) for w in words):
         return f"{where}: service, side and the user and host names must be plain text"
@@ -160,10 +177,12 @@ def parse_rule(text: str, where: str) -> Rule | str:
         problem = dataset_problem(fs)
         if problem:
             return f"{where}: filesystem {fs!r} {problem}"
+    if not isinstance(recursive, bool) or (recursive and len(filesystems) != 1):
+        return f"{where}: recursive must be true or false, true only with one filesystem"
     return Rule(service=data["service"], side=data["side"],
                 filesystems=frozenset(filesystems),
                 naming=SnapshotNaming(data["source_user"], data["destination_user"],
-                                      data["destination_host"]))
+                                      data["destination_host"]), recursive=recursive)
 
 
 def _root_only(path: str, st: os.stat_result, owner: int, kind: int) -> str | None:
@@ -235,7 +254,7 @@ def decide(args: Sequence[str], rules: Sequence[Rule], user: str = "this user") 
         refusals.append((rule, found))
     named = _datasets_named(args)
     for rule, refusal in refusals:
-        if named & rule.filesystems:
+        if any(rule.owns(name) for name in named):
             return refusal  # the service the request is about says why
     if len(refusals) == 1:
         return refusals[0][1]
@@ -267,7 +286,8 @@ def _decide_for(args: list[str], rule: Rule) -> Decision:
     check = dataclasses.replace(decision, changes=())  # the interlock guards against
     # the other host; the local user ends takeovers and runs failbacks
     return Run(decision.args, stream=decision.stream,
-               check=check if agent.inspect_args(check) else None, rule=rule)
+               check=check if agent.inspect_args(check) else None, rule=rule,
+               replication=decision.replication is not None)
 
 
 def _without_exclusions(args: list[str]) -> list[str]:
@@ -282,7 +302,7 @@ def _without_exclusions(args: list[str]) -> list[str]:
 
 
 def _own_fs(name: str, rule: Rule) -> Refused | None:
-    if name not in rule.filesystems:
+    if not rule.owns(name):
         return Refused(f"{name!r} is not a {rule.side} filesystem of service {rule.service}")
     return None
 
@@ -302,6 +322,10 @@ def _own_name(name: str, sep: str, rule: Rule, what: str) -> Refused | None:
 
 
 def _snapshot(args: list[str], rule: Rule) -> Decision:
+    if rule.recursive and args[1:2] == ["-r"] and len(args) == 3:
+        # the whole subtree at once: only from the parent
+        return _parent_snapshot(args[2], rule, "snapshot -r") or \
+            _own_name(args[2], "@", rule, "snapshot") or Run(tuple(args))
     if rule.side != "source" or len(args) < 2:
         return Refused("zfs snapshot is allowed only on the source, as: snapshot FS@SNAP...")
     for name in args[1:]:
@@ -344,7 +368,34 @@ def _snapshot_of_own(name: str, rule: Rule, sep: str = "@") -> Refused | None:
     return _own_fs(fs, rule)
 
 
+def _parent_snapshot(name: str, rule: Rule, what: str) -> Refused | None:
+    if rule.side != "source" or name.partition("@")[0] not in rule.filesystems:
+        return Refused(f"zfs {what} is allowed only on the source, of the parent "
+                       f"{' or '.join(sorted(rule.filesystems))} of service {rule.service}")
+    return None
+
+
+def _send_subtree(args: list[str], rule: Rule) -> Decision:
+    """send -R [-i|-I PARENT@BASE] PARENT@SNAP: the subtree of a recursive service."""
+    rest = args[2:]
+    if len(rest) == 3 and rest[0] in ("-i", "-I"):
+        if rest[1].partition("@")[0] != rest[2].partition("@")[0]:
+            return Refused(f"an incremental send's base {rest[1]!r} must be of the same "
+                           f"filesystem as {rest[2]!r}")
+        refused = _parent_snapshot(rest[1], rule, "send -R") or \
+            _snapshot_of_own(rest[1], rule)
+        if refused:
+            return refused
+        rest = rest[2:]
+    if len(rest) != 1:
+        return Refused("zfs send -R is allowed only as: send -R [-i|-I FS@BASE] FS@SNAP")
+    return _parent_snapshot(rest[0], rule, "send -R") or _snapshot_of_own(rest[0], rule) \
+        or Run(tuple(args))
+
+
 def _send(args: list[str], rule: Rule) -> Decision:
+    if rule.recursive and args[1:2] == ["-R"]:
+        return _send_subtree(args, rule)
     usage = ("zfs send is allowed only on the source, as: send [-nvP] [-w | -c -L -e] "
              "[-i FS@BASE | -I FS@BASE | -i FS#BASE] FS@SNAP")
     if rule.side != "source":
@@ -486,12 +537,17 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signum)
 
 
-def receive(argv: list[str]) -> int:
-    """Run a receive after a look at the stream's first record (as the agent does)."""
+def receive(argv: list[str], decision: Run | None = None,
+            existing: frozenset[str] = frozenset(), excluded: bool = False) -> int:
+    """Run a receive after a look at the stream's first record (as the agent does);
+    a recursive service's, after a look at its list of filesystems too."""
+    run = decision.check if decision is not None and decision.check is not None \
+        else agent.RunZfs(tuple(argv[1:]))
     header = agent._read_up_to(0, streamcheck.HEADER_BYTES)
-    checked = streamcheck.check_begin(header)
-    if isinstance(checked, streamcheck.BadStream):
+    checked = agent.read_stream(header, 0, run, existing, excluded)
+    if isinstance(checked, agent.Refused):
         return refuse(checked.reason)
+    header = checked
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
@@ -525,6 +581,7 @@ def main(argv: Sequence[str], zfs: str, rules_dir: str = RULES_DIR) -> int:
     if isinstance(decision, Refused):
         return refuse(decision.reason)
     run_args: tuple[str, ...] = decision.args
+    existing: frozenset[str] = frozenset()
     if decision.check is not None and decision.rule is not None:
         look = agent.inspect_args(decision.check)
         if look:
@@ -533,10 +590,12 @@ def main(argv: Sequence[str], zfs: str, rules_dir: str = RULES_DIR) -> int:
                 agent.judge(decision.check, roles, decision.rule.policy())
             if refused:
                 return refuse(refused.reason)
+            existing = frozenset(roles) if isinstance(roles, dict) else frozenset()
     if decision.stream:
-        if agent.probe_exclusions([zfs]):
+        excluded = agent.probe_exclusions([zfs])
+        if excluded:
             run_args = agent.with_exclusions(run_args)
-        return receive([zfs, *run_args])
+        return receive([zfs, *run_args], decision, existing, excluded)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(zfs, [zfs, *run_args], ENVIRONMENT)

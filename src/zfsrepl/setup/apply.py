@@ -68,6 +68,8 @@ def forced_argv(svc: Service, zfsrepl: str, log_file: str) -> list[str]:
             "--log", log_file]
     for pair in svc.filesystems:
         argv += ["--filesystem", pair.destination]
+    if svc.recursive:
+        argv.append("--recursive")
     return argv
 
 
@@ -99,7 +101,7 @@ def root_step(svc: Service, side: str, places: Places) -> RootStep:
         own = frozenset(p.source if side == "source" else p.destination
                         for p in svc.filesystems)
         sudo_rule = zfswrap.Rule(service=svc.name, side=side, filesystems=own,
-                                 naming=svc.naming).to_json()
+                                 naming=svc.naming, recursive=svc.recursive).to_json()
         digest = rootscript.wrapper_digest(rootscript.wrapper_modules())
     return RootStep(side=side, host=ep.host, user=ep.user, service=svc.name,
                     config_dir=str(cfg), definition_file=file,
