@@ -455,8 +455,11 @@ def _inherit(args: list[str], rule: Rule) -> Decision:
 
 
 def _get(args: list[str], rule: Rule) -> Decision:
-    heads = (["get", "-Hp", "-o", "property,value"], ["get", "-H", "-s", "local", "-o",
-                                                       "name,value"])
+    # reads of the service's own filesystems' properties: the capability probes, the
+    # failover's look at local properties, skip_unchanged's `written`
+    heads = (["get", "-Hp", "-o", "property,value"],
+             ["get", "-H", "-s", "local", "-o", "name,value"],
+             ["get", "-H", "-p", "-o", "name,value"])
     for head in heads:
         if args[:len(head)] == head and len(args) > len(head) + 1:
             props = args[len(head)].split(",")

@@ -98,6 +98,7 @@ def source_forms() -> list[list[str]]:
     z.bookmark(SRC1, NAMING.format(6))
     z.destroy_bookmark(SRC1, NAMING.format(5))
     z.get_properties(SRC1, ["written"])
+    z.written([SRC1, SRC2])  # skip_unchanged's look
     for send, kw in ((Send(base=None, target=NAMING.format(6)), {}),
                      (Send(base=NAMING.format(5), target=NAMING.format(6)), {}),
                      (Send(base=NAMING.format(5), target=NAMING.format(6),
