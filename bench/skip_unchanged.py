@@ -112,9 +112,17 @@ def main() -> int:
                     if v == "skip":
                         skipped[n].append(left)
                 print(f"  {n} fs, round {i + 1}: "
-                      + "  ".join(f"{v} {times[(n, v)][-1]:.2f}s" for v in VARIANTS),
-                      flush=True)
+                      + "  ".join(f"{v} {times[(n, v)][-1]:.2f}s" for v in VARIANTS)
+                      + f" (skip left {skipped[n][-1]} of {n} alone)", flush=True)
+        report(counts, args.rounds, times, skipped, loads)
 
+    return 0
+
+
+def report(counts: list[int], rounds: int, times: dict[tuple[int, str], list[float]],
+           skipped: dict[int, list[int]], loads: dict[int, str]) -> None:
+    """Write the section (before the lab is cleaned up: a cleanup that fails under
+    load must not lose the figures)."""
     med = {k: bl.median(v) for k, v in times.items()}
     rows = [[n, " ".join(f"{t:.2f}" for t in times[(n, "skip")]), f"{med[(n, 'skip')]:.2f}",
              " ".join(f"{t:.2f}" for t in times[(n, "every")]), f"{med[(n, 'every')]:.2f}",
@@ -127,11 +135,11 @@ def main() -> int:
              if _backend == "openzfs" else
              "zfs-fuse, which has no `written` property: the key has no effect there, and "
              "these figures only show that the benchmark runs")
-    lines = ["## 9. skip_unchanged: a cycle that finds nothing changed", "",
+    lines = ["## 10. skip_unchanged: a cycle that finds nothing changed", "",
              f"On {where}. Load average at the start of each size: "
              + ", ".join(f"{n} fs: {loads[n]}" for n in counts) + ". "
              f"Two services per size, each on its own tree, keep = {KEEP}, {WARMUP} cycles "
-             f"each before measuring, then {args.rounds} rounds alternating, nothing written "
+             f"each before measuring, then {rounds} rounds alternating, nothing written "
              "in between: `skip` has `skip_unchanged = true`, `every` does not (a snapshot, "
              "send and destroy per filesystem each cycle). Wall time of a whole `zfsrepl "
              "runonce`.", "",
@@ -142,7 +150,6 @@ def main() -> int:
              f"(target < 3), {ratio_every:.2f} x without", ""]
     bl.write_section("skip_unchanged", lines)
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
