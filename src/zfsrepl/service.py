@@ -384,6 +384,13 @@ class Daemon:
 
     def load(self) -> Service:
         svc = config.load_service(self.config_dir, self.name)
+        if svc.is_destination_copy:
+            # it would replicate forward from the replica's host, over its own chain
+            raise UsageError(
+                f"{svc.path or svc.name} is the destination's copy of service {svc.name} "
+                f"(role = \"destination\"): the service runs on its source host "
+                f"{svc.source.host}; here `zfsrepl runonce {svc.name}` replicates back "
+                "(failback)")
         hooks.check_executable("on_alarm", svc.on_alarm, svc.path)
         return svc
 

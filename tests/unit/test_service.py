@@ -6,6 +6,7 @@ tests send real signals to this process and cut a real pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from zfsrepl import interrupts, lock, log, service, state
 from zfsrepl.config import Endpoint, FilesystemPair, Service, dump_service
 from zfsrepl.cycle import CycleEvents
-from zfsrepl.errors import CommandError, ConfigError, ZfsreplError
+from zfsrepl.errors import CommandError, ConfigError, UsageError, ZfsreplError
 from zfsrepl.lock import FileLock
 from zfsrepl.managers import EXIT_MAINTENANCE
 from zfsrepl.service import Daemon, Signals, Stopped, next_start
@@ -647,3 +648,18 @@ def test_runonce_exits_143_on_sigterm_while_waiting_for_the_lock(
     assert code == runonce.EXIT_TERMINATED == 143
     assert "terminated" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_run_refuses_the_destinations_copy_and_changes_nothing(dirs: Dirs) -> None:
+    dirs.write(dataclasses.replace(make_service(), role="destination"))
+    cycles: list[int] = []
+
+    def cycle(svc: Service, events: CycleEvents,
+              sleep: Callable[[float], None]) -> dict[str, Newest]:
+        cycles.append(1)
+        return {}
+
+    with pytest.raises(UsageError, match=r"destination's copy .* runonce .* \(failback\)"):
+        Daemon(dirs.config, dirs.state, dirs.log, NAME, runner=cycle).run()
+    assert cycles == []
+    assert not dirs.paths.folder.exists()
