@@ -96,7 +96,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import IO, Callable, NoReturn, Sequence, Union
 
-from zfsrepl import __version__, capabilities, streamcheck
+from zfsrepl import __version__, capabilities, streamcheck, zfserrors
 from zfsrepl.naming import SnapshotNaming
 
 # The properties the cycle lists (zfs.py `_LIST_PROPS`; a unit test keeps them equal),
@@ -724,7 +724,7 @@ def inspect(zfs_argv: Sequence[str], args: list[str]) -> dict[str, str] | Refuse
         # a missing filesystem is an answer (a full receive creates it); anything else
         # is a check that could not be made
         problems = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines()
-                    if ln.strip() and "does not exist" not in ln]
+                    if ln.strip() and zfserrors.kind_of_line(ln) is not zfserrors.DatasetMissing]
         if problems or proc.returncode < 0:
             return Refused(f"cannot read {what}: "
                            f"{problems[0] if problems else f'zfs exit {proc.returncode}'}")

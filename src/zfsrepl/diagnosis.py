@@ -21,7 +21,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Union
 
+from zfsrepl import zfserrors
 from zfsrepl.chain import ChainState, Common, Receiver, Sender, Verdict, compare
+from zfsrepl.errors import CommandError, ConnectionFailed, LoginRefused, ZfsreplError
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot, by_age
 
@@ -276,11 +278,13 @@ def _diverged(c: Chains, state: ChainState, common: Common, naming: SnapshotNami
     return Finding(Kind.RECEIVER_HAS_EXTRA, text, cmds, repairs)
 
 
-def diagnose_access(error: str, side: Side, service: str, *, via_agent: bool) -> Finding:
-    """Why a side could not be listed, from the error text, with what fixes it."""
-    low = error.lower()
-    if "permission denied (publickey" in low or "too many authentication failures" in low \
-            or ("permission denied" in low and "ssh" in low and "zfs" not in low):
+def diagnose_access(exc: ZfsreplError, side: Side, service: str, *, via_agent: bool
+                    ) -> Finding:
+    """Why a side could not be listed, from the kind of error, with what fixes it."""
+    error = str(exc)
+    if isinstance(exc, CommandError):
+        exc = zfserrors.typed(exc)
+    if isinstance(exc, LoginRefused):
         how = (f"on {side.host} as {side.user}: the service's key is no longer in "
                "~/.ssh/authorized_keys (after `zfsrepl lockoutkey` this is intended). To let "
                f"the service in again, run on the source: zfsrepl setup -r RESPONSE_FILE "
@@ -289,14 +293,10 @@ def diagnose_access(error: str, side: Side, service: str, *, via_agent: bool) ->
                "there, or run the command in a terminal to be asked for the password")
         return Finding(Kind.KEY_REJECTED,
                        f"the {side.label} refused the login: {error}", (how,))
-    if any(w in low for w in ("connection refused", "timed out", "no route to host",
-                              "could not resolve", "network is unreachable",
-                              "cannot connect", "lost the connection")):
+    if isinstance(exc, ConnectionFailed):
         return Finding(Kind.UNREACHABLE, f"the {side.label} cannot be reached: {error}",
                        (f"check that {side.host} is up and its sshd answers",))
-    if any(w in low for w in ("permission denied", "password is required",
-                              "a terminal is required", "not permitted",
-                              "insufficient privileges", "refused:")):
+    if isinstance(exc, zfserrors.PermissionDenied):
         return Finding(
             Kind.MISSING_RIGHTS,
             f"{side.user} on {side.host} may not run the zfs commands the service needs: "

@@ -138,7 +138,7 @@ def _list_both(report: Report, local: Zfs, remote: Zfs, via_agent: bool
         resumable = local.capabilities().resume
     except ZfsreplError as exc:
         report.findings.append((f"{report.sending.label}", diagnosis.diagnose_access(
-            str(exc), report.sending, rep.name, via_agent=False)))
+            exc, report.sending, rep.name, via_agent=False)))
     try:
         # the token of a cut receive, read where a cycle reads it (both sides resume)
         resumable = resumable and remote.capabilities().resume
@@ -146,7 +146,7 @@ def _list_both(report: Report, local: Zfs, remote: Zfs, via_agent: bool
                                    (RESUME_TOKEN,) if resumable else ())
     except ZfsreplError as exc:
         report.findings.append((f"{report.receiving.label}", diagnosis.diagnose_access(
-            str(exc), report.receiving, rep.name, via_agent=via_agent)))
+            exc, report.receiving, rep.name, via_agent=via_agent)))
     return snd_states, rcv_states
 
 

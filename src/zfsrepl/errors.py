@@ -38,5 +38,9 @@ class ConnectionFailed(CommandError):
     """The remote host could not be reached or refused the login."""
 
 
+class LoginRefused(ConnectionFailed):
+    """The remote host answered, and refused the login (the key, or the password)."""
+
+
 class ReplicationError(ZfsreplError):
     """The cycle cannot proceed for a reason in ZFS state (no common snapshot, ...)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -25,7 +26,7 @@ from typing import IO, Callable, Protocol
 
 from zfsrepl.capabilities import WIRE_TOOLS
 from zfsrepl.config import Endpoint
-from zfsrepl.errors import CommandError, ConnectionFailed, ZfsreplError
+from zfsrepl.errors import CommandError, ConnectionFailed, LoginRefused, ZfsreplError
 from zfsrepl.log import commands_logger
 
 SSH_CONNECT_TIMEOUT = 10
@@ -82,6 +83,17 @@ def ssh_error(text: str, host: str) -> str:
                 "host you mean, then put its key in the service user's known_hosts "
                 f"(ssh-keygen -R {host}, then ssh to it once, or ssh-keyscan)")
     return first_line(text)
+
+
+# What ssh says when the host answered and refused to let the user in.
+_LOGIN_REFUSED = re.compile(r"permission denied \(|too many authentication failures",
+                            re.IGNORECASE)
+
+
+def login_refused(text: str) -> bool:
+    """Whether ssh's error output says the login was refused (rather than the host not
+    reached): the one place that tells the two apart."""
+    return _LOGIN_REFUSED.search(text) is not None
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
@@ -269,17 +281,23 @@ class SshHost:
         deadline = time.monotonic() + self.connect_timeout + 5
         while not os.path.exists(path):
             if self._master.poll() is not None or time.monotonic() > deadline:
-                reason = self._master_error() or "connection timed out"
+                text = self._master_text()
+                reason = ssh_error(text, self.endpoint.host) or "connection timed out"
                 self._stop_master()
-                raise ConnectionFailed(f"cannot connect to {self.label}: {reason}", argv=argv)
+                failure = LoginRefused if login_refused(text) else ConnectionFailed
+                raise failure(f"cannot connect to {self.label}: {reason}", argv=argv,
+                              stderr=text)
             time.sleep(0.01)
 
-    def _master_error(self) -> str:
+    def _master_text(self) -> str:
+        """What the master's ssh printed."""
         if self._master_err is None:
             return ""
         self._master_err.seek(0)
-        return ssh_error(self._master_err.read().decode("utf-8", "replace"),
-                         self.endpoint.host)
+        return self._master_err.read().decode("utf-8", "replace")
+
+    def _master_error(self) -> str:
+        return ssh_error(self._master_text(), self.endpoint.host)
 
     def command(self, argv: list[str]) -> list[str]:
         return self.remote_command(" ".join(shlex.quote(a) for a in argv))

@@ -325,7 +325,8 @@ class Zfs:
                  *(p for p in FS_LIST_PROPS if p in extra and p != ROLE_PROPERTY))
         result = self.host.run(self.argv("get", "-Hp", "-o", "name,property,value",
                                          ",".join(props), *filesystems), check=False)
-        refused = result.returncode == _EXIT_REFUSED and "refused" in result.stderr
+        refused = result.returncode == _EXIT_REFUSED \
+            and zfserrors.says(result.stderr, zfserrors.RefusedByRule)
         if refused or (result.returncode != 0
                        and isinstance(self._failed(result), zfserrors.UnknownProperty)):
             if refused:
@@ -348,7 +349,8 @@ class Zfs:
         result = self.host.run(self.argv("get", "-Hp", "-o", "name,property,value",
                                          ",".join(props), *filesystems, *snapshots),
                                check=False)
-        if result.returncode == _EXIT_REFUSED and "refused" in result.stderr:
+        if result.returncode == _EXIT_REFUSED \
+            and zfserrors.says(result.stderr, zfserrors.RefusedByRule):
             # a zfs wrapper (sudo) has no such form: not asked again by this process
             self._no_changed = True
             if self._cache is not None:

@@ -39,6 +39,11 @@ class PermissionDenied(ZfsError):
     """The user may not do this: no delegated right, no root, no access to zfs."""
 
 
+class RefusedByRule(PermissionDenied):
+    """The service's agent or the zfs wrapper refused the command: it is not one of the
+    forms this service may run there."""
+
+
 class NoSpace(ZfsError):
     """The pool (or a quota) is full."""
 
@@ -84,6 +89,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], type[ZfsError]], ...] = tuple(
         (r"has been modified", DestinationModified),
         (r"most recent snapshot of \S+ does not|match incremental source", IncrementalMismatch),
         (r"out of space|no space left|quota exceeded", NoSpace),
+        (r"^zfsrepl (agent|zfs wrapper): refused: ", RefusedByRule),
         (r"permission denied|insufficient privileges|not permitted|"
          r"password is required|a terminal is required", PermissionDenied),
         (r"dataset does not exist|destination '?\S+'? does not exist|"

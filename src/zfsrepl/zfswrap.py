@@ -41,7 +41,8 @@ path the root script found, with an argv list: never a shell.
 The forms the agent accepts are checked by the agent's own grammar (agent.decide) with
 the service's destination filesystems; this module adds the other side's forms and the
 ones zfsrepl runs locally. Standard library only, bare Python 3.9: it runs as root from
-its own copy, importing nothing but the agent, naming, capabilities and streamcheck.
+its own copy, importing nothing but the agent, naming, capabilities, streamcheck and
+the typed zfs errors (zfserrors, errors).
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ WRAPPER_PATH = f"{INSTALL_DIR}/zfs"  # named zfs: it stands in for zfs in zfs_co
 LIB_DIR = f"{INSTALL_DIR}/lib"
 RULES_DIR = "/etc/zfsrepl-sudo"
 # What the root script copies into LIB_DIR/zfsrepl: this module and what it imports.
-MODULES = ("__init__.py", "agent.py", "capabilities.py", "naming.py", "streamcheck.py",
-           "zfswrap.py")
+MODULES = ("__init__.py", "agent.py", "capabilities.py", "errors.py", "naming.py",
+           "streamcheck.py", "zfserrors.py", "zfswrap.py")
 EXIT_REFUSED = agent.EXIT_REFUSED
 # zfs runs with this environment and nothing the user had (sudo resets most of it; this
 # resets the rest).

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from zfsrepl import diagnosis
+from zfsrepl import diagnosis, zfserrors
 from zfsrepl.diagnosis import (
     Chains,
     ClearMaintenance,
@@ -16,6 +16,7 @@ from zfsrepl.diagnosis import (
     Side,
     diagnose,
 )
+from zfsrepl.errors import CommandError, ConnectionFailed, LoginRefused
 from zfsrepl.naming import SnapshotNaming
 from zfsrepl.snapshots import Snapshot
 
@@ -139,20 +140,34 @@ def test_repairs_only_touch_own_snapshots_and_roll_back_to_common() -> None:
                 assert N.is_ours(r.snapshot) and target.guid not in src_guids
 
 
+def _zfs_failed(stderr: str) -> CommandError:
+    """A zfs command on the destination that failed saying `stderr`, as zfs.py raises it."""
+    return zfserrors.failed(f"dst@h: {stderr}", argv=["zfs", "get"], stderr=stderr,
+                            returncode=1)
+
+
 @pytest.mark.parametrize("error,kind", [
-    ("cannot connect to dst@h: dst@h: Permission denied (publickey).", Kind.KEY_REJECTED),
-    ("cannot connect to dst@h: ssh: connect to host h port 22: Connection refused",
-     Kind.UNREACHABLE),
-    ("cannot connect to dst@h: connection timed out", Kind.UNREACHABLE),
-    ("dst@h: sudo: a password is required", Kind.MISSING_RIGHTS),
-    ("dst@h: cannot open 'p/fs': permission denied", Kind.MISSING_RIGHTS),
-    ("dst@h: zfsrepl agent: refused: zfs get may read only ...", Kind.MISSING_RIGHTS),
-    ("dst@h: something odd", Kind.UNKNOWN_ERROR),
+    (LoginRefused("cannot connect to dst@h: dst@h: Permission denied (publickey)."),
+     Kind.KEY_REJECTED),
+    (ConnectionFailed("cannot connect to dst@h: ssh: connect to host h port 22: Connection "
+                      "refused"), Kind.UNREACHABLE),
+    (ConnectionFailed("cannot connect to dst@h: connection timed out"), Kind.UNREACHABLE),
+    (ConnectionFailed("lost the connection to dst@h: Broken pipe"), Kind.UNREACHABLE),
+    (_zfs_failed("sudo: a password is required"), Kind.MISSING_RIGHTS),
+    (_zfs_failed("cannot open 'p/fs': permission denied"), Kind.MISSING_RIGHTS),
+    (_zfs_failed("zfsrepl agent: refused: zfs get may read only ..."), Kind.MISSING_RIGHTS),
+    (_zfs_failed("zfsrepl zfs wrapper: refused: zfs get ..."), Kind.MISSING_RIGHTS),
+    # an untyped error whose text names the reason: typed here, where zfs's words are read
+    (CommandError("dst@h: cannot open", stderr="cannot open 'p/fs': permission denied"),
+     Kind.MISSING_RIGHTS),
+    # words in a message are not a kind: only the type decides
+    (CommandError("dst@h: Permission denied (publickey) in a file name"), Kind.UNKNOWN_ERROR),
+    (CommandError("dst@h: something odd"), Kind.UNKNOWN_ERROR),
 ])
-def test_access_problems(error: str, kind: Kind) -> None:
+def test_access_problems(error: CommandError, kind: Kind) -> None:
     f = diagnosis.diagnose_access(error, RCV, "svc", via_agent=True)
     assert f.kind is kind and not f.healthy
-    assert error in f.explanation
+    assert str(error) in f.explanation
 
 
 def test_maintenance_is_cleared_only_when_the_chains_allow() -> None:

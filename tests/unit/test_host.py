@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zfsrepl.config import Endpoint
-from zfsrepl.host import SshHost, die_with_parent, ssh_error
+from zfsrepl.host import SshHost, die_with_parent, login_refused, ssh_error
 
 from .processes import gone, wait_gone
 
@@ -142,3 +142,17 @@ def test_a_changed_host_key_is_one_line_naming_the_host_and_what_to_check() -> N
     assert "its host key is not in known_hosts" in unknown
     assert ssh_error("ssh: connect to host x port 22: Connection refused\n", "x") == \
         "ssh: connect to host x port 22: Connection refused"
+
+
+@pytest.mark.parametrize("text,refused", [
+    ("dst@h: Permission denied (publickey).\n", True),
+    ("dst@h: Permission denied (publickey,password).\n", True),
+    ("Received disconnect from 198.51.100.12 port 22:2: Too many authentication failures\n",
+     True),
+    ("ssh: connect to host h port 22: Connection refused\n", False),
+    ("ssh: connect to host h port 22: Connection timed out\n", False),
+    ("Host key verification failed.\n", False),
+    ("", False),
+])
+def test_a_refused_login_is_told_from_an_unreachable_host(text: str, refused: bool) -> None:
+    assert login_refused(text) is refused

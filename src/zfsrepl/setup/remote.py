@@ -17,13 +17,12 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from zfsrepl import zfserrors
 from zfsrepl.config import Endpoint
 from zfsrepl.errors import CommandError, ConnectionFailed
 from zfsrepl.host import Host, SshHost, first_line
 from zfsrepl.setup.probe import ZfsProbe
 from zfsrepl.setup.rootscript import RootStep
-
-_MISSING = "dataset does not exist"
 
 
 def dataset_state(host: Host, zfs_argv: list[str], name: str) -> str | None:
@@ -36,7 +35,7 @@ def dataset_state(host: Host, zfs_argv: list[str], name: str) -> str | None:
         return str(exc)
     if result.returncode == 0 and result.stdout.strip() == name:
         return None
-    if _MISSING in result.stderr:
+    if zfserrors.says(result.stderr, zfserrors.DatasetMissing):
         return "missing"
     return first_line(result.stderr) or f"exit code {result.returncode}"
 
