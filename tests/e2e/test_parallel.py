@@ -102,10 +102,7 @@ def leftovers(lab: Lab, area: Area, repl: ZfsreplCli, masters_before: set[str]) 
     socket that was not there before."""
     found = []
     for host in lab.hosts:
-        out = host.root(["ps", "-eo", "pid=,args="]).stdout.decode()
-        for line in out.splitlines():
-            if "ps -eo" in line:
-                continue
+        for line in host.processes():
             ours = (f"{area.src}/" in line or f"{area.dst}/" in line or str(repl.base) in line
                     or any(path in line for path in control_paths([line]) - masters_before))
             if ours:
@@ -119,7 +116,7 @@ def control_paths(lines: list[str]) -> set[str]:
 
 
 def ssh_lines(lab: Lab) -> list[str]:
-    return lab.src.root(["ps", "-eo", "pid=,args="]).stdout.decode().splitlines()
+    return lab.src.processes()
 
 
 @pytest.mark.parametrize("command", ["runonce", "run"])

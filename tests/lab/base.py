@@ -115,6 +115,19 @@ class LabHost(abc.ABC):
         """Run ``argv`` as root on this host (administration: ``zfs create``, ``rm`` ...)."""
         return self._run(self.command(argv, root=True, env=env), argv, input, check, timeout)
 
+    def processes(self) -> list[str]:
+        """``pid args`` of every process in this host's network namespace. Another lab on
+        the machine (a second VM, the other backend) runs commands naming the same pools
+        and areas: they are not this host's, and a test must neither count nor kill them."""
+        here = _text(self.root(["readlink", "/proc/self/ns/net"]).stdout).strip()
+        out = _text(self.root(["ps", "-eo", "netns=,pid=,args="]).stdout)
+        found = []
+        for line in out.splitlines():
+            netns, _, rest = line.strip().partition(" ")
+            if f"net:[{netns}]" == here and "ps -eo" not in rest:
+                found.append(rest.strip())
+        return found
+
     def zfs(self, *args: str, timeout: Optional[float] = DEFAULT_TIMEOUT) -> str:
         """``zfs ARGS`` as root on this host; its stdout."""
         return _text(self.root(["zfs", *args], timeout=timeout).stdout)
