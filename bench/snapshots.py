@@ -67,8 +67,6 @@ from zfsrepl.zfs import Zfs  # noqa: E402
 
 ROUNDS_INPROCESS = 5
 OPENZFS = _backend == "openzfs"
-# zfs snapshots per `zfs snapshot` call while setting up on OpenZFS (zfs-fuse: one)
-SNAPSHOT_BATCH = 500
 # runonce --debug: a full listing is this command, on either host
 FULL_LISTING = re.compile(r"running .*get -Hp -r -d 1 ")
 LISTING = ["get", "-Hp", "-r", "-d", "1", "-o", "name,property,value",
@@ -136,24 +134,18 @@ class Chain:
         own = self.own()
         add = total - len(names)
         first = own[-1] + 1
+        # one `zfs snapshot` per snapshot: neither ZFS takes two of one filesystem in
+        # one call (nor in one channel program: one per filesystem and transaction group)
         create = bl.timed(lambda: bl.root_script(
             self.lab.src, 'i=$3; end=$(($3 + $4)); while [ "$i" -lt "$end" ]; do '
             'zfs snapshot "$1@$2$i"; i=$((i + 1)); done',
-            self.fs, self.prefix, str(first), str(add)) if not OPENZFS else self._batched(
-            first, add))
+            self.fs, self.prefix, str(first), str(add)))
         dst_newest = bl.snapshot_names(self.lab.dst, self.dst)[-1]
         top = f"{self.prefix}{first + add - 1}"
         catchup = bl.timed(lambda: bl.user_script(
             self.lab.src, f'zfs send -I "@$4" "$1" | {bl.RAW_SSH} "$3" zfs receive -u -F "$2"',
             f"{self.fs}@{top}", self.dst, self.host, dst_newest))
         return add, create, catchup
-
-    def _batched(self, first: int, add: int) -> None:
-        """OpenZFS takes many snapshots in one call: SNAPSHOT_BATCH at a time."""
-        for start in range(first, first + add, SNAPSHOT_BATCH):
-            names = [f"{self.fs}@{self.prefix}{i}"
-                     for i in range(start, min(start + SNAPSHOT_BATCH, first + add))]
-            bl.root_script(self.lab.src, 'zfs snapshot "$@"', *names)
 
     def zfsrepl(self) -> float:
         return bl.timed(lambda: self.repl.run("runonce", "many", timeout=1800))

@@ -28,6 +28,7 @@ DEFAULT_STATE_DIR = "/var/lib/zfsrepl"
 DEFAULT_LOG_DIR = "/var/log/zfsrepl"
 
 ROLE_RE = re.compile(r"^(source|destination)$")
+LISTING_CACHE_RE = re.compile(r"^(auto|on|off)$")
 SERVICE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.:\[\]%-]{1,253}$")
@@ -137,6 +138,9 @@ class Service:
     # One stream for a subtree (recursive.py): the one [[filesystem]] is a parent,
     # replicated with everything below it by `snapshot -r`, `send -R`, one receive.
     recursive: bool = False
+    # The listing cache (listing_cache.py): "auto" from 1,000 snapshots on, "on" for any
+    # size, "off" never; only where ZFS has snapshots_changed.
+    listing_cache: str = "auto"
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -253,7 +257,7 @@ _TOP_KEYS = {
     "pre_snapshot", "post_snapshot", "on_alarm", "hook_timeout", "retry_delay",
     "source", "destination", "filesystem", "role", "metrics_port", "metrics_address",
     "bandwidth_limit", "wire_compression", "buffer", "parallel", "stall_timeout",
-    "skip_unchanged", "recursive",
+    "skip_unchanged", "recursive", "listing_cache",
 }
 _ENDPOINT_KEYS = {"host", "user", "port", "identity", "ssh_options", "zfs_command", "address"}
 _FS_KEYS = {"source", "destination", "mountpoint"}
@@ -490,6 +494,8 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
                               maximum=MAX_STALL_TIMEOUT)
     skip_unchanged = r.boolean("skip_unchanged", default=False)
     recursive = r.boolean("recursive", default=False)
+    listing_cache = r.string("listing_cache", required=False, pattern=LISTING_CACHE_RE,
+                             expected='"auto", "on" or "off"') or "auto"
     role = r.string("role", required=False, pattern=ROLE_RE,
                     expected='"source" or "destination"') or "source"
     metrics_port = r.integer("metrics_port", default=0, minimum=0, maximum=65535) or None
@@ -595,6 +601,7 @@ def parse_service(data: dict[str, Any], path: Path | None = None,
         metrics_port=metrics_port, metrics_address=metrics_address,
         bandwidth_limit=bandwidth_limit, wire_compression=wire_compression, buffer=buffer,
         parallel=parallel, stall_timeout=stall_timeout, skip_unchanged=skip_unchanged,
+        listing_cache=listing_cache,
         recursive=recursive, path=path,
     )
 
@@ -700,6 +707,8 @@ def dump_service(svc: Service) -> str:
         lines.append(f"stall_timeout = {svc.stall_timeout}")
     if svc.skip_unchanged:
         lines.append("skip_unchanged = true")
+    if svc.listing_cache != "auto":
+        lines.append(f"listing_cache = {_toml_str(svc.listing_cache)}")
     if svc.recursive:
         lines.append("recursive = true")
     lines += ["", "[source]", *_endpoint_toml(svc.source),

@@ -362,11 +362,12 @@ class Listings:
 
         # ZFS without bookmarks (pool v23, zfs-fuse, Solaris) has no snapshots_changed
         # either: not even asked.
-        if self.path is None or src.lacks_snapshots_changed() \
-                or dst.lacks_snapshots_changed() or not src.capabilities().bookmarks:
+        if self.path is None or self.service.listing_cache == "off" \
+                or src.lacks_snapshots_changed() or dst.lacks_snapshots_changed() \
+                or not src.capabilities().bookmarks:
             return in_full()
         kept = self.load()
-        if kept is not None and kept.small:
+        if kept is not None and kept.small and self.service.listing_cache == "auto":
             found = in_full()
             self._small = snapshot_count(found)
             return found
@@ -442,7 +443,8 @@ class Listings:
             return
         if seen is None:
             return
-        if snapshot_count([s.states for s in seen.values()]) < MIN_SNAPSHOTS:
+        if self.service.listing_cache == "auto" \
+                and snapshot_count([s.states for s in seen.values()]) < MIN_SNAPSHOTS:
             for zfs in self.zfs.values():
                 zfs.journal = None
             self._write(Kept(self._key(), small=True))

@@ -7,18 +7,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from zfsrepl import config, plan
 from zfsrepl import cycle as cycle_mod
 from zfsrepl import listing_cache as lc
-from zfsrepl import plan
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import CycleEvents, replicate
-from zfsrepl.errors import CommandError, ZfsreplError
+from zfsrepl.errors import CommandError, ConfigError, ZfsreplError
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.transfer import TransferResult
 from zfsrepl.zfs import CapabilityCache, FsState, Zfs
@@ -554,3 +560,47 @@ def test_the_source_is_done_before_the_destination_is_asked_anything(
                              if c.endswith((" snapshot", " holds", " list")))]
         first_dst = next(i for i, c in enumerate(survey) if c.startswith("dst@"))
         assert all(c.startswith("dst@") for c in survey[first_dst:]), (n, survey)
+
+
+def test_listing_cache_on_keeps_the_listing_of_a_small_service_too(
+        world: MakeWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lc, "MIN_SNAPSHOTS", 10_000)
+    w = world()
+    w.svc = dataclasses.replace(SVC, listing_cache="on")
+    assert w.listings() == (1, 1)  # nothing kept yet
+    assert not w.kept().small
+    for _ in range(3):
+        assert w.listings() == (0, 0)
+    assert_kept_is_what_zfs_shows(w)
+
+
+def test_listing_cache_off_never_looks_nor_keeps(world: MakeWorld) -> None:
+    w = world()
+    w.svc = dataclasses.replace(SVC, listing_cache="off")
+    for _ in range(3):
+        assert w.listings() == (1, 1)
+    assert not w.file.exists()
+    assert looks(w) == 0
+
+
+def _definition(**extra: object) -> dict[str, object]:
+    return {"name": "s", "source": {"host": "a", "user": "src"},
+            "destination": {"host": "b", "user": "dst"},
+            "filesystem": [{"source": "tank/a", "destination": "backup/a"}], **extra}
+
+
+def test_the_listing_cache_key_defaults_to_auto_and_round_trips() -> None:
+    assert config.parse_service(_definition()).listing_cache == "auto"
+    assert "listing_cache" not in config.dump_service(config.parse_service(_definition()))
+    for value in ("on", "off"):
+        svc = config.parse_service(_definition(listing_cache=value))
+        assert svc.listing_cache == value
+        assert config.parse_service(tomllib.loads(config.dump_service(svc))) == svc
+
+
+@pytest.mark.parametrize("value", ["yes", "", "ON", True, 1])
+def test_a_bad_listing_cache_names_file_key_and_values(value: object) -> None:
+    with pytest.raises(ConfigError) as exc:
+        config.parse_service(_definition(listing_cache=value), Path("/c/s.toml"))
+    assert str(exc.value).startswith("/c/s.toml: listing_cache: ")
+    assert str(exc.value).endswith('expected "auto", "on" or "off"')
