@@ -18,6 +18,7 @@ from zfsrepl.cyclehosts import CycleHosts
 from zfsrepl.cycleplan import CyclePlan, FilesystemPlan, wire_configured
 from zfsrepl.errors import CommandError, ZfsreplError
 from zfsrepl.log import logger
+from zfsrepl.replication import Replication
 from zfsrepl.transfer import Cancel, Progress, TransferResult, Watchdog
 from zfsrepl.zfs import Zfs
 from zfsrepl.zfserrors import HasClones, NotResumable
@@ -58,39 +59,53 @@ class Snapshots:
         The post hook runs whenever the pre hook was started, even if it or a snapshot
         failed: a database put into backup mode must always be taken out of it."""
         rep, src = self.h.rep, self.h.src
-        svc = rep.service
-        assert cp.snapshot is not None
+        snapshot = cp.snapshot
+        assert snapshot is not None
         sources = [pair.source for pair in rep.filesystems if pair.source not in cp.skipped]
-        env = {"ZFSREPL_SERVICE": svc.name, "ZFSREPL_SNAPSHOT": cp.snapshot,
-               "ZFSREPL_FILESYSTEMS": "\n".join(sources)}
-        failure: ZfsreplError | None = None
-        try:
-            if rep.pre_snapshot:
-                hooks.run_hook("pre_snapshot", rep.pre_snapshot,
-                               {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
+        taken = 0
+
+        def take() -> None:
+            nonlocal taken
             taken = int(time.time())
             if src.capabilities().multi_snapshot:
                 # One call for all: OpenZFS takes them atomically, so the filesystems'
                 # snapshots are of one consistent point in time (or none is taken).
-                src.snapshot_all(sources, cp.snapshot)
+                src.snapshot_all(sources, snapshot)
                 for fs in sources:
-                    logger.info("snapshot %s@%s taken", fs, cp.snapshot)
+                    logger.info("snapshot %s@%s taken", fs, snapshot)
             else:
                 for fs in sources:
-                    src.snapshot(fs, cp.snapshot)
-                    logger.info("snapshot %s@%s taken", fs, cp.snapshot)
-            cp = cp.stamped(taken)
-        except ZfsreplError as exc:
-            failure = exc
-        finally:
-            if rep.post_snapshot:
-                status = "failed" if failure else "ok"
-                hooks.run_hook("post_snapshot", rep.post_snapshot,
-                               {**env, "ZFSREPL_PHASE": "post_snapshot",
-                                "ZFSREPL_SNAPSHOT_STATUS": status}, svc.hook_timeout)
-        if failure:
-            raise failure
-        return cp
+                    src.snapshot(fs, snapshot)
+                    logger.info("snapshot %s@%s taken", fs, snapshot)
+
+        between_hooks(rep, sources, snapshot, take)
+        return cp.stamped(taken)
+
+
+def between_hooks(rep: Replication, sources: Sequence[str], snapshot: str,
+                  take: Callable[[], None]) -> None:
+    """The pre hook, `take` (the snapshots of `sources`), the post hook. The post hook
+    runs whenever the pre hook was started, even if it or a snapshot failed: a database
+    put into backup mode must always be taken out of it."""
+    svc = rep.service
+    env = {"ZFSREPL_SERVICE": svc.name, "ZFSREPL_SNAPSHOT": snapshot,
+           "ZFSREPL_FILESYSTEMS": "\n".join(sources)}
+    failure: ZfsreplError | None = None
+    try:
+        if rep.pre_snapshot:
+            hooks.run_hook("pre_snapshot", rep.pre_snapshot,
+                           {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
+        take()
+    except ZfsreplError as exc:
+        failure = exc
+    finally:
+        if rep.post_snapshot:
+            status = "failed" if failure else "ok"
+            hooks.run_hook("post_snapshot", rep.post_snapshot,
+                           {**env, "ZFSREPL_PHASE": "post_snapshot",
+                            "ZFSREPL_SNAPSHOT_STATUS": status}, svc.hook_timeout)
+    if failure:
+        raise failure
 
 
 class Transfers:

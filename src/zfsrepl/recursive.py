@@ -55,6 +55,7 @@ from zfsrepl.cycleplan import (
     with_new_snapshot,
 )
 from zfsrepl.errors import CommandError, ReplicationError, ZfsreplError
+from zfsrepl.executor import between_hooks
 from zfsrepl.host import commands_logger, pipeline_command
 from zfsrepl.log import logger
 from zfsrepl.naming import SnapshotNaming
@@ -276,31 +277,19 @@ class RecursiveCycle(Cycle):
     def take_snapshots(self, cp: CyclePlan) -> CyclePlan:
         """pre hook, one `snapshot -r` of the parent, post hook (always, once the pre hook
         was started); `cp` stamped with the snapshot's time."""
-        rep, svc = self.rep, self.service
-        assert cp.snapshot is not None
-        env = {"ZFSREPL_SERVICE": svc.name, "ZFSREPL_SNAPSHOT": cp.snapshot,
-               "ZFSREPL_FILESYSTEMS": "\n".join(fp.pair.source for fp in cp.filesystems)}
-        failure: ZfsreplError | None = None
-        try:
-            if rep.pre_snapshot:
-                hooks.run_hook("pre_snapshot", rep.pre_snapshot,
-                               {**env, "ZFSREPL_PHASE": "pre_snapshot"}, svc.hook_timeout)
+        snapshot = cp.snapshot
+        assert snapshot is not None
+        taken = 0
+
+        def take() -> None:
+            nonlocal taken
             taken = int(time.time())
-            self.src.run("snapshot", "-r", f"{self.pair.source}@{cp.snapshot}")
+            self.src.run("snapshot", "-r", f"{self.pair.source}@{snapshot}")
             logger.info("snapshot %s@%s taken with everything below it (%d filesystem(s))",
-                        self.pair.source, cp.snapshot, len(cp.filesystems))
-            cp = cp.stamped(taken)
-        except ZfsreplError as exc:
-            failure = exc
-        finally:
-            if rep.post_snapshot:
-                hooks.run_hook("post_snapshot", rep.post_snapshot,
-                               {**env, "ZFSREPL_PHASE": "post_snapshot",
-                                "ZFSREPL_SNAPSHOT_STATUS": "failed" if failure else "ok"},
-                               svc.hook_timeout)
-        if failure:
-            raise failure
-        return cp
+                        self.pair.source, snapshot, len(cp.filesystems))
+
+        between_hooks(self.rep, [fp.pair.source for fp in cp.filesystems], snapshot, take)
+        return cp.stamped(taken)
 
     def send_and_prune(self, cp: CyclePlan) -> bool:
         """The one stream, then retention on each side (as things stand when the stream

@@ -249,14 +249,7 @@ class Zfs:
                 st = out[name]
                 if st is None:
                     st = out[name] = FsState()
-                if value in ("-", ""):
-                    continue
-                if prop == ROLE_PROPERTY:
-                    st.role = value
-                elif prop == RESUME_TOKEN:
-                    st.resume_token = value
-                elif prop == ENCRYPTION:
-                    st.encryption = value
+                _put_property(st, prop, value)
         for records, sep in ((snap_props, "@"), (mark_props, "#")):
             for full, values in records.items():
                 fs, name = full.split(sep, 1)
@@ -593,13 +586,8 @@ def parse_changed(output: str, filesystems: list[str]
         changed, st = out.get(name, (None, FsState()))
         if prop == SNAPSHOTS_CHANGED:
             changed = _int(value)
-        elif value not in ("-", ""):
-            if prop == ROLE_PROPERTY:
-                st.role = value
-            elif prop == RESUME_TOKEN:
-                st.resume_token = value
-            elif prop == ENCRYPTION:
-                st.encryption = value
+        else:
+            _put_property(st, prop, value)
         out[name] = (changed, st)
     return out
 
@@ -623,3 +611,15 @@ def _int(value: str | None) -> int | None:
     if value is None or not value.isdigit():
         return None
     return int(value)
+
+
+def _put_property(st: FsState, prop: str, value: str) -> None:
+    """A filesystem's own property of the listing into `st` ("-" or "": not set)."""
+    if value in ("-", ""):
+        return
+    if prop == ROLE_PROPERTY:
+        st.role = value
+    elif prop == RESUME_TOKEN:
+        st.resume_token = value
+    elif prop == ENCRYPTION:
+        st.encryption = value

@@ -279,7 +279,7 @@ def test_remove_stops_the_services_and_purge_leaves_only_the_definitions(
     assert is_active(lab) in ("inactive", "unknown")
     assert out(lab, f"pgrep -u {lab.src.user} -f 'zfsrepl run {NAME}'", check=False) == ""
     assert out(lab, "test -e /usr/bin/zfsrepl && echo left", check=False) == ""
-    assert out(lab, f"ls {DEFINITION} /var/lib/zfsrepl/services/{NAME}").split() \
+    assert out(lab, f"ls -d {DEFINITION} /var/lib/zfsrepl/services/{NAME}").split() \
         == [DEFINITION, f"/var/lib/zfsrepl/services/{NAME}"]
 
     # purge: what zfsrepl made at run time is gone; the definition stays
