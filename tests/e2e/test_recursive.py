@@ -17,7 +17,15 @@ import subprocess
 
 import pytest
 
-from lab import Area, Lab, ZfsreplCli, own_snapshots, snapshot_checksums, write_tree
+from lab import (
+    Area,
+    Lab,
+    ZfsreplCli,
+    own_snapshots,
+    retry_busy,
+    snapshot_checksums,
+    write_tree,
+)
 
 SERVICE = "testrepl"
 CHILDREN = ("a", "b", "c", "a/deep")
@@ -77,7 +85,8 @@ def test_a_subtree_replicates_as_one_stream_with_its_own_retention(
 
     # A child destroyed on the source: its replica stays, with its snapshots.
     kept_b = own_snapshots(lab, lab.dst, f"{dst}/b")
-    lab.src.zfs("destroy", "-r", f"{src}/b")
+    # zfs-fuse calls a just-replicated mounted filesystem busy for a moment
+    retry_busy(lambda: lab.src.zfs("destroy", "-r", f"{src}/b"))
     for _ in range(2):
         _, out = runonce(repl)
         assert len(sends(out)) == 1, out
