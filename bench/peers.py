@@ -55,15 +55,12 @@ from cycle_cost import RAW_CYCLE
 from lab import Lab, LabHost, ZfsreplCli, claim_area, lab_session
 from lab.zfs import destroy, exists, release_holds
 
-KEEP = 3
+KEEP = 3  # the snapshots each variant keeps on both sides (--keep)
 WARMUP = 3
 CHANGE_KIB = 64
 ALL_VARIANTS = ("zfsrepl", "raw", "syncoid", "zfs-autobackup", "bzfs")
 VARIANTS: tuple[str, ...] = ALL_VARIANTS  # the variants of this run (--variants)
 CIPHERS = bl.SSH_DEFAULT_OPTIONS[0].split("=", 1)[1]
-# bzfs names its snapshots ORG_TARGET_<time>_PERIOD and keeps, per plan, the newest
-# KEEP of a period: one "secondly" period, a snapshot each run (even-if-not-due)
-BZFS_PLAN = f"{{'bench': {{'onsite': {{'secondly': {KEEP}}}}}}}"
 # What bzfs's manual offers for speed, for cycles of small changes (see bench/README.md)
 BZFS_OPTIONS = [
     "--no-privilege-elevation",   # the user holds `zfs allow` rights: no sudo
@@ -192,11 +189,14 @@ class Trees:
 
     def _bzfs(self, env: dict[str, str] | None) -> float:
         """One cycle: bzfs's two runs back to back; the time of both (each one's recorded)."""
+        # bzfs names its snapshots ORG_TARGET_<time>_PERIOD and keeps, per plan, the newest
+        # KEEP of a period: one "secondly" period, a snapshot each run (even-if-not-due)
+        plan = f"{{'bench': {{'onsite': {{'secondly': {KEEP}}}}}}}"
         common = [*BZFS_OPTIONS, f"--ssh-dst-config-file={self.bzfs_ssh_config}",
                   f"--log-dir={self.bzfs_logs}", "--recursive", "--skip-parent"]
-        keep = ["--delete-dst-snapshots", f"--delete-dst-snapshots-except-plan={BZFS_PLAN}"]
+        keep = ["--delete-dst-snapshots", f"--delete-dst-snapshots-except-plan={plan}"]
         replicate = ["bzfs", *common, "--create-src-snapshots",
-                     f"--create-src-snapshots-plan={BZFS_PLAN}",
+                     f"--create-src-snapshots-plan={plan}",
                      "--create-src-snapshots-even-if-not-due", *keep,
                      self.src["bzfs"], f"{self.target}:{self.dst['bzfs']}"]
         # "dummy", bzfs's empty source: keep by the plan alone, whatever the other side has
@@ -214,7 +214,10 @@ class Trees:
 
 
 def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts: list[int],
-               rounds: int, warmup: int, counter: VmCounter, calls_dir: Path) -> list[str]:
+               rounds: int, warmup: int, counter: VmCounter | None,
+               calls_dir: Path) -> list[str]:
+    """The table of cycle times; processes counted in one more cycle of each variant
+    unless `counter` is None."""
     rows = []
     summary: dict[tuple[int, bool], dict[str, float]] = {}
     for n in counts:
@@ -234,6 +237,8 @@ def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts:
                       + "  ".join(f"{v} {times[v][-1]:.1f}s" for v in VARIANTS), flush=True)
             calls = {}
             for v in VARIANTS:
+                if counter is None:
+                    break
                 if change:
                     t.change(seed=rounds + 1)
                 counter.reset()
@@ -246,14 +251,16 @@ def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts:
             summary[(n, change)] = med
             if "bzfs" in VARIANTS:
                 # bzfs's cycle is two runs: how much of it is the second (the source prune)
-                split = t.bzfs_times[-rounds - 1:-1]
+                split = t.bzfs_times[-rounds - (1 if counter else 0):][:rounds]
                 print("  bzfs: replicate + prune destination "
                       f"{bl.median([a for a, _ in split]):.2f}s, prune source "
                       f"{bl.median([b for _, b in split]):.2f}s (medians)", flush=True)
             rows.append([n, "small change" if change else "no change",
                          *(f"{med[v]:.2f}" for v in VARIANTS),
                          *ratio_cells(med),
-                         " · ".join(f"{v}: {calls[v][0]} / {calls[v][1]}" for v in VARIANTS)])
+                         " · ".join(f"{v}: {calls[v][0]} / {calls[v][1]}" for v in VARIANTS)
+                         if calls else "not counted"])
+            print("  row: " + " | ".join(str(c) for c in rows[-1]), flush=True)
     lines = bl.table(["filesystems", "situation", *(f"{v} median (s)" for v in VARIANTS),
                       *ratio_heads(), "local zfs / ssh processes per cycle"], rows)
     lo, hi = min(counts), max(counts)
@@ -331,6 +338,7 @@ def versions(lab: Lab) -> str:
 
 
 def main() -> int:
+    global VARIANTS, KEEP
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="1,10", help="numbers of filesystems, comma-separated")
@@ -342,6 +350,11 @@ def main() -> int:
                         help="the variants to run, comma-separated (zfsrepl always runs)")
     parser.add_argument("--no-throughput", action="store_true",
                         help="only the cycle cost")
+    parser.add_argument("--keep", type=int, default=KEEP,
+                        help="snapshots kept on each side (1 reaches the steady state, "
+                             "pruning every cycle, after one warm-up cycle)")
+    parser.add_argument("--no-count", action="store_true",
+                        help="no extra cycle counting the processes (halves a long run)")
     sections = [s for s in (*bl.SECTIONS, *bl.EXTRA_SECTIONS) if s.startswith("peers")]
     parser.add_argument("--section", default="peers", choices=sections,
                         help="the section of RESULTS.md to write (another than run_all.py's "
@@ -350,7 +363,9 @@ def main() -> int:
     args = parser.parse_args()
     bl.require_root()
     counts = [int(c) for c in args.counts.split(",")]
-    global VARIANTS
+    if args.keep < 1:
+        parser.error("--keep must be 1 or more")
+    KEEP = args.keep
     chosen = set(args.variants.split(",")) | {"zfsrepl"}
     if chosen - set(ALL_VARIANTS):
         parser.error(f"unknown variant(s) {', '.join(sorted(chosen - set(ALL_VARIANTS)))}; "
@@ -367,11 +382,19 @@ def main() -> int:
             tp = ([] if args.no_throughput else
                   throughput(lab, repl, area.src, area.dst, args.size_mib, args.rounds))
             cc = cycle_cost(lab, repl, area.src, area.dst, counts, args.rounds, args.warmup,
-                            counter, calls_dir)
+                            None if args.no_count else counter, calls_dir)
+            # written before the area is destroyed: a long run's figures must not be lost
+            lines = section(args, head, load, tp, cc)
+            bl.write_section(args.section, lines)
+            print("\n".join(lines), flush=True)
         finally:
             counter.close()
     print(f"the calls of each counted cycle: {calls_dir}", flush=True)
+    return 0
 
+
+def section(args: argparse.Namespace, head: str, load: str, tp: list[str],
+            cc: list[str]) -> list[str]:
     number = (*bl.SECTIONS, *bl.EXTRA_SECTIONS).index(args.section) + 1
     peers = [v for v in VARIANTS if v not in ("zfsrepl", "raw")]
     names = ", ".join(peers[:-1]) + (" and " if len(peers) > 1 else "") + peers[-1] \
@@ -389,9 +412,7 @@ def main() -> int:
               "Targets: zfsrepl at least 5 times cheaper than syncoid and zfs-autobackup; "
               "ahead of bzfs (bzfs / zfsrepl > 1). bzfs's time is its two runs together.",
               "", *cc, ""]
-    bl.write_section(args.section, lines)
-    print("\n".join(lines))
-    return 0
+    return lines
 
 
 if __name__ == "__main__":
