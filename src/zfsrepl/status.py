@@ -6,6 +6,10 @@ not). The lag comes from ZFS itself, one listing per side for all of the
 service's filesystems, and the pending snapshots from comparing the two (chain.py, as
 the planner does); where a side cannot be asked, the newest snapshot the
 last cycle saw (cached in the state file) stands in, marked as cached.
+
+On the destination host the definition's copy (`role = "destination"`) shows the
+service as a *replica*: the lag of the replicas is read from ZFS on this host alone,
+so that the standby can watch snapshots arrive without any access to the source.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class FilesystemStatus:
 @dataclass(frozen=True)
 class ServiceStatus:
     name: str
-    state: str  # online, offline, disabled or maintenance
+    state: str  # online, offline, disabled, maintenance, or replica (the destination's copy)
     enabled: bool | None = None  # started by the service manager; None: cannot be asked
     reason: str | None = None  # why it is in maintenance
     maintenance_since: float | None = None
@@ -70,6 +74,7 @@ class ServiceStatus:
     problems: list[str] = field(default_factory=list)  # what could not be found out
     definition_error: str | None = None  # why the definition cannot be used
     unreachable: list[str] = field(default_factory=list)  # sides ZFS could not be asked on
+    role: str = "source"  # the definition's: "destination" for the copy on the destination
 
 
 def derive_state(maintenance: bool, running: bool, enabled: bool | None) -> str:
@@ -138,6 +143,17 @@ def read_both_sides(svc: Service) -> tuple[dict[str, FsState | None] | None,
     return src_lists, dst_lists, problems
 
 
+def read_replicas(svc: Service) -> tuple[dict[str, list[Snapshot] | None] | None, list[str]]:
+    """On the destination host: the replicas' snapshot lists, read here (None if ZFS
+    could not be asked), and why not."""
+    try:
+        dst = Zfs(LocalHost(f"{svc.destination.user}@{svc.destination.host}"),
+                  svc.destination.zfs_argv)
+        return dst.snapshots([p.destination for p in svc.filesystems]), []
+    except ZfsreplError as exc:
+        return None, [f"destination: {exc}"]
+
+
 def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder | None,
           cycle: lock.Holder | None, enabled: bool | None,
           src_lists: Mapping[str, FsState | None] | None,
@@ -155,9 +171,12 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
                                         dst_lists is not None, st.newest.get(pair.destination),
                                         now, src.bookmarks if src else ()))
     busy = f"{cycle.describe()} is in a cycle" if cycle is not None else None
+    replica = svc is not None and svc.is_destination_copy
+    state = derive_state(st.in_maintenance, daemon is not None, enabled)
     return ServiceStatus(
         name=name,
-        state=derive_state(st.in_maintenance, daemon is not None, enabled), enabled=enabled,
+        # no `run` belongs here: the copy is for failback (`runonce`) and this status
+        state="replica" if replica and state != "maintenance" else state, enabled=enabled,
         reason=st.maintenance_reason, maintenance_since=st.maintenance_since,
         pid=daemon.pid if daemon is not None else None, busy=busy,
         source=f"{svc.source.user}@{svc.source.host}" if svc else None,
@@ -173,7 +192,8 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
         problems=[p for p in [definition_error, *problems] if p],
         definition_error=definition_error,
         unreachable=[side for side in ("source", "destination")
-                     if any(p.startswith(f"{side}: ") for p in problems)])
+                     if any(p.startswith(f"{side}: ") for p in problems)],
+        role="destination" if replica else "source")
 
 
 def load_state(paths: ServicePaths) -> ServiceState:
@@ -203,7 +223,10 @@ def gather(config_dir: Path, state_dir: Path, name: str, *, live: bool,
     if live and svc is not None:
         # a maintenance that came with the pool from another cluster node
         st = cluster_state.with_maintenance(st, cluster_state.read(svc), time.time())
-        src_lists, dst_lists, problems = read_both_sides(svc)
+        if svc.is_destination_copy:
+            dst_lists, problems = read_replicas(svc)
+        else:
+            src_lists, dst_lists, problems = read_both_sides(svc)
     return build(name, st, svc, lock.probe(paths.daemon_lock), lock.probe(paths.cycle_lock),
                  managers.is_enabled(name, manager), src_lists, dst_lists, problems,
                  time.time(), definition_error)
@@ -370,6 +393,9 @@ def format_text(s: ServiceStatus, now: float) -> list[str]:
                   f"  fix the cause, then: zfsrepl clear {s.name}"]
     if s.source and s.destination:
         lines.append(f"  {s.source} -> {s.destination}, every {s.interval} s")
+    if s.role == "destination":
+        lines.append(f"  this host holds the replicas (lag read here); the service runs on "
+                     f"{s.source}; `zfsrepl runonce {s.name}` here replicates back")
     lines.append(f"  last success: {_when(s.last_success, now)}")
     if s.next_run is not None:
         lines.append(f"  next run:     {_when(s.next_run, now)}")

@@ -7,6 +7,7 @@ both sides after every step.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -139,10 +140,26 @@ def remounted(host: LabHost, fs: str) -> Path:
 # Not on the OpenZFS VM: backend-neutral, and minutes of emulated time (the e2e run
 # there is kept to what OpenZFS changes).
 @pytest.mark.backends("fuse")
+def assert_standby_status(s: Setup) -> None:
+    """`status` from the copy on the destination shows the replicas as read there,
+    without asking the source."""
+    proc = s.back.run("status", "--json", s.name, check=False)
+    (svc,) = json.loads(proc.stdout)["services"]
+    assert (svc["state"], svc["role"]) == ("replica", "destination"), svc
+    assert svc["problems"] == [] and svc["unreachable"] == [], svc
+    (fs,) = svc["filesystems"]
+    assert fs["newest_snapshot"] == s.newest(s.lab.dst, s.dst_fs) and not fs["cached"], svc
+    # in sync unless the machine was so slow that the lag passed 2 x interval
+    assert proc.returncode == (0 if fs["lag_seconds"] <= 2 * svc["interval"] else 1), svc
+    out = text(s.back.run("status", s.name, check=False))
+    assert f"{s.name}: replica" in out and "replicates back" in out, out
+
+
 def test_failover_for_tests_then_overwrite_the_destination(lab: Lab, area: Area,
                                                            repl: ZfsreplCli) -> None:
     s = replicate_twice(start(lab, area, repl))
     try:
+        assert_standby_status(s)
         before = s.src_tree()
         mnt = fail_over(s)
         assert tree_checksums(mnt) == before  # the replica's data, mounted

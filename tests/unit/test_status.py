@@ -95,6 +95,57 @@ def svc() -> Service:
                    interval=30)
 
 
+def test_the_destination_copy_reads_the_replicas_here_and_never_the_source(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    here = SimZfs("dst@desthost", OPENZFS, ["backup/a"], {"backup"})
+    here.fs["backup/a"] = [SimSnap(NAMING.format(1), 11, 1), SimSnap(NAMING.format(2), 12, 2)]
+    labels: list[str] = []
+
+    def local(label: str) -> SimZfs:
+        labels.append(label)
+        return here
+
+    def ssh(endpoint: Endpoint, **kw: Any) -> None:
+        raise AssertionError(f"status on the destination connected to {endpoint}")
+
+    monkeypatch.setattr(status, "LocalHost", local)
+    monkeypatch.setattr(status, "SshHost", ssh)
+    copy = dataclasses.replace(svc(), role="destination")
+    lists, problems = status.read_replicas(copy)
+    assert labels == ["dst@desthost"] and problems == []
+    assert lists is not None
+    now = lists["backup/a"][-1].creation + 10  # type: ignore[index]
+    s = status.build("web", ServiceState(), copy, None, None, False, None, lists, problems,
+                     now)
+    assert (s.state, s.role) == ("replica", "destination")
+    (fs,) = s.filesystems
+    assert fs.newest_snapshot == NAMING.format(2) and fs.pending is None
+    assert fs.lag_seconds == 10 and not fs.cached
+    assert status.health(s).code == status.OK  # not "disabled": no `run` belongs here
+    text = "\n".join(status.format_text(s, now))
+    assert "web: replica" in text and "the service runs on src@srchost" in text
+    assert "`zfsrepl runonce web` here replicates back" in text
+
+
+def test_a_replica_whose_snapshots_stop_arriving_is_degraded() -> None:
+    copy = dataclasses.replace(svc(), role="destination")
+    old = [snap("backup/a", 1, 11, 1)]  # 900 s old, the interval is 30 s
+    s = status.build("web", ServiceState(), copy, None, None, None, None, {"backup/a": old},
+                     [], NOW)
+    h = status.health(s)
+    assert h.code == status.DEGRADED and "beyond 2 x interval" in h.reasons[0]
+    failed = status.build("web", ServiceState(), copy, None, None, None, None, None,
+                          ["destination: cannot open 'backup'"], NOW)
+    assert status.health(failed).code == status.UNKNOWN
+
+
+def test_a_destination_copy_in_maintenance_says_so() -> None:
+    copy = dataclasses.replace(svc(), role="destination")
+    st = state.enter_maintenance(ServiceState(), NOW - 5, "failback refused")
+    s = status.build("web", st, copy, None, None, None, None, {}, [], NOW)
+    assert s.state == "maintenance" and s.role == "destination"
+
+
 def test_build_and_text_of_a_service_in_maintenance() -> None:
     st = state.enter_maintenance(ServiceState(last_error="refused", last_error_time=NOW - 5),
                                  NOW - 5, "could not replicate web after 3 attempt(s): refused")
