@@ -26,9 +26,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser],
         "status", parents=parents, help="show the state, lag and errors of services",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="For each service (or NAME): its state (online, offline, disabled, "
-                    "maintenance with its reason), its health, last successful cycle, next "
-                    "run, last error, and the lag of each filesystem (age of the newest "
-                    "snapshot on the destination), read from ZFS on both sides.",
+                    "maintenance with its reason; replica for the definition's copy on the "
+                    "destination host), its health, last successful cycle, next run, last "
+                    "error, and the lag of each filesystem (age of the newest snapshot on the "
+                    "destination), read from ZFS on both sides (on the destination host, "
+                    "from its replicas alone).",
         epilog=EXIT_CODES)
     p.add_argument("name", nargs="?", help="service name (default: every service)")
     p.add_argument("--json", action="store_true", help="print JSON")
