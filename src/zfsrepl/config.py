@@ -665,6 +665,12 @@ def _endpoint_toml(ep: Endpoint) -> list[str]:
     return lines
 
 
+def reloaded(svc: Service, path: Path | None = None) -> Service:
+    """`svc` as the loader reads it back from its TOML text, through every check of
+    `parse_service`: what is written from it always loads."""
+    return parse_service(_toml_module().loads(dump_service(svc)), path)
+
+
 def dump_service(svc: Service) -> str:
     """The TOML text of a service; `parse_service` of it gives `svc` back."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import stat
@@ -318,6 +319,46 @@ def test_wizard_takes_an_existing_response_file_as_defaults(tmp_path: Path) -> N
     got = result.service
     assert got.filesystems == old.filesystems and got.name == old.name
     assert (got.interval, got.retries, got.keep_source) == (60, 5, 3)
+
+
+def test_wizard_run_again_keeps_every_setting_it_does_not_ask(tmp_path: Path) -> None:
+    path = tmp_path / "resp.toml"
+    base = apply.normalized(SVC, tmp_path)
+    first, second = base.filesystems
+    old = dataclasses.replace(
+        base, parallel=4, wire_compression="zstd", skip_unchanged=True, metrics_port=9100,
+        on_alarm="/usr/local/bin/alarm", bandwidth_limit=20_000_000, stall_timeout=60,
+        listing_cache="on", keep_destination=7, retry_delay=1.0,
+        filesystems=(dataclasses.replace(first, mountpoint="/srv/x"), second),
+        destination=dataclasses.replace(base.destination, address="198.51.100.12", port=2222,
+                                        ssh_options=("ServerAliveInterval=5",)))
+    path.write_text(config.dump_service(old))
+    logins: list[Endpoint] = []
+
+    def connect(ep: Endpoint) -> FakeDestination:
+        logins.append(ep)
+        return FakeDestination({"zfsrepl_dst/x", "zfsrepl_dst/y"})
+
+    def run(answers: list[str]) -> Service:
+        wizard = Wizard(ScriptedConsole(answers), tmp_path, connect=connect,  # type: ignore[arg-type]
+                        source_host=ExistingSourceFs(),
+                        probe_source=lambda: ZfsProbe("/usr/sbin/zfs", False, "/home/src"))
+        return wizard.run().service
+
+    got = run([str(path)] + [""] * 14 + ["n"])  # every default: nothing may be lost
+    assert logins[-1].address == "198.51.100.12" and logins[-1].port == 2222
+    carried = ("parallel", "wire_compression", "skip_unchanged", "metrics_port", "on_alarm",
+               "bandwidth_limit", "stall_timeout", "listing_cache", "keep_source",
+               "keep_destination", "retry_delay", "filesystems")
+    assert {k: getattr(got, k) for k in carried} == {k: getattr(old, k) for k in carried}
+    d = got.destination
+    assert (d.address, d.port, d.ssh_options) == ("198.51.100.12", 2222, ("ServerAliveInterval=5",))
+    # another destination host: its old address goes; a new keep is both sides' keep
+    answers = [str(path), "", "localhost", ""] + [""] * 7 + ["4"] + [""] * 3 + ["n"]
+    moved = run(answers)
+    assert moved.destination.host == "localhost" and moved.destination.address is None
+    assert logins[-1].address is None
+    assert moved.keep_source == moved.keep_destination == 4 and moved.parallel == 4
 
 
 def test_setup_with_a_bad_response_file_is_one_line(tmp_path: Path,

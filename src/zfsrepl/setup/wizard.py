@@ -12,7 +12,7 @@ import os
 import pwd
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -211,18 +211,17 @@ class Wizard:
         svc = Service(
             name=name,
             source=Endpoint(host=source_host, user=me, zfs_command=src_zfs),
-            destination=Endpoint(host=endpoint.host, user=endpoint.user,
-                                 port=old.destination.port if old else None,
-                                 identity=key_path(self.config_dir, me, name),
-                                 ssh_options=old.destination.ssh_options if old else (),
-                                 zfs_command=dst_zfs),
+            destination=replace(endpoint, identity=key_path(self.config_dir, me, name),
+                                zfs_command=dst_zfs),
             filesystems=tuple(pairs), interval=interval, retries=retries,
             keep_source=keep, keep_destination=keep,
             pre_snapshot=None if pre == "none" else pre,
             post_snapshot=None if post == "none" else post,
         )
+        if old is not None:
+            svc = carried_over(old, svc)
         # The loader's full validation, so the response file always loads back.
-        svc = config.parse_service(_as_data(svc), response)
+        svc = config.reloaded(svc, response)
         for line in summary(svc, response):
             c.say(line)
         go = ask(c, "Do you want to make changes now (y/n)?", "n", yes_no)
@@ -267,9 +266,9 @@ class Wizard:
                           "the snapshots", user_default, user_name)
             c.say("The user id on the destination system will be checked now.")
             c.say("Please enter the password of the destination user if asked...")
-            endpoint = Endpoint(host=host, user=user,
-                                port=old.destination.port if old else None,
-                                ssh_options=old.destination.ssh_options if old else ())
+            endpoint = Endpoint(host=host, user=user)
+            if old is not None:
+                endpoint = carried_endpoint(old.destination, endpoint)
             dest: Destination | None = None
             try:
                 dest = self.connect(endpoint)
@@ -319,26 +318,33 @@ class Wizard:
         return convert
 
 
-def _as_data(svc: Service) -> dict[str, object]:
-    def endpoint(ep: Endpoint) -> dict[str, object]:
-        data: dict[str, object] = {"host": ep.host, "user": ep.user,
-                                   "zfs_command": ep.zfs_command}
-        if ep.port:
-            data["port"] = ep.port
-        if ep.identity:
-            data["identity"] = ep.identity
-        if ep.ssh_options:
-            data["ssh_options"] = list(ep.ssh_options)
-        return data
+def carried_endpoint(old: Endpoint, new: Endpoint) -> Endpoint:
+    """`new` with the ssh settings the wizard does not ask kept from `old`: the port and
+    the ssh options, and the address ssh connects to only while the host name is the same
+    (a cluster's logical name and its floating address go together)."""
+    return replace(new, port=old.port, ssh_options=old.ssh_options,
+                   identity=new.identity or old.identity,
+                   address=old.address if new.host == old.host else None)
 
-    return {
-        "name": svc.name, "interval": svc.interval, "retries": svc.retries,
-        "keep_source": svc.keep_source, "keep_destination": svc.keep_destination,
-        "pre_snapshot": svc.pre_snapshot or "none", "post_snapshot": svc.post_snapshot or "none",
-        "source": endpoint(svc.source), "destination": endpoint(svc.destination),
-        "filesystem": [{"source": p.source, "destination": p.destination}
-                       for p in svc.filesystems],
-    }
+
+def carried_over(old: Service, new: Service) -> Service:
+    """The wizard's answers (`new`) with everything it does not ask kept from the
+    response file it started from: a run that changes one answer loses no setting.
+
+    The tuning and hook keys, the ssh settings of both sides (carried_endpoint), the
+    failover mountpoint of a filesystem pair that stays, and a destination `keep` of its
+    own as long as the answer to keep is the one the file had."""
+    mounts = {(p.source, p.destination): p.mountpoint for p in old.filesystems}
+    pairs = tuple(replace(p, mountpoint=mounts.get((p.source, p.destination)))
+                  for p in new.filesystems)
+    same_keep = new.keep_source == old.keep_source
+    return replace(
+        old, name=new.name, source=carried_endpoint(old.source, new.source),
+        destination=carried_endpoint(old.destination, new.destination), filesystems=pairs,
+        interval=new.interval, retries=new.retries, keep_source=new.keep_source,
+        keep_destination=old.keep_destination if same_keep else new.keep_destination,
+        pre_snapshot=new.pre_snapshot, post_snapshot=new.post_snapshot, role=new.role,
+        path=None)
 
 
 def summary(svc: Service, response: Path) -> list[str]:
