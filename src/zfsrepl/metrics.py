@@ -27,7 +27,8 @@ from zfsrepl.fileio import write_atomically
 from zfsrepl.state import ServiceState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATES = ("online", "offline", "disabled", "maintenance")
+# replica: the definition's copy on the destination host, where no `run` belongs
+STATES = ("online", "offline", "disabled", "maintenance", "replica")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ class _Family:
 def render(services: Sequence[ServiceSample], now: float) -> str:
     fam = {f.name: f for f in (
         _Family("zfsrepl_service_state", "gauge",
-                "1 for the state the service is in (online, offline, disabled, maintenance)."),
+                "1 for the state the service is in (online, offline, disabled, maintenance; "
+                "replica for the definition's copy on the destination host)."),
         _Family("zfsrepl_last_success_timestamp_seconds", "gauge",
                 "When the last successful cycle ended."),
         _Family("zfsrepl_last_cycle_duration_seconds", "gauge",

@@ -89,6 +89,17 @@ def derive_state(maintenance: bool, running: bool, enabled: bool | None) -> str:
     return "offline"
 
 
+def service_state(svc: Service | None, maintenance: bool, running: bool,
+                  enabled: bool | None) -> str:
+    """derive_state, except that the definition's copy on the destination host is a
+    replica there (no `run` belongs there: the copy is for failback) unless in
+    maintenance."""
+    state = derive_state(maintenance, running, enabled)
+    if svc is not None and svc.is_destination_copy and state != "maintenance":
+        return "replica"
+    return state
+
+
 def filesystem_status(pair: FilesystemPair, naming: SnapshotNaming,
                       source: list[Snapshot] | None, destination: list[Snapshot] | None,
                       listed: bool, cached: Newest | None, now: float,
@@ -172,11 +183,9 @@ def build(name: str, st: ServiceState, svc: Service | None, daemon: lock.Holder 
                                         now, src.bookmarks if src else ()))
     busy = f"{cycle.describe()} is in a cycle" if cycle is not None else None
     replica = svc is not None and svc.is_destination_copy
-    state = derive_state(st.in_maintenance, daemon is not None, enabled)
     return ServiceStatus(
-        name=name,
-        # no `run` belongs here: the copy is for failback (`runonce`) and this status
-        state="replica" if replica and state != "maintenance" else state, enabled=enabled,
+        name=name, state=service_state(svc, st.in_maintenance, daemon is not None, enabled),
+        enabled=enabled,
         reason=st.maintenance_reason, maintenance_since=st.maintenance_since,
         pid=daemon.pid if daemon is not None else None, busy=busy,
         source=f"{svc.source.user}@{svc.source.host}" if svc else None,

@@ -139,3 +139,22 @@ def test_metrics_listen_serves_a_service_in_maintenance(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def test_the_destination_copy_is_a_replica_in_the_metrics(tmp_path: Path) -> None:
+    """On the destination host the definition's copy is not a service that should be
+    running: its state is replica, never offline (which an alert would take for down)."""
+    from zfsrepl.cli.common import Context
+    from zfsrepl.cli.status import metrics_samples
+    from zfsrepl.config import Endpoint, FilesystemPair, Service, dump_service
+
+    (tmp_path / "services").mkdir()
+    (tmp_path / "services" / "web.toml").write_text(dump_service(Service(
+        "web", Endpoint("srchost", "src"), Endpoint("desthost", "dst"),
+        (FilesystemPair("tank/web", "backup/web"),), role="destination")))
+    ctx = Context(tmp_path, tmp_path / "state", tmp_path / "log")
+    (sample,) = metrics_samples(ctx, None)
+    assert sample.state == "replica"
+    text = render([sample], 0.0)
+    assert 'zfsrepl_service_state{service="web",state="replica"} 1' in text
+    assert 'zfsrepl_service_state{service="web",state="offline"} 0' in text

@@ -177,8 +177,8 @@ def metrics_samples(ctx: Context, name: str | None) -> list[ServiceSample]:
             svc = config.load_service(ctx.config_dir, each)
         except ZfsreplError:
             continue
-        state = status.derive_state(st.in_maintenance, probe(paths.daemon_lock) is not None,
-                                    None)
+        state = status.service_state(svc, st.in_maintenance,
+                                     probe(paths.daemon_lock) is not None, None)
         samples.append(ServiceSample(each, state, st,
                                      [(p.source, p.destination) for p in svc.filesystems]))
     return samples
