@@ -4,10 +4,8 @@ A parent with children replicates with one `zfs send -R` per cycle; a child crea
 later comes along in the next cycle's stream; retention keeps `keep` on both sides and
 never destroys a snapshot the service did not make, nor the replica of a child destroyed
 on the source. The agent takes a replication stream only for a recursive service, and
-refuses one that would set a property reaching root where zfs has no `receive -x`.
-
-zfs-fuse only for now: the OpenZFS lab runs the service through `zfs allow`, where a
-replication stream's properties meet other rules; not yet run there.
+refuses one that would set a property reaching root unless zfs runs as root with
+`receive -x` (neither lab: zfs-fuse has no -x; the OpenZFS lab uses `zfs allow`).
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from lab import (
 
 SERVICE = "testrepl"
 CHILDREN = ("a", "b", "c", "a/deep")
-pytestmark = pytest.mark.backends("fuse")
+pytestmark = pytest.mark.backends("fuse", "openzfs")
 
 
 def make_tree(lab: Lab, parent: str, children: tuple[str, ...] = CHILDREN) -> None:
@@ -140,7 +138,8 @@ def test_the_agent_takes_a_replication_stream_only_for_a_recursive_service(
     assert lab.dst.zfs("list", "-H", "-o", "name", "-r", "-t", "snapshot", dst).split() == [
         f"{dst}@s1", f"{dst}/a@s1", f"{dst}/b@s1"]
 
-    # setuid=on below the parent reaches root; zfs-fuse cannot leave it out (no -x)
+    # setuid=on below the parent reaches root; neither lab may leave it out: zfs-fuse has
+    # no -x, and the OpenZFS lab's zfs runs as the user (`zfs allow`), not as root
     lab.src.zfs("set", "setuid=on", f"{src}/b")
     lab.src.zfs("snapshot", "-r", f"{src}@s2")
     incremental = lab.src.root(["zfs", "send", "-R", "-i", "@s1", f"{src}@s2"]).stdout
