@@ -44,6 +44,7 @@ that did not use the cache:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -62,7 +63,16 @@ from lab import Lab, LabHost, ZfsreplCli, claim_area, lab_session  # noqa: E402
 from zfsrepl import chain, config, plan, retention  # noqa: E402
 from zfsrepl.cycle import Cycle  # noqa: E402
 from zfsrepl.host import Result  # noqa: E402
-from zfsrepl.listing_cache import LISTINGS_FILE, MIN_SNAPSHOTS  # noqa: E402
+from zfsrepl.listing_cache import (  # noqa: E402
+    LISTINGS_FILE,
+    MIN_SNAPSHOTS,
+    Entry,
+    Kept,
+    decode,
+    encode,
+)
+from zfsrepl.naming import SnapshotNaming  # noqa: E402
+from zfsrepl.snapshots import Snapshot  # noqa: E402
 from zfsrepl.zfs import Zfs  # noqa: E402
 
 ROUNDS_INPROCESS = 5
@@ -316,6 +326,34 @@ def main() -> int:
 VARIANTS = ("raw", "full", "cached")
 
 
+def inprocess(n: int) -> float:
+    """Seconds (median of ROUNDS_INPROCESS, on this machine) of what grows with the
+    count in a cycle that the listing cache spares both full listings: reading and
+    writing the kept listings of one filesystem with `n` snapshots on each side, and
+    comparing, planning and deciding retention over them."""
+    naming = SnapshotNaming("src", "dst", "desthost")
+    snaps = [Snapshot("tank/a", naming.format(i), 10**12 + i, i, 1_700_000_000 + i, 0)
+             for i in range(1, n + 1)]
+    replica = [dataclasses.replace(s, filesystem="backup/a", createtxg=s.createtxg + 7)
+               for s in snaps]
+    kept = Kept({"service": "many"})
+    kept.entries["source"]["tank/a"] = Entry(1, 0.0, tuple(snaps))
+    kept.entries["destination"]["backup/a"] = Entry(1, 0.0, tuple(replica))
+    new_snap = Snapshot("tank/a", naming.format(n + 1), 10**13, n + 1, 1_800_000_000, 0)
+
+    def cycle() -> None:
+        back = decode(encode(kept))
+        src = [*back.entries["source"]["tank/a"].snapshots, new_snap]
+        dst = list(back.entries["destination"]["backup/a"].snapshots)
+        state = chain.compare(chain.Sender.of(src), chain.Receiver.of(dst), naming)
+        assert plan.plan_chain(state) is not None
+        protected = [state.common.name] if state.common else []
+        retention.decide(src, naming, n + 10, protected)
+        retention.decide(dst, naming, n + 10, protected)
+
+    return best_of(ROUNDS_INPROCESS, cycle)
+
+
 def allocated(host: LabHost) -> int:
     """Bytes allocated in the host's pool: what the snapshots cost in space."""
     return int(host.root(["zpool", "list", "-Hp", "-o", "allocated", host.pool]).stdout)
@@ -404,6 +442,15 @@ def cached_section(counts: list[int], rounds: int, loads: list[str], setup: list
              "the destination brought up to date by one `zfs send -I | ssh zfs receive`):",
              "", *bl.table(["target", "created", "create (s)", "-I to destination (s)",
                             "source pool KiB allocated per snapshot"], setup), ""]
+    # what grows with the count in a cached cycle, also at sizes the lab cannot hold
+    sizes = sorted({*counts, 10000})
+    grows = {n: inprocess(n) for n in sizes}
+    lines += ["What grows with the count in a cycle that lists neither side (reading and "
+              "writing the kept listings, comparing, planning and retention over one "
+              f"filesystem's snapshots on each side), in-process on the host, median of "
+              f"{ROUNDS_INPROCESS}; the VM's emulated CPU is slower:", "",
+              *bl.table(["snapshots per side", "in-process (ms)"],
+                        [[n, f"{grows[n] * 1000:.1f}"] for n in sizes]), ""]
     return lines
 
 
