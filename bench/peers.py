@@ -159,6 +159,9 @@ class Trees:
             mnt = self.lab.src.mountpoint(self.src[v])
             for i in range(1, self.n + 1):
                 bl.write_random(mnt / f"fs{i}" / f"change-{seed % 2}.bin", size_kib)
+        # written out before any variant is timed: the first one's snapshot would
+        # otherwise pay for every variant's writes (a txg holding all of them)
+        self.lab.src.root(["zpool", "sync", self.lab.src.pool])
 
     def run(self, variant: str, path: str | None = None) -> float:
         env = {"PATH": path} if path else None
