@@ -102,6 +102,8 @@ for u in $USERS; do
             rc=1
             continue
         fi
+        # the ssh control folders of a zfsrepl that a test killed (kill -9 cannot clean up)
+        find /tmp -maxdepth 1 -type d -name 'zfsrepl-ssh-*' -user "$u" -exec rm -rf -- {} +
         userdel -f -r "$u" 2>/dev/null
         id "$u" >/dev/null 2>&1 || rm -f "$STATE/user.$u"
     elif home=$(getent passwd "$u" | cut -d: -f6) && [ -f "$home/.ssh/known_hosts" ]; then
