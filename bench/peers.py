@@ -14,6 +14,8 @@ tool ever sees another's snapshots), in the same run and alternating:
                      compression, --no-privilege-elevation
     zfs-autobackup   one zfs-autobackup run selecting the children
                      (autobackup:NAME=child), --keep-source=3 --keep-target=3
+    zfsrepl-p2       (only when named in --variants) zfsrepl with parallel = 2: as many
+                     streams at once as bzfs's threads on the VM's 2 CPUs
     bzfs             two bzfs runs: one snapshots the tree's children, replicates them
                      and prunes the destination to 3; one prunes the source to 3
                      (bzfs prunes a source only as the destination of a run of its
@@ -59,7 +61,11 @@ KEEP = 3  # the snapshots each variant keeps on both sides (--keep)
 WARMUP = 3
 CHANGE_KIB = 64
 ALL_VARIANTS = ("zfsrepl", "raw", "syncoid", "zfs-autobackup", "bzfs")
+# zfsrepl's service with `parallel` set, by variant (run only when named in --variants)
+PARALLEL_VARIANTS = {"zfsrepl-p2": 2}
+KNOWN_VARIANTS = ("zfsrepl", *PARALLEL_VARIANTS, *ALL_VARIANTS[1:])
 VARIANTS: tuple[str, ...] = ALL_VARIANTS  # the variants of this run (--variants)
+SITUATIONS = {"no-change": False, "small-change": True}
 CIPHERS = bl.SSH_DEFAULT_OPTIONS[0].split("=", 1)[1]
 # What bzfs's manual offers for speed, for cycles of small changes (see bench/README.md)
 BZFS_OPTIONS = [
@@ -131,9 +137,13 @@ class Trees:
         # zfs-autobackup replicates the children of the tree marked for its backup name
         if "zfs-autobackup" in VARIANTS:
             lab.src.zfs("set", f"autobackup:{self.name}=child", self.src["zfs-autobackup"])
-        pairs = [(f"{self.src['zfsrepl']}/fs{i}", f"{self.dst['zfsrepl']}/fs{i}")
-                 for i in range(1, n + 1)]
-        repl.write_service(name=self.name, filesystems=pairs, keep=KEEP, retries=1)
+        # one service per zfsrepl variant, named after it
+        self.service = {v: self.name + v[len("zfsrepl"):] for v in VARIANTS
+                        if v.startswith("zfsrepl")}
+        for v, service in self.service.items():
+            pairs = [(f"{self.src[v]}/fs{i}", f"{self.dst[v]}/fs{i}") for i in range(1, n + 1)]
+            tuning = {"parallel": PARALLEL_VARIANTS[v]} if v in PARALLEL_VARIANTS else {}
+            repl.write_service(name=service, filesystems=pairs, keep=KEEP, retries=1, **tuning)
         self.raw_k = 0
         self.target = f"{lab.dst.user}@{lab.dst.address}"
         self.ssh_config = f"{repl.base}/{self.name}-ssh_config"  # the user's own dir
@@ -166,8 +176,9 @@ class Trees:
     def run(self, variant: str, path: str | None = None) -> float:
         env = {"PATH": path} if path else None
         host: LabHost = self.lab.src
-        if variant == "zfsrepl":
-            return bl.timed(lambda: self.repl.run("runonce", self.name, env=env, timeout=7200))
+        if variant in self.service:
+            return bl.timed(lambda: self.repl.run("runonce", self.service[variant], env=env,
+                                                  timeout=7200))
         if variant == "raw":
             self.raw_k += 1
             args = [str(self.n), self.src["raw"], self.dst["raw"], str(self.raw_k), str(KEEP),
@@ -218,8 +229,9 @@ class Trees:
 
 def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts: list[int],
                rounds: int, warmup: int, counter: VmCounter | None,
-               calls_dir: Path) -> list[str]:
-    """The table of cycle times; processes counted in one more cycle of each variant
+               calls_dir: Path, changes: list[bool]) -> list[str]:
+    """The table of cycle times, for each situation of `changes` (False: nothing
+    changed, True: a small change); processes counted in one more cycle of each variant
     unless `counter` is None."""
     rows = []
     summary: dict[tuple[int, bool], dict[str, float]] = {}
@@ -229,7 +241,7 @@ def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts:
         for _ in range(warmup):
             for v in VARIANTS:
                 t.run(v)
-        for change in (False, True):
+        for change in changes:
             times: dict[str, list[float]] = {v: [] for v in VARIANTS}
             for i in range(rounds):
                 if change:
@@ -269,7 +281,7 @@ def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts:
     lo, hi = min(counts), max(counts)
     if lo != hi:
         lines.append("")
-        for change in (False, True):
+        for change in changes:
             a, b = summary[(lo, change)], summary[(hi, change)]
             lines.append(f"- {'small change' if change else 'no change'}: {hi} filesystems cost "
                          + ", ".join(f"{v} {b[v] / a[v]:.1f} x" for v in VARIANTS)
@@ -284,8 +296,12 @@ def ratio_heads() -> list[str]:
     if "syncoid" in VARIANTS and "zfs-autobackup" in VARIANTS:
         heads.append("best of syncoid, zfs-autobackup / zfsrepl")
     if "bzfs" in VARIANTS:
-        heads.append("bzfs / zfsrepl")
+        heads += [f"bzfs / {v}" for v in zfsrepl_variants()]
     return heads
+
+
+def zfsrepl_variants() -> list[str]:
+    return [v for v in VARIANTS if v.startswith("zfsrepl")]
 
 
 def ratio_cells(med: dict[str, float]) -> list[str]:
@@ -296,7 +312,7 @@ def ratio_cells(med: dict[str, float]) -> list[str]:
     if "syncoid" in VARIANTS and "zfs-autobackup" in VARIANTS:
         cells.append(f"{min(med['syncoid'], med['zfs-autobackup']) / med['zfsrepl']:.2f}")
     if "bzfs" in VARIANTS:
-        cells.append(f"**{med['bzfs'] / med['zfsrepl']:.2f}**")
+        cells += [f"**{med['bzfs'] / med[v]:.2f}**" for v in zfsrepl_variants()]
     return cells
 
 
@@ -356,6 +372,8 @@ def main() -> int:
     parser.add_argument("--keep", type=int, default=KEEP,
                         help="snapshots kept on each side (1 reaches the steady state, "
                              "pruning every cycle, after one warm-up cycle)")
+    parser.add_argument("--situations", default=",".join(SITUATIONS),
+                        help="the cycles to time, comma-separated: " + ", ".join(SITUATIONS))
     parser.add_argument("--no-count", action="store_true",
                         help="no extra cycle counting the processes (halves a long run)")
     sections = [s for s in (*bl.SECTIONS, *bl.EXTRA_SECTIONS) if s.startswith("peers")]
@@ -370,10 +388,13 @@ def main() -> int:
         parser.error("--keep must be 1 or more")
     KEEP = args.keep
     chosen = set(args.variants.split(",")) | {"zfsrepl"}
-    if chosen - set(ALL_VARIANTS):
-        parser.error(f"unknown variant(s) {', '.join(sorted(chosen - set(ALL_VARIANTS)))}; "
-                     f"known: {', '.join(ALL_VARIANTS)}")
-    VARIANTS = tuple(v for v in ALL_VARIANTS if v in chosen)
+    if chosen - set(KNOWN_VARIANTS):
+        parser.error(f"unknown variant(s) {', '.join(sorted(chosen - set(KNOWN_VARIANTS)))}; "
+                     f"known: {', '.join(KNOWN_VARIANTS)}")
+    VARIANTS = tuple(v for v in KNOWN_VARIANTS if v in chosen)
+    situations = args.situations.split(",")
+    if not situations or set(situations) - set(SITUATIONS):
+        parser.error(f"--situations takes {', '.join(SITUATIONS)}, comma-separated")
     calls_dir = Path(tempfile.mkdtemp(prefix="zfsrepl-bench-peers-calls-", dir="/var/tmp"))
 
     with lab_session(keep=args.keep_lab) as lab, claim_area(lab) as area, \
@@ -385,7 +406,8 @@ def main() -> int:
             tp = ([] if args.no_throughput else
                   throughput(lab, repl, area.src, area.dst, args.size_mib, args.rounds))
             cc = cycle_cost(lab, repl, area.src, area.dst, counts, args.rounds, args.warmup,
-                            None if args.no_count else counter, calls_dir)
+                            None if args.no_count else counter, calls_dir,
+                            [SITUATIONS[s] for s in situations])
             # written before the area is destroyed: a long run's figures must not be lost
             lines = section(args, head, load, tp, cc)
             bl.write_section(args.section, lines)
@@ -400,7 +422,7 @@ def section(args: argparse.Namespace, head: str, load: str, tp: list[str],
             cc: list[str]) -> list[str]:
     # the numbers RESULTS.md and its findings refer to
     number = {"peers": "7", "peers-bzfs": "9", "peers-100": "9b"}[args.section]
-    peers = [v for v in VARIANTS if v not in ("zfsrepl", "raw")]
+    peers = [v for v in VARIANTS if not v.startswith("zfsrepl") and v != "raw"]
     names = ", ".join(peers[:-1]) + (" and " if len(peers) > 1 else "") + peers[-1] \
         if peers else "the raw pipeline"
     lines = [f"## {number}. Peers on current OpenZFS (the VM lab): {names}", "",
