@@ -330,7 +330,9 @@ def test_wizard_run_again_keeps_every_setting_it_does_not_ask(tmp_path: Path) ->
         on_alarm="/usr/local/bin/alarm", bandwidth_limit=20_000_000, stall_timeout=60,
         listing_cache="on", keep_destination=7, retry_delay=1.0,
         filesystems=(dataclasses.replace(first, mountpoint="/srv/x"), second),
-        destination=dataclasses.replace(base.destination, address="198.51.100.12", port=2222,
+        # a cluster's logical name that only the address reaches: it need not resolve
+        destination=dataclasses.replace(base.destination, host="standby.invalid",
+                                        address="198.51.100.12", port=2222,
                                         ssh_options=("ServerAliveInterval=5",)))
     path.write_text(config.dump_service(old))
     logins: list[Endpoint] = []
@@ -339,8 +341,11 @@ def test_wizard_run_again_keeps_every_setting_it_does_not_ask(tmp_path: Path) ->
         logins.append(ep)
         return FakeDestination({"zfsrepl_dst/x", "zfsrepl_dst/y"})
 
+    consoles: list[ScriptedConsole] = []
+
     def run(answers: list[str]) -> Service:
-        wizard = Wizard(ScriptedConsole(answers), tmp_path, connect=connect,  # type: ignore[arg-type]
+        consoles.append(ScriptedConsole(answers))
+        wizard = Wizard(consoles[-1], tmp_path, connect=connect,  # type: ignore[arg-type]
                         source_host=ExistingSourceFs(),
                         probe_source=lambda: ZfsProbe("/usr/sbin/zfs", False, "/home/src"))
         return wizard.run().service
@@ -352,10 +357,13 @@ def test_wizard_run_again_keeps_every_setting_it_does_not_ask(tmp_path: Path) ->
                "keep_destination", "retry_delay", "filesystems")
     assert {k: getattr(got, k) for k in carried} == {k: getattr(old, k) for k in carried}
     d = got.destination
-    assert (d.address, d.port, d.ssh_options) == ("198.51.100.12", 2222, ("ServerAliveInterval=5",))
+    assert (d.host, d.address, d.port, d.ssh_options) == (
+        "standby.invalid", "198.51.100.12", 2222, ("ServerAliveInterval=5",))
     # another destination host: its old address goes; a new keep is both sides' keep
-    answers = [str(path), "", "localhost", ""] + [""] * 7 + ["4"] + [""] * 3 + ["n"]
-    moved = run(answers)
+    # (a new name must resolve: "other.invalid" is refused and asked again)
+    moved = run([str(path), "", "other.invalid", "localhost", ""] + [""] * 7 + ["4"]
+                + [""] * 3 + ["n"])
+    assert any("'other.invalid' does not resolve" in line for line in consoles[-1].said)
     assert moved.destination.host == "localhost" and moved.destination.address is None
     assert logins[-1].address is None
     assert moved.keep_source == moved.keep_destination == 4 and moved.parallel == 4

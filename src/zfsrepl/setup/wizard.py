@@ -79,10 +79,14 @@ def host_name(value: str) -> str:
     return value
 
 
-def destination_host(value: str) -> str:
+def destination_host(value: str, must_resolve: bool = True) -> str:
+    """A destination host name; `must_resolve` False where ssh connects to a known
+    address instead (the name then only labels the snapshots)."""
     host_name(value)
     if not valid_name_component(value) or "@" in value:
         raise Invalid(f"{value!r} cannot be part of a snapshot name (letters, digits, '_-.:')")
+    if not must_resolve:
+        return value
     try:
         socket.getaddrinfo(value, None)
     except (OSError, UnicodeError):
@@ -258,10 +262,12 @@ class Wizard:
         c = self.console
         host_default = old.destination.host if old else None
         user_default = old.destination.user if old else None
+        # the kept host name logs in through its kept address (carried_endpoint)
+        by_address = old.destination.host if old and old.destination.address else None
         while True:
             host = ask(c, "Enter the destination system name (logical alias name for a "
                           "cluster) which will receive the snapshots", host_default,
-                       destination_host)
+                       lambda v: destination_host(v, must_resolve=v != by_address))
             user = ask(c, "Enter the user name on the destination system which will receive "
                           "the snapshots", user_default, user_name)
             c.say("The user id on the destination system will be checked now.")
