@@ -41,9 +41,15 @@ that did not use the cache, and what grows with the count timed in-process up to
 
     python bench/snapshots.py --backend openzfs [--counts 100,3000] [--rounds 3]
 
-3,000 is what the lab VM holds: OpenZFS allocates some 90 KiB per snapshot there, and
-both pools share the VM's 1.6 GiB disk (10,000 fill it and suspend the pool). About
-an hour under emulation, most of it receiving the snapshots on the destination.
+3,000 is what the lab VM holds by default: OpenZFS allocates some 90 KiB per snapshot
+there, and both pools share the VM's 1.6 GiB disk (10,000 fill it and suspend the
+pool). About an hour under emulation, most of it receiving the snapshots on the
+destination. 10,000 need a VM of their own with a larger disk and pools (the VM is
+made at its first start; about 1.5 hours):
+
+    ZFSREPL_LAB_OPENZFS_DIR=/var/tmp/zfsrepl-lab-big ZFSREPL_LAB_VM_DISK=6G \
+        ZFSREPL_LAB_POOL_SIZE=2500M python bench/snapshots.py --backend openzfs \
+        --counts 100,10000 --rounds 2
 """
 
 from __future__ import annotations

@@ -9,11 +9,20 @@ CTL="$RUN/ssh-master"   # ControlPath of the one ssh connection to the VM
 LAB_NET=198.51.100.0/24
 MEM_MIB=${ZFSREPL_LAB_VM_MEM:-2048}
 CPUS=${ZFSREPL_LAB_VM_CPUS:-2}
+# The VM's disk (both pools' image files live on it): the image's own size unless
+# given (qemu-img sizes, e.g. 6G); the guest grows its root filesystem to fit.
+DISK_SIZE=${ZFSREPL_LAB_VM_DISK:-}
+# Each pool's image file in a new VM (guest/common.sh's default unless given)
+POOL_SIZE=${ZFSREPL_LAB_POOL_SIZE:-}
 
 log() { echo "zfsrepl-lab(openzfs): $*"; }
 die() { echo "zfsrepl-lab(openzfs): ERROR: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root"
+for size in "$DISK_SIZE" "$POOL_SIZE"; do
+    [[ -z $size || $size =~ ^[1-9][0-9]*[KMGT]$ ]] ||
+        die "'$size' is not a size such as 6G (ZFSREPL_LAB_VM_DISK, ZFSREPL_LAB_POOL_SIZE)"
+done
 case "$LABDIR" in
     /*[[:space:]]* | *[[:space:]]*) die "lab dir must not contain whitespace: '$LABDIR'" ;;
     /?*) ;;

@@ -90,7 +90,9 @@ if [ -z "$(qemu_pid)" ]; then
     rm -f "$STATE/qemu" "$STATE/master" "$STATE/sshfs" "$LABDIR/root.qcow2" "$CTL"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     echo "$port" > "$RUN/port"
-    qemu-img create -q -f qcow2 -b "$IMG/base.img" -F raw "$LABDIR/root.qcow2"
+    # shellcheck disable=SC2086  # no size: the image's
+    qemu-img create -q -f qcow2 -b "$IMG/base.img" -F raw "$LABDIR/root.qcow2" $DISK_SIZE ||
+        die "cannot create the VM's disk (ZFSREPL_LAB_VM_DISK='$DISK_SIZE' must be a size above the image's)"
     log "booting the VM (TCG, ${MEM_MIB} MiB, $CPUS vCPUs, ssh on 127.0.0.1:$port)"
     t=$(date +%s)
     : > "$LABDIR/log/console.log"
@@ -133,7 +135,8 @@ fi
 # ------------------------------------------------------------------ inside the VM
 tar -C "$HERE/guest" -c . |
     vm_ssh "rm -rf $LABDIR/scripts && install -d $LABDIR/scripts && tar -x -C $LABDIR/scripts"
-vm_ssh "ZFSREPL_LAB_DIR=$LABDIR bash $LABDIR/scripts/setup.sh" >"$LABDIR/log/guest-setup.log" 2>&1 ||
+vm_ssh "ZFSREPL_LAB_DIR=$LABDIR ${POOL_SIZE:+ZFSREPL_LAB_POOL_SIZE=$POOL_SIZE} bash $LABDIR/scripts/setup.sh" \
+    >"$LABDIR/log/guest-setup.log" 2>&1 ||
     { tail -20 "$LABDIR/log/guest-setup.log" >&2; die "set-up inside the VM failed"; }
 sync_code
 

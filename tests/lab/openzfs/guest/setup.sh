@@ -50,6 +50,9 @@ install -d -m 0755 "$LABDIR" "$LABDIR"/{img,mnt,run,ssh,log,bin,work}
 install -d -m 0700 "$LABDIR/run/pids"
 find "$LABDIR/run/pids" -type f -delete   # PID files of commands (run.py) of earlier sessions
 modprobe zfs
+# a VM disk made larger than the image (ZFSREPL_LAB_VM_DISK): the root filesystem
+# grows to fill it, online (resize2fs does nothing where it fills it already)
+resize2fs "$(findmnt -n -o SOURCE /)" >/dev/null 2>&1 || die "cannot grow the root filesystem"
 
 # ------------------------------------------------------------------ pools
 for p in "$SRC_POOL" "$DST_POOL"; do
