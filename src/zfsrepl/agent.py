@@ -29,6 +29,9 @@ Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
     hold TAG FS@SNAP... / release TAG FS@SNAP...          TAG: zfsrepl-SERVICE, own SNAPs
     holds -H FS@SNAP...                                   the holds of an own FS's snapshots
     destroy FS@SNAP                                       SNAP made by this service
+    destroy FS@SNAP FS@SNAP...                            several (any own FS): the
+                                                          agent's own form, one zfs
+                                                          destroy each (see run_each)
     rollback FS@SNAP                                      SNAP made by this service
     rename FS FS.diverged-YYYYmmdd-HHMMSS                 a diverged replica set aside
     clone [-o readonly=on] FS.diverged-STAMP@SNAP FS      ... its SNAP (this service's)
@@ -110,6 +113,9 @@ CHANGED_PROPERTIES = ("snapshots_changed", "zfsrepl:role")
 # Far above any real request (a listing of many filesystems), far below what could
 # hurt: refused before it is even split.
 MAX_COMMAND_BYTES = 64 * 1024
+# What this agent takes beyond the forms every version does, named in its `hello`
+# so that a client asks an older agent only what it understands.
+AGENT_REQUESTS = ("destroy-many",)
 EXIT_REFUSED = 126
 EXIT_CANNOT_RUN = 127
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -194,6 +200,8 @@ class RunZfs:
     # list of filesystems is checked first (see `read_stream`).
     replication: str | None = None
     listing: bool = False  # its output is cut to the service's own datasets
+    # `SUB NAME NAME...`: one `zfs SUB NAME` for each NAME, in order (see run_each)
+    each: bool = False
 
 
 @dataclass(frozen=True)
@@ -485,10 +493,14 @@ def _destroy(args: list[str], policy: Policy) -> Decision:
         # the snapshot of that name of every filesystem below: all the service's
         return (_own_snapshot(args[2], policy, "destroy")
                 or RunZfs(tuple(args), changes=_filesystems_of(args[2:])))
-    if len(args) != 2 or args[1].startswith("-"):
-        return Refused("zfs destroy is allowed only as: destroy FS@SNAP (no options)")
-    return (_own_snapshot(args[1], policy, "destroy")
-            or RunZfs(tuple(args), changes=_filesystems_of(args[1:])))
+    if len(args) < 2 or any(a.startswith("-") for a in args[1:]):
+        return Refused("zfs destroy is allowed only as: destroy FS@SNAP... (no options)")
+    for name in args[1:]:
+        refused = _own_snapshot(name, policy, "destroy")
+        if refused:
+            return refused
+    # several: one zfs destroy each (zfs takes one filesystem's snapshots per call)
+    return RunZfs(tuple(args), changes=_filesystems_of(args[1:]), each=len(args) > 2)
 
 
 def _rollback(args: list[str], policy: Policy) -> Decision:
@@ -751,7 +763,8 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
         print(json.dumps({"agent": "zfsrepl", "version": __version__,
                           "service": policy.service,
                           "filesystems": sorted(policy.filesystems),
-                          "zfs": probe(policy.zfs_argv), "tools": wire_tools()},
+                          "zfs": probe(policy.zfs_argv), "tools": wire_tools(),
+                          "requests": list(AGENT_REQUESTS)},
                          sort_keys=True))
         return 0
     receive = decision.receive if isinstance(decision, Pipeline) else decision
@@ -766,6 +779,8 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
         existing = frozenset(roles)
     if receive.listing:
         return run_listing(receive, policy, log)
+    if receive.each:
+        return run_each(receive, policy, log)
     if receive.stream:
         pipeline = decision if isinstance(decision, Pipeline) else Pipeline((), decision)
         return run_pipeline(pipeline, policy, log, text, existing)
@@ -825,6 +840,29 @@ def run_listing(run: RunZfs, policy: Policy, log: AgentLog) -> int:
     sys.stderr.buffer.write(proc.stderr)
     sys.stderr.flush()
     return _exit_code(proc.returncode)
+
+
+def run_each(run: RunZfs, policy: Policy, log: AgentLog) -> int:
+    """`SUB NAME...`: `zfs SUB NAME` for each NAME in turn, going on past one that fails,
+    so that one request does the work of many (a session and an agent each saved).
+    Standard output: one JSON object a line for each, {"name", "returncode", "stderr"},
+    written as it ends. Exit 0 when every one succeeded, else 1."""
+    sub, *names = run.args
+    log.write("INFO", f"{sub}: {len(names)} in one request")
+    failed = False
+    for name in names:
+        argv = [*policy.zfs_argv, sub, name]
+        log.write("INFO", f"running: {shlex.join(argv)}")
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                  check=False)
+            rc, err = proc.returncode, proc.stderr.decode("utf-8", "replace")
+        except OSError as exc:
+            rc, err = EXIT_CANNOT_RUN, f"zfsrepl agent: cannot run {argv[0]}: {exc.strerror}\n"
+            log.write("WARNING", f"cannot run {shlex.join(argv)}: {exc.strerror}")
+        failed = failed or rc != 0
+        print(json.dumps({"name": name, "returncode": rc, "stderr": err}), flush=True)
+    return 1 if failed else 0
 
 
 def run_pipeline(decision: Pipeline, policy: Policy, log: AgentLog, command: str = "",

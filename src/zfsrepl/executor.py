@@ -9,6 +9,7 @@ import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 from zfsrepl import cycleplan, hooks, plan, retention
@@ -249,12 +250,16 @@ class Bases:
             logger.warning("bookmarking @%s of %s: %s", base, src_fs, exc)
 
 
-def prune(hosts: CycleHosts, job: Prune, cancel: Cancel | None = None) -> None:
-    """Destroy what retention chose for one filesystem on each side. `cancel`: in a
-    worker thread (see `each`); stops between two snapshots once cancelled."""
-    for zfs, fs, names, held in (
-            (hosts.src, job.pair.source, job.destroy_source, job.held_source),
-            (hosts.dst, job.pair.destination, job.destroy_destination, job.held_destination)):
+def prune(hosts: CycleHosts, job: Prune, cancel: Cancel | None = None, *,
+          destination: bool = True) -> None:
+    """Destroy what retention chose for one filesystem on each side (on the source
+    alone unless `destination`). `cancel`: in a worker thread (see `each`); stops
+    between two snapshots once cancelled."""
+    sides = [(hosts.src, job.pair.source, job.destroy_source, job.held_source)]
+    if destination:
+        sides.append((hosts.dst, job.pair.destination, job.destroy_destination,
+                      job.held_destination))
+    for zfs, fs, names, held in sides:
         for name in names:
             if cancel is not None:
                 cancel.check(f"destroying {fs}@{name} on {zfs.label}")
@@ -269,6 +274,33 @@ def prune(hosts: CycleHosts, job: Prune, cancel: Cancel | None = None) -> None:
                             "renamed aside?)", fs, name, zfs.label)
                 continue
             logger.info("destroyed %s@%s on %s", fs, name, zfs.label)
+
+
+def prune_destinations(hosts: CycleHosts, jobs: Sequence[Prune]) -> None:
+    """The destination's part of every job's prune at once: one release of this
+    service's holds among them, then one request destroying them all (see
+    Zfs.destroy_snapshots); a failure is logged and fails nothing."""
+    dst = hosts.dst
+    source_of = {job.pair.destination: job.pair.source for job in jobs}
+    names = [f"{job.pair.destination}@{n}" for job in jobs for n in job.destroy_destination]
+    held = [f"{job.pair.destination}@{n}" for job in jobs for n in job.destroy_destination
+            if n in job.held_destination]
+    if held:
+        try:
+            dst.release(hosts.tag, held)  # only this service's own holds
+        except ZfsreplError as exc:
+            logger.warning("retention on %s: %s", dst.label, exc)
+            names = [n for n in names if n not in held]  # still held: kept for now
+    for name, outcome in zip(names, dst.destroy_snapshots(names)):
+        fs, _, snap = name.partition("@")
+        if outcome is None:
+            logger.info("destroyed %s@%s on %s", fs, snap, dst.label)
+        elif isinstance(outcome, HasClones):
+            logger.info("kept %s@%s on %s: a clone of it exists (a diverged replica "
+                        "renamed aside?)", fs, snap, dst.label)
+        else:
+            # A snapshot left over is destroyed by a later cycle; it fails nothing.
+            logger.warning("retention on %s: %s", source_of[fs], outcome)
 
 
 def each(hosts: CycleHosts, items: Sequence[Item],
@@ -368,13 +400,21 @@ class Executor:
         jobs = [Prune(fp.pair, a.destroy_source, a.destroy_destination,
                       *held.get(id(fp), (fp.held_source, fp.held_destination)))
                 for fp, a in zip(fps, afters)]
-        for fp, pruned in zip(fps, each(self.h, jobs, self.prune)):
+        # the destination's destroys in one request where its agent takes that: a
+        # session and an agent's start each saved
+        together = self.h.dst.takes_many_destroys(sum(len(j.destroy_destination)
+                                                      for j in jobs))
+        for fp, pruned in zip(fps, each(self.h, jobs, partial(self.prune,
+                                                               destination=not together))):
             if isinstance(pruned, ZfsreplError):
                 # A snapshot left over is destroyed by a later cycle; it fails nothing.
                 logger.warning("retention on %s: %s", fp.pair.source, pruned)
+        if together:
+            prune_destinations(self.h, jobs)
         if failures:
             raise CommandError("; ".join(failures))
         return again
 
-    def prune(self, job: Prune, cancel: Cancel | None = None) -> None:
-        prune(self.h, job, cancel)
+    def prune(self, job: Prune, cancel: Cancel | None = None, *,
+              destination: bool = True) -> None:
+        prune(self.h, job, cancel, destination=destination)

@@ -385,10 +385,13 @@ def pipeline_command(host: Host, stages: list[list[str]], *, quiet_helpers: bool
 @dataclass(frozen=True)
 class Tools:
     """Which of WIRE_TOOLS a host has, and whether it was asked through the zfsrepl
-    agent (then the agent runs a pipeline itself, and wants it without redirections)."""
+    agent (then the agent runs a pipeline itself, and wants it without redirections),
+    with the requests that agent takes beyond those of every version (its `hello`'s
+    "requests", e.g. "destroy-many")."""
 
     found: frozenset[str] = frozenset()
     agent: bool = False
+    requests: frozenset[str] = frozenset()
 
 
 NO_TOOLS = Tools()
@@ -423,7 +426,10 @@ def find_tools(host: Host, names: tuple[str, ...] = WIRE_TOOLS) -> Tools:
         # an agent older than wire compression reports no tools: it has none to run
         tools = reply.get("tools")
         found = {t for t in tools if t in names} if isinstance(tools, list) else set()
-        return Tools(frozenset(found), agent=True)
+        requests = reply.get("requests")
+        taken = {r for r in requests if isinstance(r, str)} if isinstance(requests, list) \
+            else set()
+        return Tools(frozenset(found), agent=True, requests=frozenset(taken))
     script = _FIND_SCRIPT.format(names=" ".join(names))
     result = host.run(["sh", "-c", script], check=False)
     return Tools(frozenset(ln.strip() for ln in result.stdout.splitlines()

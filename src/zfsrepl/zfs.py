@@ -6,6 +6,7 @@ to current OpenZFS are used here; richer features are probed, never assumed.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -396,6 +397,65 @@ class Zfs:
         self._busy_retried("destroy", f"{filesystem}@{name}")
         self._note("destroy", f"{filesystem}@{name}")
 
+    def destroy_snapshots(self, names: Sequence[str]) -> list[CommandError | None]:
+        """Destroy each of `names` (FS@SNAP, any filesystems), going on past one that
+        fails: what became of each, in order (None: destroyed). Through an agent that
+        takes `destroy-many` (its hello, asked here where not yet), one request for
+        them all instead of a session each; a busy one is tried again alone, as
+        `destroy_snapshot` does."""
+        if not self.takes_many_destroys(len(names)):
+            return [self._destroyed(name) for name in names]
+        outcomes: list[CommandError | None] = []
+        for batch in _batches(names, _MAX_BATCH_BYTES):
+            outcomes += self._destroy_many(batch)
+        return outcomes
+
+    def takes_many_destroys(self, count: int) -> bool:
+        """Whether `destroy_snapshots` destroys `count` snapshots in one request (for
+        2 the agent's hello, where not asked yet, costs what the one request saves)."""
+        return count >= 2 and "destroy-many" in self.tools().requests
+
+    def _destroyed(self, name: str) -> CommandError | None:
+        fs, _, snap = name.partition("@")
+        try:
+            self.destroy_snapshot(fs, snap)
+        except CommandError as exc:
+            return exc
+        return None
+
+    def _destroy_many(self, names: list[str]) -> list[CommandError | None]:
+        # each destroy may take what one command may (a request of many is no stall)
+        each = getattr(self.host, "command_timeout", None)
+        result = self.host.run(self.argv("destroy", *names), check=False,
+                               timeout=None if each is None else each * len(names))
+        reports: dict[str, tuple[int, str]] = {}
+        for line in result.stdout.splitlines():
+            report = _json_object(line)
+            rc = report.get("returncode") if report is not None else None
+            if report is not None and isinstance(rc, int):
+                reports[str(report.get("name"))] = (rc, str(report.get("stderr", "")))
+        if not reports:
+            # refused, or cut before its first answer: each may or may not be gone
+            self._note("other", *names)
+            error = self._failed(result)
+            return [error for _ in names]
+        outcomes: list[CommandError | None] = []
+        for name in names:
+            if name not in reports:  # cut before its answer: gone or not, unknown
+                self._note("other", name)
+            rc, stderr = reports.get(name, (None, result.stderr or "the request ended first"))
+            if rc == 0:
+                self._note("destroy", name)
+                outcomes.append(None)
+                continue
+            error = zfserrors.failed(f"{self.label}: {first_line(stderr) or 'zfs failed'}",
+                                     argv=self.argv("destroy", name), stderr=stderr,
+                                     returncode=rc)
+            # the short "dataset is busy" of FUSE mounts: ridden out alone
+            outcomes.append(self._destroyed(name) if isinstance(error, zfserrors.DatasetBusy)
+                            else error)
+        return outcomes
+
     def rename(self, filesystem: str, new_name: str) -> None:
         """Rename a filesystem (no options: never its snapshots alone, never -p),
         riding out a short 'dataset is busy'; zfs-fuse refuses it while it is mounted."""
@@ -605,6 +665,14 @@ def _batches(words: Sequence[str], limit: int) -> Iterator[list[str]]:
         size += cost
     if batch:
         yield batch
+
+
+def _json_object(line: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _int(value: str | None) -> int | None:

@@ -137,6 +137,8 @@ def _cases(inst: Installed) -> dict[str, str | bytes]:
         "rollback to another service's snapshot": f"zfs rollback {q(own + '@' + other_service)}",
         "destroy a snapshot made by hand": f"zfs destroy {q(own + '@by-hand')}",
         "destroy own name on a foreign filesystem": f"zfs destroy {q(ours_elsewhere)}",
+        # several at once: one foreign snapshot refuses them all, the own one too
+        "destroy several, one foreign": f"zfs destroy {q(snap)} {q(ours_elsewhere)}",
         "destroy the filesystem": f"zfs destroy {q(own)}",
         "destroy recursively": f"zfs destroy -r {q(snap)}",
         "rollback -r": f"zfs rollback -r {q(snap)}",
@@ -163,6 +165,7 @@ CASES = [
     "get other dataset", "list the pool", "receive into another dataset",
     "destroy another service's snapshot", "rollback to another service's snapshot",
     "destroy a snapshot made by hand", "destroy own name on a foreign filesystem",
+    "destroy several, one foreign",
     "destroy the filesystem", "destroy recursively", "rollback -r", "send",
     "set a property", "semicolon", "and", "substitution", "backticks", "newline",
     "unbalanced quote", "quotes around a shell", "pipe to a shell", "very long",

@@ -31,7 +31,7 @@ from test_setup_support import (
     without_other_services,
 )
 
-from lab import Area, Lab, ZfsreplCli, snapshot_checksums, tree_checksums, write_tree
+from lab import Area, Lab, LabHost, ZfsreplCli, snapshot_checksums, tree_checksums, write_tree
 from zfsrepl import zfswrap
 
 pytestmark = pytest.mark.backends("fuse", "openzfs")
@@ -240,3 +240,14 @@ def test_replay_of_a_response_file_sets_up_from_scratch(case: SetupCase) -> None
     assert len(service_lines(lab, case.marker)) == 1
     check_replication(case, seed=30)
     check_replication(case, seed=40)
+    # the third cycle prunes (keep = 2): the destination's destroys are one request
+    check_replication(case, seed=50)
+    for src, dst in case.pairs:
+        kept = [own_snapshots(lab.src, src), own_snapshots(lab.dst, dst)]
+        assert len(kept[0]) == 2 and kept[0] == kept[1], kept
+    assert "destroy: 2 in one request" in agent_log(case)
+
+
+def own_snapshots(host: LabHost, fs: str) -> list[str]:
+    out = host.zfs("list", "-H", "-t", "snapshot", "-o", "name", "-s", "createtxg", "-d", "1", fs)
+    return [ln.split("@", 1)[1] for ln in out.splitlines() if "@zfsrepl-" in ln]

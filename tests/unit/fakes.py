@@ -5,6 +5,7 @@ several filesystems (`World`, fixture `world`)."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,8 @@ class SimZfs:
         self.txg = 1
         self.calls: list[list[str]] = []
         self.refuse_batches = False  # as an agent that takes one snapshot per hold
+        # what its agent's hello names beyond every version's requests ([]: an older one)
+        self.requests = ["destroy-many"]
         self.tokens: dict[str, str] = {}  # filesystem -> receive_resume_token
 
     def next_txg(self) -> int:
@@ -79,6 +82,10 @@ class SimZfs:
 
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
             timeout: float | None = None) -> Result:
+        if argv == ["hello"]:  # the agent's
+            self.calls.append(argv)
+            return Result(argv, 0, json.dumps({"agent": "zfsrepl", "version": "0",
+                                               "tools": [], "requests": self.requests}), "")
         args = argv[1:]
         self.calls.append(args)
         if not args:
@@ -167,6 +174,12 @@ class SimZfs:
         return 0, "", ""
 
     def _destroy(self, a: list[str]) -> tuple[int, str, str]:
+        if len(a) > 1:  # the agent's destroy-many: one report a line
+            assert "destroy-many" in self.requests, a
+            reports = [{"name": n, "returncode": rc, "stderr": err}
+                       for n in a for rc, _, err in [self._destroy([n])]]
+            return (int(any(r["returncode"] for r in reports)),
+                    "".join(json.dumps(r) + "\n" for r in reports), "")
         fs, sep, name = a[0].partition("#")
         if sep:
             del self.marks[fs][name]

@@ -48,6 +48,7 @@ def test_the_interlock_is_the_one_failover_sets() -> None:
 # every request that changes a filesystem, its snapshots or their holds
 CHANGING = {
     "destroy": (["zfs", "destroy", SNAP1], (FS1,)),
+    "several destroys": (["zfs", "destroy", SNAP1, SNAP2], (FS1, FS2)),
     "rollback": (["zfs", "rollback", SNAP1], (FS1,)),
     "hold": (["zfs", "hold", TAG, SNAP1, SNAP2], (FS1, FS2)),
     "release": (["zfs", "release", TAG, SNAP2], (FS2,)),
@@ -361,3 +362,51 @@ def test_a_replication_stream_behind_a_decompressor_is_refused_too(tmp_path: Pat
                                            "replication stream")
     assert proc.stderr.count(b"\n") == 1
     assert not (tmp_path / "received").exists()
+
+
+# ---------------------------------------------------------------------------- several destroys
+
+
+def test_several_destroys_are_one_request_checked_as_a_whole() -> None:
+    request = run(["zfs", "destroy", SNAP1, SNAP2])
+    assert request.each and request.changes == (FS1, FS2)
+    assert not run(["zfs", "destroy", SNAP1]).each  # one: zfs runs it, as ever
+    for argv, why in (
+            (["zfs", "destroy", SNAP1, f"{FS2}@manual"], "'manual' was not made by service svc"),
+            (["zfs", "destroy", SNAP1, f"zfsrepl_dst/other@{NAMING.format(3)}"],
+             "'zfsrepl_dst/other' is not a destination filesystem of service svc"),
+            (["zfs", "destroy", SNAP1, "-r", SNAP2], "no options"),
+            (["zfs", "destroy", SNAP1, FS2], "destroy takes a snapshot")):
+        refused = decide(shlex.join(argv), POLICY)
+        assert isinstance(refused, Refused) and why in refused.reason, (argv, refused)
+
+
+# A stand-in zfs for the interlock's look (nothing taken over) and the destroys, which
+# it logs; a snapshot of fs2 is busy.
+EACH_ZFS = """#!/bin/sh
+if [ "$1" = list ]; then shift 4; for fs in "$@"; do printf '%s\\t-\\n' "$fs"; done; exit 0; fi
+printf '%s\\n' "$*" >> "$0.log"
+case "$2" in *fs2@*) echo "cannot destroy snapshot $2: dataset is busy" >&2; exit 1;; esac
+"""
+
+
+def test_several_destroys_run_one_zfs_each_past_a_failure_and_report_each(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = tmp_path / "zfs"
+    fake.write_text(EACH_ZFS)
+    fake.chmod(0o755)
+    policy = Policy(service="svc", filesystems=POLICY.filesystems, naming=NAMING,
+                    zfs_argv=(str(fake),))
+    snap3 = f"{FS1}@{NAMING.format(4)}"
+    code = agent.serve(shlex.join(["zfs", "destroy", SNAP1, SNAP2, snap3]).encode(), policy,
+                       agent.AgentLog("svc", str(tmp_path / "agent.log")))
+    assert code == 1
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["name"], r["returncode"]) for r in reports] == [(SNAP1, 0), (SNAP2, 1), (snap3, 0)]
+    assert "dataset is busy" in reports[1]["stderr"] and reports[0]["stderr"] == ""
+    # one zfs destroy each, in order, the one after the failure too
+    assert (tmp_path / "zfs.log").read_text().splitlines() == [
+        f"destroy {SNAP1}", f"destroy {SNAP2}", f"destroy {snap3}"]
+    logged = (tmp_path / "agent.log").read_text()
+    assert "INFO agent[svc] destroy: 3 in one request" in logged
+    assert logged.count("INFO agent[svc] running: ") == 3

@@ -150,13 +150,14 @@ def test_a_hold_that_fails_fails_no_transfer(world: MakeWorld, monkeypatch: pyte
 
 @pytest.mark.parametrize("usage, per_cycle", [
     # a steady-state cycle (incremental; probes cached as in `zfsrepl run`), source and
-    # destination; no size estimate (send -nvP): the streams end before a progress line
+    # destination; no size estimate (send -nvP): the streams end before a progress line;
+    # the destination's destroys are one request to its agent (destroy-many)
     (OPENZFS, ({"get": 1, "holds": 1, "snapshot": 1, "send": N, "hold": 1, "release": 1,
                 "bookmark": N, "destroy": 2 * N},
                {"get": 1, "holds": 1, "receive": N, "hold": 1, "release": 1,
-                "destroy": N})),
+                "destroy": 1})),
     (FUSE, ({"get": 1, "snapshot": N, "send": N, "destroy": N},
-            {"get": 1, "receive": N, "destroy": N})),
+            {"get": 1, "receive": N, "destroy": 1})),
 ], ids=["openzfs", "zfs-fuse"])
 def test_calls_per_cycle(world: MakeWorld, usage: str,
                          per_cycle: tuple[dict[str, int], dict[str, int]]) -> None:
@@ -165,3 +166,25 @@ def test_calls_per_cycle(world: MakeWorld, usage: str,
     w.cycle()
     src, dst = w.calls_of(w.cycle)
     assert (dict(src), dict(dst)) == per_cycle
+
+
+def test_the_destinations_destroys_are_one_request_where_its_agent_takes_it(
+        world: MakeWorld, caplog: pytest.LogCaptureFixture) -> None:
+    w = world(OPENZFS)
+    w.cycle()
+    caplog.set_level(logging.INFO, logger="zfsrepl")
+    w.cycle()  # the first that prunes: its agent is asked once what it takes
+    assert w.dst.calls.count(["hello"]) == 1
+    destroys = [c for c in w.dst.calls if c[:1] == ["destroy"]]
+    assert destroys == [["destroy", *(f"{p.destination}@{seq(1)}" for p in PAIRS)]]
+    assert all([s.name for s in w.dst.fs[p.destination]] == [seq(2)] for p in PAIRS)
+    logged = {r.getMessage() for r in caplog.records}
+    assert all(f"destroyed {p.destination}@{seq(1)} on {w.dst.label}" in logged for p in PAIRS)
+    # an agent from before it: a destroy each, as ever
+    w.dst.requests = []
+    w.dst.calls.clear()
+    w.cache.clear()
+    w.cycle()
+    assert [c for c in w.dst.calls if c[:1] == ["destroy"]] == [
+        ["destroy", f"{p.destination}@{seq(2)}"] for p in PAIRS]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

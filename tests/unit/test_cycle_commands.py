@@ -3,8 +3,9 @@ every log line, every stream reported to the service, and what the cycle tells t
 service about the destination afterwards, over several cycles of a service of one and
 of three filesystems, on both kinds of ZFS, forward and back (failback), with a stream
 cut in between. The expected record (data/cycle_commands.json) was taken from the
-cycle before it was split into plan and executor: a change of the number, order or
-form of its commands shows here."""
+cycle before it was split into plan and executor, and taken again when the
+destination's destroys became one request (the agent's destroy-many): a change of the
+number, order or form of its commands shows here."""
 
 from __future__ import annotations
 

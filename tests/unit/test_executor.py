@@ -5,20 +5,23 @@ host lacks it."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import pytest
 
-from zfsrepl import plan
+from zfsrepl import executor, plan
 from zfsrepl.capabilities import NONE, Capabilities
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import Cycle, CyclePlan, FilesystemPlan
 from zfsrepl.cycleplan import after_filesystem, retention_after, with_new_snapshot
 from zfsrepl.errors import CommandError
+from zfsrepl.executor import Prune
 from zfsrepl.host import LocalHost
 from zfsrepl.replication import Replication
 from zfsrepl.snapshots import Snapshot
 from zfsrepl.transfer import TransferNotResumable, TransferResult
+from zfsrepl.zfserrors import HasClones
 
 from .fakes import FnStreams
 from .helpers import DST_FS, NAMING, SRC_FS, own, received, seq
@@ -57,6 +60,9 @@ class FakeZfs:
 
     def destroy_snapshot(self, fs: str, name: str) -> None:
         self.calls.append(("destroy", fs, name))
+
+    def takes_many_destroys(self, count: int) -> bool:
+        return False  # as an agent from before destroy-many
 
     def abort_resumable(self, fs: str) -> None:
         self.calls.append(("abort", fs))
@@ -216,3 +222,55 @@ def test_the_new_snapshot_is_newer_than_every_bookmark() -> None:
     dst = received([own(2, 102, 20)])
     p = plan.plan_filesystem(src, dst, NAMING, bookmarks=marks)
     assert p.sends == (plan.Send(target=seq(3), base=seq(2), bookmark=True),)
+
+
+class ManyDestroys(FakeZfs):
+    """A destination whose agent takes destroy-many: each FS@SNAP's outcome from
+    `outcomes` (default: destroyed); its release fails where `release_fails`."""
+
+    def __init__(self, label: str, caps: Capabilities) -> None:
+        super().__init__(label, caps)
+        self.outcomes: dict[str, CommandError] = {}
+        self.release_fails = False
+
+    def takes_many_destroys(self, count: int) -> bool:
+        return count > 1
+
+    def destroy_snapshots(self, names: list[str]) -> list[CommandError | None]:
+        self.calls.append(("destroy_snapshots", *names))
+        return [self.outcomes.get(n) for n in names]
+
+    def release(self, tag: str, snapshots: list[str]) -> None:
+        if self.release_fails:
+            raise CommandError("dst: cannot release: permission denied")
+        super().release(tag, snapshots)
+
+
+OTHER = FilesystemPair("tank/src/other", "backup/dst/other")
+
+
+def test_the_destinations_destroys_go_together_and_fail_nothing(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    c, _, _ = make_cycle(monkeypatch, ALL, ALL)
+    dst = c.dst = ManyDestroys("dst", ALL)  # type: ignore[assignment]
+    jobs = [Prune(PAIR, (), (seq(1), seq(2)), frozenset(), frozenset({seq(2)})),
+            Prune(OTHER, (), (seq(1),), frozenset(), frozenset())]
+    dst.outcomes[f"{DST_FS}@{seq(1)}"] = HasClones("dst: has dependent clones")
+    dst.outcomes[f"{OTHER.destination}@{seq(1)}"] = CommandError("dst: out of luck")
+    caplog.set_level(logging.INFO, logger="zfsrepl")
+    executor.prune_destinations(c.hosts, jobs)
+    # the service's own hold released first, then one request for all three
+    assert dst.calls == [("release", TAG, f"{DST_FS}@{seq(2)}"),
+                         ("destroy_snapshots", f"{DST_FS}@{seq(1)}", f"{DST_FS}@{seq(2)}",
+                          f"{OTHER.destination}@{seq(1)}")]
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (logging.INFO, f"kept {DST_FS}@{seq(1)} on dst: a clone of it exists (a diverged "
+                          "replica renamed aside?)") in logged
+    assert (logging.INFO, f"destroyed {DST_FS}@{seq(2)} on dst") in logged
+    assert (logging.WARNING, f"retention on {OTHER.source}: dst: out of luck") in logged
+    # a release that fails: what it still holds is kept for now, the rest goes
+    dst.calls.clear()
+    dst.release_fails = True
+    executor.prune_destinations(c.hosts, jobs)
+    assert dst.calls == [("destroy_snapshots", f"{DST_FS}@{seq(1)}",
+                          f"{OTHER.destination}@{seq(1)}")]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from zfsrepl import agent, zfs
+from zfsrepl import agent, zfs, zfserrors
 from zfsrepl import cycle as cycle_mod
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.errors import ZfsreplError
@@ -162,3 +164,118 @@ def test_a_very_long_list_is_split_under_the_agents_limit() -> None:
     for argv in host.argvs:
         assert argv[:3] == ["zfs", "hold", "zfsrepl-t"]
         assert len(" ".join(argv).encode()) < zfs._MAX_BATCH_BYTES < agent.MAX_COMMAND_BYTES
+
+
+# ---------------------------------------------------------------------------- many destroys
+
+
+class AgentHost:
+    """A host behind a zfsrepl agent: its `hello` names `requests`; a `destroy` of several
+    snapshots answers with one report a line from `reports` ({name: (rc, stderr)}; a
+    name left out was not reached), then `end` (returncode, stderr); a single destroy
+    succeeds."""
+
+    label = "u@h"
+
+    def __init__(self, requests: list[str], reports: dict[str, tuple[int, str]] | None = None,
+                 end: tuple[int, str] = (0, "")) -> None:
+        self.argvs: list[list[str]] = []
+        self.timeouts: list[float | None] = []
+        self.command_timeout: float | None = None
+        self.requests = requests
+        self.reports = reports
+        self.end = end
+
+    def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
+            timeout: float | None = None) -> Result:
+        self.argvs.append(list(argv))
+        self.timeouts.append(timeout)
+        if argv == ["hello"]:
+            return Result(argv, 0, json.dumps({"agent": "zfsrepl", "version": "0",
+                                               "requests": self.requests}), "")
+        names = argv[2:]
+        if len(names) == 1:
+            return Result(argv, 0, "", "")
+        reports = {n: (0, "") for n in names} if self.reports is None else self.reports
+        out = "".join(json.dumps({"name": n, "returncode": rc, "stderr": err}) + "\n"
+                      for n in names if n in reports for rc, err in [reports[n]])
+        return Result(argv, self.end[0], out, self.end[1])
+
+    def command(self, argv: list[str]) -> list[str]:
+        return list(argv)
+
+    def close(self) -> None:
+        pass
+
+
+def journaled(host: AgentHost) -> Zfs:
+    z = Zfs(host, ["zfs"])
+    z.journal = []
+    return z
+
+
+def test_many_destroys_are_one_request_where_the_agent_takes_it() -> None:
+    host = AgentHost(["destroy-many"])
+    z = journaled(host)
+    assert z.destroy_snapshots(SNAPS) == [None] * len(SNAPS)
+    assert host.argvs == [["hello"], ["zfs", "destroy", *SNAPS]]
+    assert z.journal == [("destroy", s) for s in SNAPS]
+    # asked once: the next request goes straight on, two snapshots too
+    assert z.destroy_snapshots(SNAPS[:2]) == [None, None]
+    assert host.argvs[2:] == [["zfs", "destroy", *SNAPS[:2]]]
+
+
+@pytest.mark.parametrize("requests", [[], ["something-else"]])
+def test_an_agent_from_before_it_gets_a_destroy_each(requests: list[str]) -> None:
+    host = AgentHost(requests)
+    assert Zfs(host, ["zfs"]).destroy_snapshots(SNAPS) == [None] * len(SNAPS)
+    assert host.argvs == [["hello"], *(["zfs", "destroy", s] for s in SNAPS)]
+
+
+def test_one_is_a_destroy_of_its_own_without_asking() -> None:
+    host = AgentHost(["destroy-many"])
+    assert Zfs(host, ["zfs"]).destroy_snapshots(SNAPS[:1]) == [None]
+    assert host.argvs == [["zfs", "destroy", SNAPS[0]]]
+
+
+def test_each_destroy_has_its_own_outcome() -> None:
+    reports = {s: (0, "") for s in SNAPS}
+    reports[SNAPS[1]] = (1, f"cannot destroy snapshot {SNAPS[1]}: dataset is busy\n")
+    reports[SNAPS[3]] = (1, f"cannot destroy '{SNAPS[3]}': snapshot has dependent clones\n")
+    host = AgentHost(["destroy-many"], reports, end=(1, ""))
+    z = journaled(host)
+    outcomes = z.destroy_snapshots(SNAPS)
+    # the busy one was tried again alone, and went
+    assert [o is None for o in outcomes] == [True, True, True, False, True]
+    assert isinstance(outcomes[3], zfserrors.HasClones)
+    assert "u@h: cannot destroy" in str(outcomes[3])
+    assert host.argvs[2:] == [["zfs", "destroy", SNAPS[1]]]
+    assert sorted(z.journal or []) == sorted(("destroy", s) for s in SNAPS if s != SNAPS[3])
+
+
+def test_a_request_cut_short_leaves_the_rest_unknown() -> None:
+    reports = {s: (0, "") for s in SNAPS[:2]}
+    host = AgentHost(["destroy-many"], reports, end=(255, "Connection reset by peer\n"))
+    z = journaled(host)
+    outcomes = z.destroy_snapshots(SNAPS)
+    assert outcomes[:2] == [None, None]
+    assert all(isinstance(o, ZfsreplError) and "Connection reset" in str(o)
+               for o in outcomes[2:])
+    # what may or may not be gone: its listing is not trusted (the listing cache)
+    assert z.journal == [("destroy", SNAPS[0]), ("destroy", SNAPS[1]),
+                         *(("other", s) for s in SNAPS[2:])]
+
+
+def test_a_refused_request_fails_each() -> None:
+    host = AgentHost(["destroy-many"], {}, end=(agent.EXIT_REFUSED,
+                                                "zfsrepl agent: refused: taken over\n"))
+    outcomes = journaled(host).destroy_snapshots(SNAPS)
+    assert all(isinstance(o, ZfsreplError) and "refused: taken over" in str(o)
+               for o in outcomes)
+
+
+def test_a_request_of_many_may_take_what_each_may() -> None:
+    host = AgentHost(["destroy-many"])
+    host.command_timeout = 60.0  # the cycle's bound on one command
+    Zfs(host, ["zfs"]).destroy_snapshots(SNAPS)
+    assert host.timeouts[-1] == 60.0 * len(SNAPS)
