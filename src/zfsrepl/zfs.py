@@ -435,7 +435,12 @@ class Zfs:
             if report is not None and isinstance(rc, int):
                 reports[str(report.get("name"))] = (rc, str(report.get("stderr", "")))
         if not reports:
-            # refused, or cut before its first answer: each may or may not be gone
+            if result.returncode == _EXIT_REFUSED \
+                    and zfserrors.says(result.stderr, zfserrors.RefusedByRule):
+                # nothing ran: one filesystem refused (taken over) keeps no other's
+                # retention from going on, so each is asked alone
+                return [self._destroyed(name) for name in names]
+            # cut before its first answer: each may or may not be gone
             self._note("other", *names)
             error = self._failed(result)
             return [error for _ in names]

@@ -266,12 +266,23 @@ def test_a_request_cut_short_leaves_the_rest_unknown() -> None:
                          *(("other", s) for s in SNAPS[2:])]
 
 
-def test_a_refused_request_fails_each() -> None:
+def test_a_refused_request_asks_each_alone() -> None:
+    # e.g. one filesystem taken over: the others' retention goes on
     host = AgentHost(["destroy-many"], {}, end=(agent.EXIT_REFUSED,
                                                 "zfsrepl agent: refused: taken over\n"))
-    outcomes = journaled(host).destroy_snapshots(SNAPS)
-    assert all(isinstance(o, ZfsreplError) and "refused: taken over" in str(o)
-               for o in outcomes)
+    z = journaled(host)
+    assert z.destroy_snapshots(SNAPS) == [None] * len(SNAPS)
+    assert host.argvs[2:] == [["zfs", "destroy", s] for s in SNAPS]
+    assert z.journal == [("destroy", s) for s in SNAPS]
+
+
+def test_a_request_that_fails_without_an_answer_fails_each() -> None:
+    host = AgentHost(["destroy-many"], {}, end=(255, "Connection reset by peer\n"))
+    z = journaled(host)
+    outcomes = z.destroy_snapshots(SNAPS)
+    assert all(isinstance(o, ZfsreplError) and "Connection reset" in str(o) for o in outcomes)
+    assert len(host.argvs) == 2  # not asked again: the next cycle will
+    assert z.journal == [("other", s) for s in SNAPS]
 
 
 def test_a_request_of_many_may_take_what_each_may() -> None:
