@@ -195,7 +195,8 @@ class Bases:
     def moved(self, moved: Moved) -> dict[int, tuple[frozenset[str], frozenset[str]]]:
         """Each (fp, base): the newest replicated snapshot of fp is now `base`. On each
         side, one call holds every new base, then one releases the old bases (in that
-        order: a base is never left unheld); each base is bookmarked on the source.
+        order: a base is never left unheld); each base is bookmarked on the source (up
+        to `parallel` at once).
         Failing here fails no transfer. Returns, by id() of each fp whose holds moved on
         a side, the own snapshots still held on (source, destination) afterwards."""
         held = {id(fp): (fp.held_source, fp.held_destination) for fp, _ in moved}
@@ -210,8 +211,8 @@ class Bases:
                 held[id(fp)] = ((src_held & {base}, dst_held) if side == "source"
                                 else (src_held, dst_held & {base}))
         if self.h.src.capabilities().bookmarks:
-            for fp, base in moved:
-                self._bookmark(fp, base)
+            # each waits for its transaction group: side by side with `parallel`
+            each(self.h, moved, lambda item, cancel: self._bookmark(*item))
         return held
 
     def _move_holds(self, zfs: Zfs, side: str, moved: Moved) -> Moved:

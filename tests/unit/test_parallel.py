@@ -295,6 +295,36 @@ def test_holds_are_batched_after_all_sends_and_prunes_come_after_them(
     assert min(destroys) > holds_done
 
 
+def test_bookmarks_are_made_side_by_side_too(make_world: Callable[[str], World],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # each `zfs bookmark` waits for its transaction group: they overlap like streams
+    w = make_world(OPENZFS)
+    w.cycle(svc(4))
+    in_flight = most = 0
+    changed = threading.Condition()
+    real = w.src.run
+
+    def slow_run(argv: list[str], **kw: Any) -> Any:
+        nonlocal in_flight, most
+        if argv[1:2] != ["bookmark"]:
+            return real(argv, **kw)
+        with changed:
+            in_flight += 1
+            most = max(most, in_flight)
+            changed.notify_all()
+            changed.wait_for(lambda: most >= 4, timeout=15)  # bounded, as below
+        try:
+            return real(argv, **kw)
+        finally:
+            with changed:
+                in_flight -= 1
+
+    monkeypatch.setattr(w.src, "run", slow_run)
+    w.cycle(svc(4))
+    assert most == 4
+    assert all(seq(2) in w.src.marks[p.source] for p in PAIRS)
+
+
 def test_prunes_run_side_by_side_too(make_world: Callable[[str], World],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     w = make_world(FUSE)
