@@ -59,6 +59,8 @@ def most_in_flight(out: str, kind: str) -> int:
     return most
 
 
+# on OpenZFS too: there the new bases' bookmarks are made side by side as well
+@pytest.mark.backends("fuse", "openzfs")
 def test_six_filesystems_three_at_a_time_full_then_incremental(
         lab: Lab, area: Area, repl: ZfsreplCli) -> None:
     pairs = pairs_of(area, 6)
