@@ -90,7 +90,8 @@ class FuseHost(LabHost):
         shadow = subprocess.run(
             ["getent", "shadow", self.user], capture_output=True, text=True, check=True
         ).stdout
-        saved_hash = shadow.split(":")[1]
+        # the hash and the day of the last change, which chpasswd stamps with today
+        saved_hash, saved_day = shadow.split(":")[1:3]
         dropin.write_text("PasswordAuthentication yes\n")
         try:
             subprocess.run(
@@ -101,6 +102,8 @@ class FuseHost(LabHost):
         finally:
             dropin.unlink()
             subprocess.run(["usermod", "-p", saved_hash, self.user], check=True)
+            if saved_day:
+                subprocess.run(["chage", "-d", saved_day, self.user], check=True)
             run_script("sshd.sh", "restart", self.name, directory=self._dir)
 
     def mountpoint(self, fs: str) -> Path:

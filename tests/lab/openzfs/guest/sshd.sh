@@ -56,13 +56,18 @@ case "$action" in
     stop) stop ;;
     restart) stop keep-sessions; start ;;
     password-on)
-        [ -f "$saved" ] || getent shadow "$side" | cut -d: -f2 > "$saved"
+        # the hash and the day of the last change, which chpasswd stamps with today
+        [ -f "$saved" ] || getent shadow "$side" | cut -d: -f2,3 > "$saved"
         echo "PasswordAuthentication yes" > "$dropin"
         printf '%s:%s\n' "$side" "${3:?password}" | chpasswd
         stop keep-sessions; start ;;
     password-off)
         rm -f "$dropin"
-        if [ -f "$saved" ]; then usermod -p "$(cat "$saved")" "$side" && rm -f "$saved"; fi
+        if [ -f "$saved" ]; then
+            IFS=: read -r hash day < "$saved"
+            usermod -p "$hash" "$side" && { [ -z "$day" ] || chage -d "$day" "$side"; } &&
+                rm -f "$saved"
+        fi
         stop keep-sessions; start ;;
     *) die "usage: sshd.sh start|stop|restart|password-on|password-off src|dst" ;;
 esac
