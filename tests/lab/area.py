@@ -9,6 +9,10 @@ from typing import Iterator
 from .base import Lab, LabCommandError
 from .zfs import destroy, exists, release_holds
 
+# How long an area's recursive destroy may take (DEFAULT_TIMEOUT suits one command of a
+# test, not hundreds of filesystems)
+AREA_DESTROY_TIMEOUT = 1800.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Area:
@@ -67,4 +71,5 @@ def release_area(lab: Lab, area: Area) -> None:
     for host, fs in ((lab.src, area.src), (lab.dst, area.dst)):
         if exists(host, fs):
             release_holds(lab, host, fs)
-            destroy(host, fs, "-R")
+            # a long benchmark's hundreds of filesystems take minutes in the emulated VM
+            destroy(host, fs, "-R", timeout=AREA_DESTROY_TIMEOUT)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
-from .base import Lab, LabCommandError, LabHost
+from .base import DEFAULT_TIMEOUT, Lab, LabCommandError, LabHost
 from .content import tree_checksums
 
 T = TypeVar("T")
@@ -54,9 +54,10 @@ def exists(host: LabHost, dataset: str) -> bool:
     return host.root(["zfs", "list", "-H", "-o", "name", dataset], check=False).returncode == 0
 
 
-def destroy(host: LabHost, dataset: str, *flags: str) -> None:
+def destroy(host: LabHost, dataset: str, *flags: str,
+            timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
     """``zfs destroy FLAGS DATASET`` as root, retrying while it is busy."""
-    retry_busy(lambda: host.zfs("destroy", *flags, dataset))
+    retry_busy(lambda: host.zfs("destroy", *flags, dataset, timeout=timeout))
 
 
 def snapshot_checksums(host: LabHost, snapshot: str) -> dict[str, str]:
