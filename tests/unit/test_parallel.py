@@ -295,33 +295,44 @@ def test_holds_are_batched_after_all_sends_and_prunes_come_after_them(
     assert min(destroys) > holds_done
 
 
+class SideBySide:
+    """How many `zfs SUB` calls of one side ran at once (`most`): each waits until
+    `want` were seen together (bounded: if the cycle ran fewer side by side, the wait
+    ends and `most` says so), however slow this machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, zfs: SimZfs, sub: str,
+                 want: int) -> None:
+        self.most = 0
+        in_flight = 0
+        changed = threading.Condition()
+        real = zfs.run
+
+        def run(argv: list[str], **kw: Any) -> Any:
+            nonlocal in_flight
+            if argv[1:2] != [sub]:
+                return real(argv, **kw)
+            with changed:
+                in_flight += 1
+                self.most = max(self.most, in_flight)
+                changed.notify_all()
+                changed.wait_for(lambda: self.most >= want, timeout=15)
+            try:
+                return real(argv, **kw)
+            finally:
+                with changed:
+                    in_flight -= 1
+
+        monkeypatch.setattr(zfs, "run", run)
+
+
 def test_bookmarks_are_made_side_by_side_too(make_world: Callable[[str], World],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # each `zfs bookmark` waits for its transaction group: they overlap like streams
     w = make_world(OPENZFS)
     w.cycle(svc(4))
-    in_flight = most = 0
-    changed = threading.Condition()
-    real = w.src.run
-
-    def slow_run(argv: list[str], **kw: Any) -> Any:
-        nonlocal in_flight, most
-        if argv[1:2] != ["bookmark"]:
-            return real(argv, **kw)
-        with changed:
-            in_flight += 1
-            most = max(most, in_flight)
-            changed.notify_all()
-            changed.wait_for(lambda: most >= 4, timeout=15)  # bounded, as below
-        try:
-            return real(argv, **kw)
-        finally:
-            with changed:
-                in_flight -= 1
-
-    monkeypatch.setattr(w.src, "run", slow_run)
+    seen = SideBySide(monkeypatch, w.src, "bookmark", 4)
     w.cycle(svc(4))
-    assert most == 4
+    assert seen.most == 4
     assert all(seq(2) in w.src.marks[p.source] for p in PAIRS)
 
 
@@ -330,31 +341,10 @@ def test_prunes_run_side_by_side_too(make_world: Callable[[str], World],
     w = make_world(FUSE)
     w.dst.requests = []  # an agent from before destroy-many: a destroy each, side by side
     w.cycle(svc(4))
-    in_flight = most = 0
-    changed = threading.Condition()
-    real = w.dst.run
-
-    def slow_run(argv: list[str], **kw: Any) -> Any:
-        nonlocal in_flight, most
-        if argv[1:2] != ["destroy"]:
-            return real(argv, **kw)
-        with changed:
-            in_flight += 1
-            most = max(most, in_flight)
-            changed.notify_all()
-            # each destroy waits until four were seen at once (bounded: if the cycle ran
-            # fewer side by side, the wait ends and `most` says so)
-            changed.wait_for(lambda: most >= 4, timeout=15)
-        try:
-            return real(argv, **kw)
-        finally:
-            with changed:
-                in_flight -= 1
-
-    monkeypatch.setattr(w.dst, "run", slow_run)
+    seen = SideBySide(monkeypatch, w.dst, "destroy", 4)
     w.cycle(svc(4))
     w.cycle(svc(4))
-    assert most == 4
+    assert seen.most == 4
     assert all([s.name for s in w.dst.fs[p.destination]] == [seq(3)] for p in PAIRS)
 
 
