@@ -107,6 +107,9 @@ def from_usage(usage: str) -> Capabilities:
 # Programs a stream may pass through on its way: the compressors `wire_compression`
 # chooses from (in the order `auto` prefers them) and mbuffer, the receiving side's
 # buffer. A host is asked once which of them it has (host.find_tools, the agent's hello).
+# Where a system's own zfs binary lives (setup looks here before PATH: a wrapper named
+# zfs earlier on PATH must not end up in a sudo rule).
+SYSTEM_ZFS_PATHS = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs", "/usr/bin/zfs")
 COMPRESSORS = ("zstd", "lz4")
 BUFFER_TOOL = "mbuffer"
 WIRE_TOOLS = (*COMPRESSORS, BUFFER_TOOL)

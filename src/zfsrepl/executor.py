@@ -210,7 +210,11 @@ class Bases:
                 src_held, dst_held = held[id(fp)]
                 held[id(fp)] = ((src_held & {base}, dst_held) if side == "source"
                                 else (src_held, dst_held & {base}))
-        if self.h.src.capabilities().bookmarks:
+        if not self.h.src.capabilities().bookmarks:
+            return held
+        if self.h.src.takes_many_bookmarks(len(moved)):
+            self._bookmark_all(moved)  # one transaction group for them all
+        else:
             # each waits for its transaction group: side by side with `parallel`
             each(self.h, moved, lambda item, cancel: self._bookmark(*item))
         return held
@@ -251,12 +255,30 @@ class Bases:
             logger.warning("bookmarking @%s of %s: %s", base, src_fs, exc)
 
 
+    def _bookmark_all(self, moved: Moved) -> None:
+        """`_bookmark` of every one of `moved` in two requests: the new bookmarks, then
+        the stale ones destroyed."""
+        src = self.h.src
+        stale: list[str] = []
+        made = src.bookmarks([(fp.pair.source, base) for fp, base in moved])
+        for (fp, base), error in zip(moved, made):
+            if error is not None:
+                logger.warning("bookmarking @%s of %s: %s", base, fp.pair.source, error)
+                continue
+            stale += [f"{fp.pair.source}#{old}" for old in
+                      retention.stale_bookmarks(list(fp.bookmarks), self.h.rep.naming, base)]
+        for name, error in zip(stale, src.destroy_bookmarks(stale)):
+            if error is not None:
+                logger.warning("destroying the old bookmark %s: %s", name, error)
+
+
 def prune(hosts: CycleHosts, job: Prune, cancel: Cancel | None = None, *,
-          destination: bool = True) -> None:
-    """Destroy what retention chose for one filesystem on each side (on the source
-    alone unless `destination`). `cancel`: in a worker thread (see `each`); stops
-    between two snapshots once cancelled."""
-    sides = [(hosts.src, job.pair.source, job.destroy_source, job.held_source)]
+          source: bool = True, destination: bool = True) -> None:
+    """Destroy what retention chose for one filesystem on the sides asked. `cancel`: in
+    a worker thread (see `each`); stops between two snapshots once cancelled."""
+    sides = []
+    if source:
+        sides.append((hosts.src, job.pair.source, job.destroy_source, job.held_source))
     if destination:
         sides.append((hosts.dst, job.pair.destination, job.destroy_destination,
                       job.held_destination))
@@ -277,28 +299,30 @@ def prune(hosts: CycleHosts, job: Prune, cancel: Cancel | None = None, *,
             logger.info("destroyed %s@%s on %s", fs, name, zfs.label)
 
 
-def prune_destinations(hosts: CycleHosts, jobs: Sequence[Prune]) -> None:
-    """The destination's part of every job's prune at once: one release of this
-    service's holds among them, then one request destroying them all (see
+def prune_together(hosts: CycleHosts, jobs: Sequence[Prune], *, source: bool) -> None:
+    """One side's part of every job's prune at once: one release of this service's
+    holds among them, then one request destroying them all (see
     Zfs.destroy_snapshots); a failure is logged and fails nothing."""
-    dst = hosts.dst
-    source_of = {job.pair.destination: job.pair.source for job in jobs}
-    names = [f"{job.pair.destination}@{n}" for job in jobs for n in job.destroy_destination]
-    held = [f"{job.pair.destination}@{n}" for job in jobs for n in job.destroy_destination
-            if n in job.held_destination]
+    zfs = hosts.src if source else hosts.dst
+    doomed = [(job.pair.source if source else job.pair.destination, job.pair.source,
+               job.destroy_source if source else job.destroy_destination,
+               job.held_source if source else job.held_destination) for job in jobs]
+    source_of = {fs: src_fs for fs, src_fs, _, _ in doomed}
+    names = [f"{fs}@{n}" for fs, _, destroy, _ in doomed for n in destroy]
+    held = [f"{fs}@{n}" for fs, _, destroy, held in doomed for n in destroy if n in held]
     if held:
         try:
-            dst.release(hosts.tag, held)  # only this service's own holds
+            zfs.release(hosts.tag, held)  # only this service's own holds
         except ZfsreplError as exc:
-            logger.warning("retention on %s: %s", dst.label, exc)
+            logger.warning("retention on %s: %s", zfs.label, exc)
             names = [n for n in names if n not in held]  # still held: kept for now
-    for name, outcome in zip(names, dst.destroy_snapshots(names)):
+    for name, outcome in zip(names, zfs.destroy_snapshots(names)):
         fs, _, snap = name.partition("@")
         if outcome is None:
-            logger.info("destroyed %s@%s on %s", fs, snap, dst.label)
+            logger.info("destroyed %s@%s on %s", fs, snap, zfs.label)
         elif isinstance(outcome, HasClones):
             logger.info("kept %s@%s on %s: a clone of it exists (a diverged replica "
-                        "renamed aside?)", fs, snap, dst.label)
+                        "renamed aside?)", fs, snap, zfs.label)
         else:
             # A snapshot left over is destroyed by a later cycle; it fails nothing.
             logger.warning("retention on %s: %s", source_of[fs], outcome)
@@ -401,21 +425,28 @@ class Executor:
         jobs = [Prune(fp.pair, a.destroy_source, a.destroy_destination,
                       *held.get(id(fp), (fp.held_source, fp.held_destination)))
                 for fp, a in zip(fps, afters)]
-        # the destination's destroys in one request where its agent takes that: a
-        # session and an agent's start each saved
-        together = self.h.dst.takes_many_destroys(sum(len(j.destroy_destination)
-                                                      for j in jobs))
-        for fp, pruned in zip(fps, each(self.h, jobs, partial(self.prune,
-                                                               destination=not together))):
-            if isinstance(pruned, ZfsreplError):
-                # A snapshot left over is destroyed by a later cycle; it fails nothing.
-                logger.warning("retention on %s: %s", fp.pair.source, pruned)
-        if together:
-            prune_destinations(self.h, jobs)
+        # A side's destroys in one request where it takes that: the destination's agent
+        # (a session and an agent's start saved each), libzfs_core here (a transaction
+        # group each).
+        src_together = self.h.src.takes_many_destroys(sum(len(j.destroy_source)
+                                                          for j in jobs))
+        dst_together = self.h.dst.takes_many_destroys(sum(len(j.destroy_destination)
+                                                          for j in jobs))
+        if not (src_together and dst_together):
+            alone = partial(self.prune, source=not src_together,
+                            destination=not dst_together)
+            for fp, pruned in zip(fps, each(self.h, jobs, alone)):
+                if isinstance(pruned, ZfsreplError):
+                    # A snapshot left over is destroyed by a later cycle; it fails nothing.
+                    logger.warning("retention on %s: %s", fp.pair.source, pruned)
+        if src_together:
+            prune_together(self.h, jobs, source=True)
+        if dst_together:
+            prune_together(self.h, jobs, source=False)
         if failures:
             raise CommandError("; ".join(failures))
         return again
 
     def prune(self, job: Prune, cancel: Cancel | None = None, *,
-              destination: bool = True) -> None:
-        prune(self.h, job, cancel, destination=destination)
+              source: bool = True, destination: bool = True) -> None:
+        prune(self.h, job, cancel, source=source, destination=destination)

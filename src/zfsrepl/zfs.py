@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from zfsrepl import capabilities, unchanged, zfserrors
-from zfsrepl.capabilities import Capabilities
+from zfsrepl import capabilities, lzc, unchanged, zfserrors
+from zfsrepl.capabilities import SYSTEM_ZFS_PATHS, Capabilities
 from zfsrepl.errors import CommandError
-from zfsrepl.host import Host, Result, Tools, find_tools, first_line, pipeline_command
+from zfsrepl.host import Host, LocalHost, Result, Tools, find_tools, first_line, pipeline_command
 from zfsrepl.log import logger
 from zfsrepl.plan import Send
 from zfsrepl.snapshots import Snapshot
@@ -45,6 +46,12 @@ _BUSY_RETRIES = 20
 # The arguments of one batched hold or release, in bytes: each call stays well under
 # the agent's limit on a request (agent.MAX_COMMAND_BYTES, 64 KiB, quoting included).
 _MAX_BATCH_BYTES = 32 * 1024
+# What a host turned out to lack, in CapabilityCache.lacks: libzfs_core (see lzc.py).
+LIBZFS_CORE = "libzfs_core"
+# lzc.py's requests: what each does, for the log and the listing cache's journal.
+_LZC_DONE = {"destroy-snapshots": ("snapshots destroyed", "destroy"),
+             "destroy-bookmarks": ("bookmarks destroyed", "destroy"),
+             "bookmark": ("bookmarks made", "bookmark")}
 
 
 @dataclass
@@ -123,6 +130,7 @@ class Zfs:
         self._cache = cache
         self._no_written = False
         self._no_changed = False
+        self._no_lzc = False
         # Where a list, each change this object made that went through is added to it
         # as (what, FS@SNAP or FS#BOOKMARK): the listing cache predicts from it what the
         # next listing would show (see listing_cache.py).
@@ -178,6 +186,7 @@ class Zfs:
         self._tools = None
         self._no_written = False
         self._no_changed = False
+        self._no_lzc = False
         if self._cache is not None:
             self._cache.forget(self._cache_key())
 
@@ -402,7 +411,13 @@ class Zfs:
         fails: what became of each, in order (None: destroyed). Through an agent that
         takes `destroy-many` (its hello, asked here where not yet), one request for
         them all instead of a session each; a busy one is tried again alone, as
-        `destroy_snapshot` does."""
+        `destroy_snapshot` does. Where libzfs_core runs here (see `_in_one_group`), one
+        transaction group for each pool's snapshots instead of one each."""
+        if len(names) >= 2 and self._lzc_usable():
+            done = self._in_one_group("destroy-snapshots", {"names": list(names)}, names,
+                                      self._destroyed)
+            if done is not None:
+                return done
         if not self.takes_many_destroys(len(names)):
             return [self._destroyed(name) for name in names]
         outcomes: list[CommandError | None] = []
@@ -413,7 +428,11 @@ class Zfs:
     def takes_many_destroys(self, count: int) -> bool:
         """Whether `destroy_snapshots` destroys `count` snapshots in one request (for
         2 the agent's hello, where not asked yet, costs what the one request saves)."""
-        return count >= 2 and "destroy-many" in self.tools().requests
+        return count >= 2 and (self._lzc_usable() or "destroy-many" in self.tools().requests)
+
+    def takes_many_bookmarks(self, count: int) -> bool:
+        """Whether `bookmarks` and `destroy_bookmarks` take `count` in one request."""
+        return count >= 2 and self._lzc_usable()
 
     def _destroyed(self, name: str) -> CommandError | None:
         fs, _, snap = name.partition("@")
@@ -562,6 +581,104 @@ class Zfs:
     def destroy_bookmark(self, filesystem: str, name: str) -> None:
         self.run("destroy", f"{filesystem}#{name}")
         self._note("destroy", f"{filesystem}#{name}")
+
+    def bookmarks(self, bases: Sequence[tuple[str, str]]) -> list[CommandError | None]:
+        """`bookmark(fs, name)` for each of `bases`, going on past one that fails: what
+        became of each, in order (None: made). In one request where `takes_many_bookmarks`."""
+        names = [f"{fs}#{name}" for fs, name in bases]
+        of = dict(zip(names, bases))
+
+        def one(bookmark: str) -> CommandError | None:
+            try:
+                self.bookmark(*of[bookmark])
+            except CommandError as exc:
+                return exc
+            return None
+
+        if self.takes_many_bookmarks(len(names)):
+            request = {"bookmarks": {n: f"{fs}@{name}" for n, (fs, name) in of.items()}}
+            done = self._in_one_group("bookmark", request, names, one)
+            if done is not None:
+                return done
+        return [one(name) for name in names]
+
+    def destroy_bookmarks(self, names: Sequence[str]) -> list[CommandError | None]:
+        """Destroy each of `names` (FS#BOOKMARK), going on past one that fails, as
+        `bookmarks` does."""
+        def one(bookmark: str) -> CommandError | None:
+            try:
+                self.destroy_bookmark(*bookmark.split("#", 1))
+            except CommandError as exc:
+                return exc
+            return None
+
+        if self.takes_many_bookmarks(len(names)):
+            done = self._in_one_group("destroy-bookmarks", {"names": list(names)}, names, one)
+            if done is not None:
+                return done
+        return [one(name) for name in names]
+
+    # -- many in one transaction group: libzfs_core, run by lzc.py ------------------
+
+    def _lzc_usable(self) -> bool:
+        """Whether lzc.py's requests may be tried: zfs runs on this machine as this
+        user, as `zfs` or the system's zfs by its path (any other zfs_command, e.g.
+        through sudo or a wrapper, is always what runs), and libzfs_core has not turned
+        out to be missing here."""
+        return (isinstance(self.host, LocalHost)
+                and self.zfs_argv in (["zfs"], *([p] for p in SYSTEM_ZFS_PATHS))
+                and not self._no_lzc
+                and not (self._cache is not None
+                         and self._cache.lacks(self._cache_key(), LIBZFS_CORE)))
+
+    def _in_one_group(self, op: str, request: Mapping[str, object], names: Sequence[str],
+                      one: Callable[[str], CommandError | None]
+                      ) -> list[CommandError | None] | None:
+        """`request` (lzc.py's `op` on `names`) in one libzfs_core request per pool:
+        what became of each name, in order. A pool whose request failed (all or
+        nothing: none of its names was done) has each name done alone by `one`, through
+        zfs, which says what is wrong. None where lzc.py gave no answer: nothing was
+        done, the caller goes on with zfs. A request that did not finish in time leaves
+        each name unknown to the listing cache and fails each."""
+        each = getattr(self.host, "command_timeout", None)
+        try:
+            result = self.host.run([sys.executable, "-I", lzc.__file__], check=False,
+                                   input=json.dumps({"op": op, **request}).encode(),
+                                   timeout=None if each is None else each * len(names))
+        except CommandError as exc:
+            self._note("other", *names)
+            return [exc for _ in names]
+        if result.returncode == lzc.EXIT_UNAVAILABLE:
+            logger.debug("%s: %s: one zfs call each", self.label, first_line(result.stderr))
+            self._no_lzc = True
+            if self._cache is not None:
+                self._cache.put_lacking(self._cache_key(), LIBZFS_CORE)
+            return None
+        answer = _json_object(result.stdout) if result.returncode == 0 else None
+        pools = answer.get("pools") if answer is not None else None
+        if not isinstance(pools, dict):
+            logger.warning("%s: %s in one request failed (%s): one zfs call each",
+                           self.label, op, first_line(result.stderr) or result.returncode)
+            return None
+        errnos = {pool: got.get("errno") if isinstance(got, dict) else None
+                  for pool, got in pools.items()}
+        what, journal = _LZC_DONE[op]
+        outcomes: list[CommandError | None] = []
+        for name in names:
+            if errnos.get(lzc.pool_of(name)) == 0:
+                self._note(journal, name)
+                outcomes.append(None)
+            else:  # all or nothing: zfs names what is wrong with this one
+                outcomes.append(one(name))
+        for pool, errno in errnos.items():
+            if errno == 0:
+                count = sum(1 for n in names if lzc.pool_of(n) == pool)
+                logger.info("%s: %d %s in one transaction group (pool %s)", self.label,
+                            count, what, pool)
+            else:
+                logger.debug("%s: %s in pool %s refused (errno %s): one zfs call each",
+                             self.label, op, pool, errno)
+        return outcomes
 
     def abort_resumable(self, filesystem: str) -> None:
         """Discard the partial state of a cut resumable receive (receive -A)."""

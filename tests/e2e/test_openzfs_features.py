@@ -206,3 +206,48 @@ def test_holds_guard_the_base_and_retention_still_prunes(lab: Lab, area: Area,
                 host.zfs("destroy", f"{fs}@{base}")
             assert "busy" in exc.value.text or "hold" in exc.value.text
     lab.src.zfs("release", "admin", f"{src}@{first}")
+
+
+def test_the_sources_bookmarks_and_prunes_are_one_transaction_group_each(
+        lab: Lab, area: Area, repl: ZfsreplCli) -> None:
+    """Each `zfs destroy` and `zfs bookmark` waits for a transaction group: a cycle
+    makes the source's bookmarks, destroys its old bookmarks and prunes its snapshots,
+    for every filesystem, in one libzfs_core request each. Where one snapshot cannot go
+    (a clone of it), the others still do, one at a time."""
+    pairs = [(f"{area.src}/fs{i}", f"{area.dst}/fs{i}") for i in range(3)]
+    for i, (src, _) in enumerate(pairs):
+        make_fs(lab, src, seed=20 + i)
+    repl.write_service(filesystems=pairs, retries=1, keep=1)
+    repl.run("runonce", "testrepl")
+    cloned_fs = pairs[1][0]
+    first = snapshots(lab.src, cloned_fs)[-1]
+    clone = f"{area.src}/clone"
+    lab.src.zfs("clone", f"{cloned_fs}@{first}", clone)  # someone's clone of it
+    pool = area.src.split("/", 1)[0]
+
+    def cycle(seed: int) -> tuple[str, str]:
+        for i, (src, _) in enumerate(pairs):
+            write_tree(lab.src.mountpoint(src), seed=seed + i)
+        expected = [tree_checksums(lab.src.mountpoint(src)) for src, _ in pairs]
+        out = text(repl.run("runonce", "testrepl"))
+        base = snapshots(lab.src, cloned_fs)[-1]
+        for (src, dst), want in zip(pairs, expected):
+            assert bookmarks(lab.src, src) == [base], out
+            assert snapshots(lab.dst, dst) == [base], out
+            assert snapshot_checksums(lab.dst, f"{dst}@{base}") == want
+        return out, base
+
+    out, base = cycle(seed=30)
+    assert f": 3 bookmarks made in one transaction group (pool {pool})" in out
+    assert f": 3 bookmarks destroyed in one transaction group (pool {pool})" in out
+    # the clone's origin refused the pool's request: the others went one at a time
+    assert "snapshots destroyed in one transaction group" not in out
+    assert f"kept {cloned_fs}@{first} on " in out and "a clone of it exists" in out
+    assert snapshots(lab.src, cloned_fs) == [first, base]
+    assert all(snapshots(lab.src, src) == [base] for src, _ in pairs[::2])
+
+    lab.src.zfs("destroy", clone)
+    out, base = cycle(seed=40)
+    # the clone's origin, and each filesystem's old base: one request
+    assert f": 4 snapshots destroyed in one transaction group (pool {pool})" in out
+    assert all(snapshots(lab.src, src) == [base] for src, _ in pairs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,10 +14,11 @@ from typing import Any, Protocol
 
 import pytest
 
+from zfsrepl import lzc
 from zfsrepl.config import Endpoint, FilesystemPair, Service
 from zfsrepl.cycle import hold_tag, replicate
 from zfsrepl.errors import CommandError
-from zfsrepl.host import Result
+from zfsrepl.host import LocalHost, Result
 from zfsrepl.transfer import TransferResult
 from zfsrepl.zfs import CapabilityCache
 
@@ -194,6 +196,41 @@ class SimZfs:
         return 1, "", "no estimate here"  # send -nvP
 
 
+class SimLocalZfs(SimZfs, LocalHost):
+    """A SimZfs on this machine whose ZFS has libzfs_core: it answers lzc.py's process
+    (see Zfs._in_one_group) as libzfs_core would, all or nothing per pool (a held
+    snapshot: EBUSY, an existing bookmark: EEXIST), recorded as the call ["lzc", OP]."""
+
+    def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
+            timeout: float | None = None) -> Result:
+        if argv[:1] != [sys.executable]:
+            return super().run(argv, check=check, input=input, timeout=timeout)
+        assert input is not None
+        op, items = lzc.parse_request(input.decode())
+        self.calls.append(["lzc", op])
+        pools = {}
+        for pool, mine in lzc.by_pool(items).items():
+            failed = {n: e for n in mine for e in [self._lzc_refuses(op, n)] if e}
+            if not failed:
+                for name, snapshot in mine.items():
+                    if op == "bookmark":
+                        self._bookmark([str(snapshot), name])
+                    elif self.find(name) is not None or name.partition("#")[2] in \
+                            self.marks.get(name.partition("#")[0], {}):
+                        self._destroy([name])  # one that is not there: ignored
+            pools[pool] = {"errno": next(iter(failed.values()), 0), "failed": failed}
+        return Result(argv, 0, json.dumps({"pools": pools}), "")
+
+    def _lzc_refuses(self, op: str, name: str) -> int:
+        fs, _, short = name.partition("#" if "#" in name else "@")
+        if op == "bookmark":
+            return 17 if short in self.marks[fs] else 0
+        if op == "destroy-snapshots":
+            s = self.find(name)
+            return 16 if s is not None and s.holds else 0
+        return 0  # a bookmark that is not there is no failure
+
+
 class FnStreams:
     """Streams that are one function, with transfer.pipe's arguments."""
 
@@ -272,6 +309,7 @@ MakeWorld = Callable[[str], World]  # a source and a destination on zfs of this 
 def make_world(usage: str, svc: Service = SVC) -> World:
     """SimZfs on each side of `svc` (the destination's filesystems not there yet)."""
     src = SimZfs("src@srchost", usage, [p.source for p in svc.filesystems], {"tank/src"})
+    src.requests = []  # the sending side runs zfs itself: no agent
     dst = SimZfs("dst@desthost", usage, [], {"backup/dst"})
     return World(src, dst, svc)
 

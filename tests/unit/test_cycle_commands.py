@@ -61,6 +61,7 @@ def run(svc: Service, usage: str, cut_in: int | None, caplog: pytest.LogCaptureF
     failback = svc.role == "destination"
     sending = [p.destination if failback else p.source for p in svc.filesystems]
     src = SimZfs("src@srchost", usage, sending, {"tank/src", "backup/dst"})
+    src.requests = []  # the sending side runs zfs itself: no agent
     dst = SimZfs("dst@desthost", usage, [], {"tank/src", "backup/dst"})
     w = World(src, dst, svc, CapabilityCache())
     events = Events()

@@ -64,6 +64,9 @@ class FakeZfs:
     def takes_many_destroys(self, count: int) -> bool:
         return False  # as an agent from before destroy-many
 
+    def takes_many_bookmarks(self, count: int) -> bool:
+        return False  # no libzfs_core
+
     def abort_resumable(self, fs: str) -> None:
         self.calls.append(("abort", fs))
 
@@ -258,7 +261,7 @@ def test_the_destinations_destroys_go_together_and_fail_nothing(
     dst.outcomes[f"{DST_FS}@{seq(1)}"] = HasClones("dst: has dependent clones")
     dst.outcomes[f"{OTHER.destination}@{seq(1)}"] = CommandError("dst: out of luck")
     caplog.set_level(logging.INFO, logger="zfsrepl")
-    executor.prune_destinations(c.hosts, jobs)
+    executor.prune_together(c.hosts, jobs, source=False)
     # the service's own hold released first, then one request for all three
     assert dst.calls == [("release", TAG, f"{DST_FS}@{seq(2)}"),
                          ("destroy_snapshots", f"{DST_FS}@{seq(1)}", f"{DST_FS}@{seq(2)}",
@@ -271,6 +274,6 @@ def test_the_destinations_destroys_go_together_and_fail_nothing(
     # a release that fails: what it still holds is kept for now, the rest goes
     dst.calls.clear()
     dst.release_fails = True
-    executor.prune_destinations(c.hosts, jobs)
+    executor.prune_together(c.hosts, jobs, source=False)
     assert dst.calls == [("destroy_snapshots", f"{DST_FS}@{seq(1)}",
                           f"{OTHER.destination}@{seq(1)}")]

@@ -139,6 +139,7 @@ def make_world(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], World]:
         w = World(j, JournaledZfs(j, "src@srchost", usage, [p.source for p in PAIRS],
                                   {"tank/src"}),
                   JournaledZfs(j, "dst@desthost", usage, [], {"backup/dst"}))
+        w.src.requests = []  # the sending side runs zfs itself: no agent
 
         def pipe(sender: list[str], receiver: list[str], what: str,
                  **kw: Any) -> TransferResult:

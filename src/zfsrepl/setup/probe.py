@@ -15,9 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# System locations first: a wrapper named zfs earlier on PATH must not end up in a
-# sudo rule.
-_ZFS_PATHS = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs", "/usr/bin/zfs")
+from zfsrepl.capabilities import SYSTEM_ZFS_PATHS
+
 _NO_ALLOW = ("pyzfs", "unrecognized command", "failed to initialize", "Permission denied")
 
 
@@ -46,7 +45,7 @@ class ZfsProbe:
 
 
 def find_zfs() -> str | None:
-    for path in _ZFS_PATHS:
+    for path in SYSTEM_ZFS_PATHS:  # before PATH
         if os.access(path, os.X_OK):
             return path
     return shutil.which("zfs")
