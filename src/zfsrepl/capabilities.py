@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,13 @@ def from_usage(usage: str) -> Capabilities:
 # Where a system's own zfs binary lives (setup looks here before PATH: a wrapper named
 # zfs earlier on PATH must not end up in a sudo rule).
 SYSTEM_ZFS_PATHS = ("/usr/sbin/zfs", "/sbin/zfs", "/usr/local/sbin/zfs", "/usr/bin/zfs")
+
+
+def is_system_zfs(zfs_argv: Sequence[str]) -> bool:
+    """Whether `zfs_argv` is the system's zfs itself, by name or path: not through sudo
+    or another wrapper (then libzfs_core may do its work, see lzc.py)."""
+    return len(zfs_argv) == 1 and zfs_argv[0] in ("zfs", *SYSTEM_ZFS_PATHS)
+
 COMPRESSORS = ("zstd", "lz4")
 BUFFER_TOOL = "mbuffer"
 WIRE_TOOLS = (*COMPRESSORS, BUFFER_TOOL)

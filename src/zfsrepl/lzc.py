@@ -164,6 +164,18 @@ def parse_request(text: str) -> tuple[str, Dict[str, str | None]]:
     return op, items
 
 
+def request(op: str, items: Dict[str, str | None]) -> Dict[str, Dict[str, Any]]:
+    """`op` on `items`, one libzfs_core request per pool: by pool, {"errno": N,
+    "failed": {NAME: ERRNO}} (errno 0: all of that pool's done). Unavailable where this
+    host has no libzfs_core."""
+    libraries = _Libraries()
+    pools: Dict[str, Dict[str, Any]] = {}
+    for pool, pool_items in by_pool(items).items():
+        rc, failed = libraries.call(op, pool_items)
+        pools[pool] = {"errno": rc, "failed": failed}
+    return pools
+
+
 def main(argv: List[str] | None = None) -> int:
     try:
         op, items = parse_request(sys.stdin.read())
@@ -171,14 +183,10 @@ def main(argv: List[str] | None = None) -> int:
         print(f"lzc: a bad request: {exc}", file=sys.stderr)
         return 2
     try:
-        libraries = _Libraries()
+        pools = request(op, items)
     except Unavailable as exc:
         print(f"lzc: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    pools = {}
-    for pool, pool_items in by_pool(items).items():
-        rc, failed = libraries.call(op, pool_items)
-        pools[pool] = {"errno": rc, "failed": failed}
     print(json.dumps({"pools": pools}))
     return 0
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from zfsrepl import capabilities, lzc, unchanged, zfserrors
-from zfsrepl.capabilities import SYSTEM_ZFS_PATHS, Capabilities
+from zfsrepl.capabilities import Capabilities, is_system_zfs
 from zfsrepl.errors import CommandError
 from zfsrepl.host import Host, LocalHost, Result, Tools, find_tools, first_line, pipeline_command
 from zfsrepl.log import logger
@@ -625,8 +625,7 @@ class Zfs:
         user, as `zfs` or the system's zfs by its path (any other zfs_command, e.g.
         through sudo or a wrapper, is always what runs), and libzfs_core has not turned
         out to be missing here."""
-        return (isinstance(self.host, LocalHost)
-                and self.zfs_argv in (["zfs"], *([p] for p in SYSTEM_ZFS_PATHS))
+        return (isinstance(self.host, LocalHost) and is_system_zfs(self.zfs_argv)
                 and not self._no_lzc
                 and not (self._cache is not None
                          and self._cache.lacks(self._cache_key(), LIBZFS_CORE)))

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from zfsrepl import agent, diagnosis, streamcheck, zfs
+from zfsrepl import agent, diagnosis, lzc, streamcheck, zfs
 from zfsrepl.agent import Pipeline, Policy, Refused, RunZfs, decide, inspect_args, judge
 from zfsrepl.naming import SnapshotNaming
 
@@ -410,3 +410,62 @@ def test_several_destroys_run_one_zfs_each_past_a_failure_and_report_each(
     logged = (tmp_path / "agent.log").read_text()
     assert "INFO agent[svc] destroy: 3 in one request" in logged
     assert logged.count("INFO agent[svc] running: ") == 3
+
+
+def system_zfs_policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Policy:
+    """The agent running `zfs` (the system's, by name), here the stand-in on PATH."""
+    fake = tmp_path / "zfs"
+    fake.write_text(EACH_ZFS)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    return Policy(service="svc", filesystems=POLICY.filesystems, naming=NAMING,
+                  zfs_argv=("zfs",))
+
+
+@pytest.mark.parametrize("errno, by_zfs", [(0, []), (16, [SNAP1, SNAP2])],
+                         ids=["one-group", "refused"])
+def test_several_destroys_are_one_transaction_group_where_libzfs_core_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        errno: int, by_zfs: list[str]) -> None:
+    asked: list[tuple[str, dict[str, None]]] = []
+
+    def request(op: str, items: dict[str, None]) -> dict[str, dict[str, Any]]:
+        asked.append((op, items))
+        return {"zfsrepl_dst": {"errno": errno, "failed": {SNAP2: errno} if errno else {}}}
+
+    monkeypatch.setattr(lzc, "request", request)
+    policy = system_zfs_policy(tmp_path, monkeypatch)
+    code = agent.serve(shlex.join(["zfs", "destroy", SNAP1, SNAP2]).encode(), policy,
+                       agent.AgentLog("svc", str(tmp_path / "agent.log")))
+    # only what the agent checked, in one request
+    assert asked == [("destroy-snapshots", {SNAP1: None, SNAP2: None})]
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    logged = (tmp_path / "agent.log").read_text()
+    ran = tmp_path / "zfs.log"
+    assert (ran.read_text().splitlines() if ran.exists() else []) == \
+        [f"destroy {name}" for name in by_zfs]
+    if errno == 0:
+        assert code == 0 and [(r["name"], r["returncode"]) for r in reports] == [
+            (SNAP1, 0), (SNAP2, 0)]
+        assert "destroy: 2 in one transaction group (pool zfsrepl_dst)" in logged
+    else:  # all or nothing: each through zfs, which says what is wrong
+        assert code == 1 and [(r["name"], r["returncode"]) for r in reports] == [
+            (SNAP1, 0), (SNAP2, 1)]
+        assert "pool zfsrepl_dst refused them together (errno 16)" in logged
+
+
+def test_without_libzfs_core_the_agent_destroys_one_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def unavailable(op: str, items: dict[str, None]) -> None:
+        raise lzc.Unavailable("libzfs_core cannot open /dev/zfs")
+
+    monkeypatch.setattr(lzc, "request", unavailable)
+    policy = system_zfs_policy(tmp_path, monkeypatch)
+    code = agent.serve(shlex.join(["zfs", "destroy", SNAP1, f"{FS1}@{NAMING.format(4)}"]
+                                  ).encode(), policy,
+                       agent.AgentLog("svc", str(tmp_path / "agent.log")))
+    assert code == 0 and len(capsys.readouterr().out.splitlines()) == 2
+    assert len((tmp_path / "zfs.log").read_text().splitlines()) == 2
+    assert "libzfs_core cannot open /dev/zfs: one zfs destroy each" in \
+        (tmp_path / "agent.log").read_text()
