@@ -626,6 +626,7 @@ class Zfs:
         through sudo or a wrapper, is always what runs), and libzfs_core has not turned
         out to be missing here."""
         return (isinstance(self.host, LocalHost) and is_system_zfs(self.zfs_argv)
+                and bool(sys.executable)  # the Python that runs lzc.py
                 and not self._no_lzc
                 and not (self._cache is not None
                          and self._cache.lacks(self._cache_key(), LIBZFS_CORE)))

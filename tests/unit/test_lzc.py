@@ -284,3 +284,8 @@ def test_a_cycle_bookmarks_and_prunes_the_source_in_three_requests(
     logged = {r.getMessage() for r in caplog.records}
     assert all(f"destroyed {p.source}@{seq(2)} on src@srchost" in logged for p in PAIRS)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_no_python_to_run_it_leaves_it_to_zfs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "")  # an embedded interpreter may have none
+    assert not Zfs(local(["tank/a", "tank/b"]), ["zfs"]).takes_many_bookmarks(2)
