@@ -414,7 +414,10 @@ def main() -> int:
             print("\n".join(lines), flush=True)
         finally:
             counter.close()
-    print(f"the calls of each counted cycle: {calls_dir}", flush=True)
+    if any(calls_dir.iterdir()):
+        print(f"the calls of each counted cycle: {calls_dir}", flush=True)
+    else:  # --no-count: nothing to keep
+        calls_dir.rmdir()
     return 0
 
 
