@@ -785,6 +785,12 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
     if receive.stream:
         pipeline = decision if isinstance(decision, Pipeline) else Pipeline((), decision)
         return run_pipeline(pipeline, policy, log, text, existing)
+    if receive.args[0] in ("hold", "release"):
+        sub, tag, *snapshots = receive.args
+        if _together(sub, dict.fromkeys(snapshots, tag), policy, log) == set(snapshots):
+            return 0
+        # else zfs does them all: holding or releasing again what went through is
+        # harmless (the client takes zfs's "already exists" and "no such tag" lines)
     argv = [*policy.zfs_argv, *receive.args]
     log.write("INFO", f"running: {shlex.join(argv)}")
     sys.stdout.flush()
@@ -852,7 +858,8 @@ def run_each(run: RunZfs, policy: Policy, log: AgentLog) -> int:
     sub, *names = run.args
     log.write("INFO", f"{sub}: {len(names)} in one request")
     failed = False
-    done = _destroyed_together(names, policy, log) if sub == "destroy" else set()
+    done = (_together("destroy-snapshots", dict.fromkeys(names), policy, log)
+            if sub == "destroy" else set())
     for name in names:
         if name in done:
             print(json.dumps({"name": name, "returncode": 0, "stderr": ""}), flush=True)
@@ -871,30 +878,33 @@ def run_each(run: RunZfs, policy: Policy, log: AgentLog) -> int:
     return 1 if failed else 0
 
 
-def _destroyed_together(names: list[str], policy: Policy, log: AgentLog) -> set[str]:
-    """Those of `names` (snapshots, each checked) destroyed in one libzfs_core request
-    per pool (lzc.py: one transaction group, not one each), where the agent runs the
-    system's zfs itself, as its user, under the same `zfs allow` checks. The rest
-    (a pool whose request failed: all or nothing; everything where this host has no
-    libzfs_core) are left to zfs, one at a time."""
-    if len(names) < 2 or not capabilities.is_system_zfs(policy.zfs_argv):
+def _together(op: str, items: dict[str, str | None], policy: Policy,
+              log: AgentLog) -> set[str]:
+    """Those of `items` (snapshots, each checked) on which lzc.py's `op` was done in
+    one libzfs_core request per pool (one transaction group, not one each), where the
+    agent runs the system's zfs itself, as its user, under the same `zfs allow` checks.
+    The rest (a pool whose request failed: all or nothing; everything where this host
+    has no libzfs_core) are left to zfs."""
+    word = "destroy" if op == "destroy-snapshots" else op
+    if len(items) < 2 or not capabilities.is_system_zfs(policy.zfs_argv):
         return set()
     try:
         from zfsrepl import lzc  # not everywhere the agent was copied to
     except ImportError:
         return set()
     try:
-        pools = lzc.request("destroy-snapshots", {name: None for name in names})
+        pools = lzc.request(op, items)
     except lzc.Unavailable as exc:
-        log.write("INFO", f"destroy: {exc}: one zfs destroy each")
+        log.write("INFO", f"{word}: {exc}: zfs {word} does it")
         return set()
-    done = {name for name in names if pools[lzc.pool_of(name)]["errno"] == 0}
+    done = {name for name in items if pools[lzc.pool_of(name)]["errno"] == 0
+            and name not in pools[lzc.pool_of(name)]["failed"]}
     for pool, answer in pools.items():
         count = sum(1 for name in done if lzc.pool_of(name) == pool)
-        log.write("INFO", f"destroy: {count} in one transaction group (pool {pool})"
+        log.write("INFO", f"{word}: {count} in one transaction group (pool {pool})"
                   if answer["errno"] == 0 else
-                  f"destroy: pool {pool} refused them together (errno {answer['errno']}): "
-                  "one zfs destroy each")
+                  f"{word}: pool {pool} refused them together (errno {answer['errno']}): "
+                  f"zfs {word} does it")
     return done
 
 

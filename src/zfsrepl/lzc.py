@@ -1,9 +1,11 @@
-"""Many snapshots destroyed, or bookmarks made or destroyed, in one transaction group.
+"""Many snapshots destroyed, held or released, or bookmarks made or destroyed, in one
+transaction group.
 
-On OpenZFS each `zfs destroy` and `zfs bookmark` waits for a transaction group to be
-written out: a cycle of 100 filesystems waits for hundreds of them, one after another.
-libzfs_core takes any number of one pool's snapshots or bookmarks in one request and
-one transaction group (lzc_destroy_snaps, lzc_bookmark, lzc_destroy_bookmarks, its
+On OpenZFS each `zfs destroy`, `zfs bookmark`, and each snapshot of a `zfs hold` or
+`zfs release`, waits for a transaction group to be written out: a cycle of 100
+filesystems waits for hundreds of them, one after another. libzfs_core takes any number
+of one pool's snapshots or bookmarks in one request and one transaction group
+(lzc_destroy_snaps, lzc_hold, lzc_release, lzc_bookmark, lzc_destroy_bookmarks, its
 stable interface), checked against the caller's `zfs allow` rights exactly as the zfs
 command's are (the command is built on it).
 
@@ -19,8 +21,9 @@ the zfs command, which names what went wrong.
 
     request: {"op": "destroy-snapshots" | "destroy-bookmarks", "names": [FS@S | FS#B...]}
              {"op": "bookmark", "bookmarks": {FS#B: FS@S, ...}}
+             {"op": "hold" | "release", "holds": {FS@S: TAG, ...}}
     answer:  {"pools": {POOL: {"errno": N, "failed": {NAME: ERRNO, ...}}, ...}}
-             (errno 0: all of that pool's items done)
+             (errno 0: all of that pool's items done but those in "failed")
     exit:    0 answered (see each pool), EXIT_UNAVAILABLE no libzfs_core here (zfs-fuse,
              no /dev/zfs, an older library): use the zfs command, 2 a bad request
 """
@@ -34,7 +37,7 @@ import sys
 from typing import Any, Dict, List
 
 EXIT_UNAVAILABLE = 3
-OPS = ("destroy-snapshots", "destroy-bookmarks", "bookmark")
+OPS = ("destroy-snapshots", "destroy-bookmarks", "bookmark", "hold", "release")
 
 _NV_UNIQUE_NAME = 0x1
 # Tried after what ldconfig knows: Linux (OpenZFS 2.x, 0.8), illumos and FreeBSD.
@@ -68,6 +71,7 @@ class _Libraries:
                 (nv.nvlist_alloc, [pp, ctypes.c_uint, i], i),
                 (nv.nvlist_add_boolean, [p, s], i),
                 (nv.nvlist_add_string, [p, s, s], i),
+                (nv.nvlist_add_nvlist, [p, s, p], i),
                 (nv.nvlist_free, [p], None),
                 (nv.nvlist_next_nvpair, [p, p], p),
                 (nv.nvpair_name, [p], s),
@@ -75,6 +79,8 @@ class _Libraries:
                 (core.libzfs_core_init, [], i),
                 (core.lzc_destroy_snaps, [p, i, pp], i),
                 (core.lzc_bookmark, [p, pp], i),
+                (core.lzc_hold, [p, i, pp], i),
+                (core.lzc_release, [p, pp], i),
                 (core.lzc_destroy_bookmarks, [p, pp], i)]
         except AttributeError as exc:  # a library without one of them
             raise Unavailable(str(exc)) from None
@@ -84,14 +90,23 @@ class _Libraries:
             raise Unavailable("libzfs_core cannot open /dev/zfs")
         self.nv, self.core = nv, core
 
-    def nvlist(self, items: Dict[str, str | None]) -> ctypes.c_void_p:
-        """An nvlist of `items`: a string value where one is given, else a boolean."""
+    def nvlist(self, items: Dict[str, str | None], *, nested: bool = False
+               ) -> ctypes.c_void_p:
+        """An nvlist of `items`: a string value where one is given, else a boolean;
+        `nested`: each value the name of a boolean in an nvlist of its own
+        (lzc_release's {FS@S: {TAG: true}})."""
         nvl = ctypes.c_void_p()
         if self.nv.nvlist_alloc(ctypes.byref(nvl), _NV_UNIQUE_NAME, 0) != 0:
             raise MemoryError("nvlist_alloc")
         for key, value in items.items():
-            rc = (self.nv.nvlist_add_boolean(nvl, key.encode()) if value is None
-                  else self.nv.nvlist_add_string(nvl, key.encode(), value.encode()))
+            if nested and value is not None:
+                inner = self.nvlist({value: None})
+                rc = self.nv.nvlist_add_nvlist(nvl, key.encode(), inner)  # copies it
+                self.nv.nvlist_free(inner)
+            elif value is None:
+                rc = self.nv.nvlist_add_boolean(nvl, key.encode())
+            else:
+                rc = self.nv.nvlist_add_string(nvl, key.encode(), value.encode())
             if rc != 0:
                 self.nv.nvlist_free(nvl)
                 raise MemoryError("nvlist_add")
@@ -111,13 +126,18 @@ class _Libraries:
 
     def call(self, op: str, items: Dict[str, str | None]) -> tuple[int, Dict[str, int]]:
         """One libzfs_core request for one pool's `items`: its errno and what failed."""
-        request = self.nvlist(items)
+        request = self.nvlist(items, nested=op == "release")
         errlist = ctypes.c_void_p()
         try:
             if op == "destroy-snapshots":
                 rc = self.core.lzc_destroy_snaps(request, 0, ctypes.byref(errlist))
             elif op == "bookmark":
                 rc = self.core.lzc_bookmark(request, ctypes.byref(errlist))
+            elif op == "hold":
+                # no cleanup descriptor (-1): the hold lasts until released
+                rc = self.core.lzc_hold(request, -1, ctypes.byref(errlist))
+            elif op == "release":
+                rc = self.core.lzc_release(request, ctypes.byref(errlist))
             else:
                 rc = self.core.lzc_destroy_bookmarks(request, ctypes.byref(errlist))
             return rc, (self.failures(errlist) if errlist.value else {})
@@ -140,8 +160,8 @@ def by_pool(items: Dict[str, str | None]) -> Dict[str, Dict[str, str | None]]:
 
 
 def parse_request(text: str) -> tuple[str, Dict[str, str | None]]:
-    """The op and its items (NAME: None, or for bookmarks FS#B: FS@S); ValueError names
-    what is wrong with a request."""
+    """The op and its items (NAME: None, for bookmarks FS#B: FS@S, for holds FS@S: TAG);
+    ValueError names what is wrong with a request."""
     request = json.loads(text)
     op = request.get("op") if isinstance(request, dict) else None
     if op not in OPS:
@@ -154,6 +174,13 @@ def parse_request(text: str) -> tuple[str, Dict[str, str | None]]:
                 and k.split("#", 1)[0] == v.split("@", 1)[0] for k, v in bookmarks.items()):
             raise ValueError("bookmarks must map FS#BOOKMARK to FS@SNAPSHOT")
         items.update(bookmarks)
+    elif op in ("hold", "release"):
+        holds = request.get("holds")
+        if not isinstance(holds, dict) or not all(
+                isinstance(k, str) and "@" in k and isinstance(v, str) and v
+                for k, v in holds.items()):
+            raise ValueError("holds must map FS@SNAPSHOT to a tag")
+        items.update(holds)
     else:
         names = request.get("names")
         sep = "@" if op == "destroy-snapshots" else "#"
@@ -166,8 +193,9 @@ def parse_request(text: str) -> tuple[str, Dict[str, str | None]]:
 
 def request(op: str, items: Dict[str, str | None]) -> Dict[str, Dict[str, Any]]:
     """`op` on `items`, one libzfs_core request per pool: by pool, {"errno": N,
-    "failed": {NAME: ERRNO}} (errno 0: all of that pool's done). Unavailable where this
-    host has no libzfs_core."""
+    "failed": {NAME: ERRNO}} (errno 0: all of that pool's done but those in "failed": a
+    hold's missing snapshot is skipped, not fatal). Unavailable where this host has no
+    libzfs_core."""
     libraries = _Libraries()
     pools: Dict[str, Dict[str, Any]] = {}
     for pool, pool_items in by_pool(items).items():

@@ -51,7 +51,9 @@ LIBZFS_CORE = "libzfs_core"
 # lzc.py's requests: what each does, for the log and the listing cache's journal.
 _LZC_DONE = {"destroy-snapshots": ("snapshots destroyed", "destroy"),
              "destroy-bookmarks": ("bookmarks destroyed", "destroy"),
-             "bookmark": ("bookmarks made", "bookmark")}
+             "bookmark": ("bookmarks made", "bookmark"),
+             "hold": ("snapshots held", "hold"),
+             "release": ("holds released", "release")}
 
 
 @dataclass
@@ -548,6 +550,23 @@ class Zfs:
 
     def _hold_or_release(self, sub: str, tag: str, snapshots: Sequence[str],
                          harmless: type[zfserrors.ZfsError]) -> None:
+        if len(snapshots) >= 2 and self._lzc_usable():
+            # zfs hold and release wait for a transaction group per snapshot
+
+            def one(name: str) -> CommandError | None:
+                try:
+                    self._hold_or_release(sub, tag, [name], harmless)
+                except CommandError as exc:
+                    return exc
+                return None
+
+            done = self._in_one_group(sub, {"holds": {s: tag for s in snapshots}},
+                                      snapshots, one)
+            if done is not None:
+                failed = [outcome for outcome in done if outcome is not None]
+                if failed:
+                    raise failed[0]
+                return
         # zfs goes on after a snapshot it cannot hold or release, prints one line for
         # it and fails at the end: the call went well if every line is `harmless`.
         for batch in _batches(snapshots, _MAX_BATCH_BYTES):
@@ -662,17 +681,20 @@ class Zfs:
             return None
         errnos = {pool: got.get("errno") if isinstance(got, dict) else None
                   for pool, got in pools.items()}
+        # skipped in a request that went through (a hold's snapshot that is gone)
+        skipped = {name for got in pools.values() if isinstance(got, dict)
+                   and isinstance(got.get("failed"), dict) for name in got["failed"]}
         what, journal = _LZC_DONE[op]
         outcomes: list[CommandError | None] = []
         for name in names:
-            if errnos.get(lzc.pool_of(name)) == 0:
+            if errnos.get(lzc.pool_of(name)) == 0 and name not in skipped:
                 self._note(journal, name)
                 outcomes.append(None)
             else:  # all or nothing: zfs names what is wrong with this one
                 outcomes.append(one(name))
         for pool, errno in errnos.items():
             if errno == 0:
-                count = sum(1 for n in names if lzc.pool_of(n) == pool)
+                count = sum(1 for n in names if lzc.pool_of(n) == pool and n not in skipped)
                 logger.info("%s: %d %s in one transaction group (pool %s)", self.label,
                             count, what, pool)
             else:

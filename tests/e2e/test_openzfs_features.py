@@ -208,11 +208,12 @@ def test_holds_guard_the_base_and_retention_still_prunes(lab: Lab, area: Area,
     lab.src.zfs("release", "admin", f"{src}@{first}")
 
 
-def test_the_sources_bookmarks_and_prunes_are_one_transaction_group_each(
+def test_the_sources_holds_bookmarks_and_prunes_are_one_transaction_group_each(
         lab: Lab, area: Area, repl: ZfsreplCli) -> None:
-    """Each `zfs destroy` and `zfs bookmark` waits for a transaction group: a cycle
-    makes the source's bookmarks, destroys its old bookmarks and prunes its snapshots,
-    for every filesystem, in one libzfs_core request each. Where one snapshot cannot go
+    """Each `zfs destroy`, `zfs bookmark` and snapshot held or released waits for a
+    transaction group: a cycle moves the source's holds, makes its bookmarks, destroys
+    its old bookmarks and prunes its snapshots, for every filesystem, in one
+    libzfs_core request each. Where one snapshot cannot go
     (a clone of it), the others still do, one at a time."""
     pairs = [(f"{area.src}/fs{i}", f"{area.dst}/fs{i}") for i in range(3)]
     for i, (src, _) in enumerate(pairs):
@@ -238,6 +239,13 @@ def test_the_sources_bookmarks_and_prunes_are_one_transaction_group_each(
         return out, base
 
     out, base = cycle(seed=30)
+    # the bases' holds moved: the new ones held, the old ones released, together
+    assert f": 3 snapshots held in one transaction group (pool {pool})" in out
+    assert f": 3 holds released in one transaction group (pool {pool})" in out
+    for src, _ in pairs:
+        held = lab.src.zfs("holds", "-H", *(f"{src}@{s}" for s in snapshots(lab.src, src)))
+        assert [ln.split("\t")[:2] for ln in held.splitlines()] == [
+            [f"{src}@{base}", "zfsrepl-testrepl"]], out
     assert f": 3 bookmarks made in one transaction group (pool {pool})" in out
     assert f": 3 bookmarks destroyed in one transaction group (pool {pool})" in out
     # the clone's origin refused the pool's request: the others went one at a time

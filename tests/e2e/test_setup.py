@@ -249,6 +249,9 @@ def test_replay_of_a_response_file_sets_up_from_scratch(case: SetupCase) -> None
     assert "destroy: 2 in one request" in logged
     if "openzfs" in lab.features:  # the agent runs /usr/sbin/zfs: libzfs_core takes them
         assert "destroy: 2 in one transaction group (pool " in logged, logged
+        # each cycle moves the bases' holds: the new ones held, the old released
+        assert f"hold: {len(case.pairs)} in one transaction group (pool " in logged, logged
+        assert f"release: {len(case.pairs)} in one transaction group (pool " in logged, logged
 
 
 def own_snapshots(host: LabHost, fs: str) -> list[str]:

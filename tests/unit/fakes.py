@@ -199,7 +199,8 @@ class SimZfs:
 class SimLocalZfs(SimZfs, LocalHost):
     """A SimZfs on this machine whose ZFS has libzfs_core: it answers lzc.py's process
     (see Zfs._in_one_group) as libzfs_core would, all or nothing per pool (a held
-    snapshot: EBUSY, an existing bookmark: EEXIST), recorded as the call ["lzc", OP]."""
+    snapshot: EBUSY, an existing bookmark or hold: EEXIST, no such hold: ESRCH; a hold's
+    missing snapshot is skipped), recorded as the call ["lzc", OP]."""
 
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None,
             timeout: float | None = None) -> Result:
@@ -210,7 +211,16 @@ class SimLocalZfs(SimZfs, LocalHost):
         self.calls.append(["lzc", op])
         pools = {}
         for pool, mine in lzc.by_pool(items).items():
-            failed = {n: e for n in mine for e in [self._lzc_refuses(op, n)] if e}
+            failed = {n: e for n, v in mine.items() for e in [self._lzc_refuses(op, n, v)] if e}
+            # a hold's or release's snapshot that is gone is skipped, not fatal
+            gone = {n: 2 for n in mine if op in ("hold", "release") and self.find(n) is None}
+            fatal = {n: e for n, e in failed.items() if n not in gone}
+            if op in ("hold", "release") and not fatal:
+                for name, tag in mine.items():
+                    if name not in gone:
+                        self._hold_or_release([str(tag), name], op == "hold")
+                pools[pool] = {"errno": 0, "failed": gone}
+                continue
             if not failed:
                 for name, snapshot in mine.items():
                     if op == "bookmark":
@@ -221,13 +231,19 @@ class SimLocalZfs(SimZfs, LocalHost):
             pools[pool] = {"errno": next(iter(failed.values()), 0), "failed": failed}
         return Result(argv, 0, json.dumps({"pools": pools}), "")
 
-    def _lzc_refuses(self, op: str, name: str) -> int:
+    def _lzc_refuses(self, op: str, name: str, value: str | None) -> int:
         fs, _, short = name.partition("#" if "#" in name else "@")
         if op == "bookmark":
             return 17 if short in self.marks[fs] else 0
         if op == "destroy-snapshots":
             s = self.find(name)
             return 16 if s is not None and s.holds else 0
+        if op in ("hold", "release"):
+            s = self.find(name)
+            if s is None:
+                return 2  # ENOENT
+            held = value in s.holds
+            return 17 if op == "hold" and held else 3 if op == "release" and not held else 0
         return 0  # a bookmark that is not there is no failure
 
 

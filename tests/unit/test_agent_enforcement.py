@@ -5,6 +5,7 @@ places that run zfs are tested with stand-ins."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -467,5 +468,44 @@ def test_without_libzfs_core_the_agent_destroys_one_at_a_time(
                        agent.AgentLog("svc", str(tmp_path / "agent.log")))
     assert code == 0 and len(capsys.readouterr().out.splitlines()) == 2
     assert len((tmp_path / "zfs.log").read_text().splitlines()) == 2
-    assert "libzfs_core cannot open /dev/zfs: one zfs destroy each" in \
+    assert "libzfs_core cannot open /dev/zfs: zfs destroy does it" in \
         (tmp_path / "agent.log").read_text()
+
+
+@pytest.mark.parametrize("sub", ["hold", "release"])
+@pytest.mark.parametrize("errno", [0, 17], ids=["one-group", "refused"])
+def test_several_holds_or_releases_are_one_transaction_group_where_libzfs_core_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sub: str, errno: int) -> None:
+    asked: list[tuple[str, dict[str, str]]] = []
+    ran: list[tuple[str, ...]] = []
+
+    def request(op: str, items: dict[str, str]) -> dict[str, dict[str, Any]]:
+        asked.append((op, items))
+        return {"zfsrepl_dst": {"errno": errno, "failed": {SNAP2: errno} if errno else {}}}
+
+    monkeypatch.setattr(lzc, "request", request)
+    monkeypatch.setattr(os, "execvp", lambda file, argv: ran.append(tuple(argv)))
+    policy = system_zfs_policy(tmp_path, monkeypatch)
+    tag = policy.hold_tag
+    command = shlex.join(["zfs", sub, tag, SNAP1, SNAP2]).encode()
+    with contextlib.suppress(AssertionError):  # the "unreachable" after a faked exec
+        code = agent.serve(command, policy, agent.AgentLog("svc", str(tmp_path / "agent.log")))
+    # only what the agent checked, in one request
+    assert asked == [(sub, {SNAP1: tag, SNAP2: tag})]
+    logged = (tmp_path / "agent.log").read_text()
+    if errno == 0:
+        assert code == 0 and ran == []
+        assert f"{sub}: 2 in one transaction group (pool zfsrepl_dst)" in logged
+    else:  # all or nothing: zfs does them all and says what is wrong
+        assert ran == [("zfs", sub, tag, SNAP1, SNAP2)]
+        assert f"{sub}: pool zfsrepl_dst refused them together (errno 17)" in logged
+
+
+def test_a_hold_of_another_tag_is_refused_before_libzfs_core_is_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lzc, "request", lambda *a: pytest.fail("asked on a refused request"))
+    monkeypatch.setattr(os, "execvp", lambda *a: pytest.fail("exec on a refused request"))
+    policy = system_zfs_policy(tmp_path, monkeypatch)
+    code = agent.serve(shlex.join(["zfs", "release", "zfsrepl-other", SNAP1, SNAP2]).encode(),
+                       policy, agent.AgentLog("svc", str(tmp_path / "agent.log")))
+    assert code == agent.EXIT_REFUSED

@@ -1,5 +1,5 @@
-"""lzc.py and its use by zfs.py: many snapshots destroyed, bookmarks made or destroyed
-in one libzfs_core request per pool, and zfs one at a time wherever that is not
+"""lzc.py and its use by zfs.py: many snapshots destroyed, held or released, bookmarks
+made or destroyed in one libzfs_core request per pool, and zfs one at a time wherever that is not
 possible (no libzfs_core, another zfs_command, a pool's request refused). The
 library's own answers are checked on real OpenZFS by the e2e tests."""
 
@@ -31,6 +31,9 @@ def request(op: str, **items: Any) -> str:
      {"a/b@1": None, "c@2": None}),
     (request("destroy-bookmarks", names=["a/b#1"]), "destroy-bookmarks", {"a/b#1": None}),
     (request("bookmark", bookmarks={"a/b#1": "a/b@1"}), "bookmark", {"a/b#1": "a/b@1"}),
+    (request("hold", holds={"a/b@1": "zfsrepl-s"}), "hold", {"a/b@1": "zfsrepl-s"}),
+    (request("release", holds={"a/b@1": "zfsrepl-s", "c@2": "zfsrepl-s"}), "release",
+     {"a/b@1": "zfsrepl-s", "c@2": "zfsrepl-s"}),
 ])
 def test_a_request_is_read(text: str, op: str, items: dict[str, str | None]) -> None:
     assert lzc.parse_request(text) == (op, items)
@@ -45,6 +48,9 @@ def test_a_request_is_read(text: str, op: str, items: dict[str, str | None]) -> 
     # a bookmark of another filesystem's snapshot is no bookmark zfsrepl makes
     (request("bookmark", bookmarks={"a#1": "b@1"}), "bookmarks must map"),
     (request("bookmark", bookmarks=["a#1"]), "bookmarks must map"),
+    (request("hold", holds={"a/b": "zfsrepl-s"}), "holds must map FS@SNAPSHOT to a tag"),
+    (request("release", holds={"a/b@1": ""}), "holds must map FS@SNAPSHOT to a tag"),
+    (request("hold", names=["a/b@1"]), "holds must map FS@SNAPSHOT to a tag"),
 ])
 def test_a_bad_request_is_refused_with_what_is_wrong(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], text: str,
@@ -253,6 +259,51 @@ def test_an_answer_that_makes_no_sense_leaves_it_to_zfs(
     assert "destroy-snapshots in one request failed" in caplog.text
 
 
+def holds_of(host: SimLocalZfs) -> dict[str, set[str]]:
+    return {f"{fs}@{s.name}": set(s.holds) for fs, snaps in host.fs.items() for s in snaps}
+
+
+def test_holds_and_releases_are_one_request_each_pool() -> None:
+    host = local(["tank/a", "tank/b", "backup/c"])
+    z = Zfs(host, ["zfs"])
+    z.journal = []
+    names = ["tank/a@s2", "backup/c@s2", "tank/b@s2"]
+    z.hold("zfsrepl-svc", names)
+    assert made(host) == [["lzc", "hold"]]
+    assert {n for n, tags in holds_of(host).items() if tags} == set(names)
+    z.release("zfsrepl-svc", names)
+    assert made(host) == [["lzc", "hold"], ["lzc", "release"]]
+    assert not any(holds_of(host).values())
+    assert sorted(z.journal) == sorted([("hold", n) for n in names]
+                                       + [("release", n) for n in names])
+
+
+@pytest.mark.parametrize("sub", ["hold", "release"])
+def test_a_hold_there_already_or_gone_already_is_fine_as_with_zfs(sub: str) -> None:
+    host = local(["tank/a", "tank/b"])
+    if sub == "hold":
+        host.fs["tank/b"][1].holds.add("zfsrepl-svc")  # already there: EEXIST
+    else:
+        host.fs["tank/a"][1].holds.add("zfsrepl-svc")  # tank/b's is gone: ESRCH
+    z = Zfs(host, ["zfs"])
+    getattr(z, sub)("zfsrepl-svc", ["tank/a@s2", "tank/b@s2"])
+    # the pool's request was refused whole: zfs, one at a time, takes it as done
+    assert made(host) == [["lzc", sub], [sub, "zfsrepl-svc", "tank/a@s2"],
+                          [sub, "zfsrepl-svc", "tank/b@s2"]]
+    assert all(("zfsrepl-svc" in tags) == (sub == "hold")
+               for n, tags in holds_of(host).items() if n.endswith("@s2"))
+
+
+def test_a_hold_of_a_snapshot_that_is_gone_fails_as_with_zfs() -> None:
+    host = local(["tank/a", "tank/b"])
+    z = Zfs(host, ["zfs"])
+    with pytest.raises(CommandError, match="dataset does not exist"):
+        z.hold("zfsrepl-svc", ["tank/a@s2", "tank/b@gone"])
+    # libzfs_core skipped the missing one and held the other; zfs says what is wrong
+    assert made(host) == [["lzc", "hold"], ["hold", "zfsrepl-svc", "tank/b@gone"]]
+    assert holds_of(host)["tank/a@s2"] == {"zfsrepl-svc"}
+
+
 # -- a cycle -------------------------------------------------------------------------
 
 
@@ -262,7 +313,7 @@ def lzc_world(usage: str = OPENZFS) -> World:
     return World(src, SimZfs("dst@desthost", usage, [], {"backup/dst"}), SVC)
 
 
-def test_a_cycle_bookmarks_and_prunes_the_source_in_three_requests(
+def test_a_cycle_moves_holds_bookmarks_and_prunes_the_source_in_five_requests(
         caplog: pytest.LogCaptureFixture) -> None:
     w = lzc_world()
     assert isinstance(w.src, LocalHost) and not isinstance(w.dst, LocalHost)
@@ -270,11 +321,11 @@ def test_a_cycle_bookmarks_and_prunes_the_source_in_three_requests(
     w.cycle()
     caplog.set_level(logging.INFO, logger="zfsrepl")
     src, _ = w.calls_of(w.cycle)
-    # one request each for: the new bases' bookmarks, the old bookmarks, the old snapshots
-    assert dict(src) == {"get": 1, "holds": 1, "snapshot": 1, "send": N, "hold": 1,
-                         "release": 1, "lzc": 3}
-    assert [c[1] for c in w.src.calls[-3:]] == ["bookmark", "destroy-bookmarks",
-                                                "destroy-snapshots"]
+    # one request each for: the new bases' holds, the old bases' releases, the new
+    # bases' bookmarks, the old bookmarks, the old snapshots
+    assert dict(src) == {"get": 1, "holds": 1, "snapshot": 1, "send": N, "lzc": 5}
+    assert [c[1] for c in w.src.calls[-5:]] == ["hold", "release", "bookmark",
+                                                "destroy-bookmarks", "destroy-snapshots"]
     for p in PAIRS:
         assert [s.name for s in w.src.fs[p.source]] == [seq(3)]
         assert list(w.src.marks[p.source]) == [seq(3)]
