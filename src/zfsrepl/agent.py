@@ -785,7 +785,7 @@ def serve(raw: bytes | None, policy: Policy, log: AgentLog) -> int:
     if receive.stream:
         pipeline = decision if isinstance(decision, Pipeline) else Pipeline((), decision)
         return run_pipeline(pipeline, policy, log, text, existing)
-    if receive.args[0] in ("hold", "release"):
+    if receive.args[:1] in (("hold",), ("release",)):
         sub, tag, *snapshots = receive.args
         if _together(sub, dict.fromkeys(snapshots, tag), policy, log) == set(snapshots):
             return 0

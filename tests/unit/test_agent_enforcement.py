@@ -509,3 +509,16 @@ def test_a_hold_of_another_tag_is_refused_before_libzfs_core_is_asked(
     code = agent.serve(shlex.join(["zfs", "release", "zfsrepl-other", SNAP1, SNAP2]).encode(),
                        policy, agent.AgentLog("svc", str(tmp_path / "agent.log")))
     assert code == agent.EXIT_REFUSED
+
+
+def test_the_capability_probe_runs_zfs_alone(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`zfs` with nothing after it (the client's probe of what this ZFS offers) runs
+    zfs alone: its usage text, nothing changed."""
+    ran: list[tuple[str, ...]] = []
+    monkeypatch.setattr(lzc, "request", lambda *a: pytest.fail("no request for a probe"))
+    monkeypatch.setattr(os, "execvp", lambda file, argv: ran.append(tuple(argv)))
+    policy = system_zfs_policy(tmp_path, monkeypatch)
+    with contextlib.suppress(AssertionError):  # the "unreachable" after a faked exec
+        agent.serve(b"zfs", policy, agent.AgentLog("svc", str(tmp_path / "agent.log")))
+    assert ran == [("zfs",)]
