@@ -16,6 +16,10 @@ tool ever sees another's snapshots), in the same run and alternating:
                      (autobackup:NAME=child), --keep-source=3 --keep-target=3
     zfsrepl-p2       (only when named in --variants) zfsrepl with parallel = 2: as many
                      streams at once as bzfs's threads on the VM's 2 CPUs
+    zfsrepl-agent    (only when named in --variants) zfsrepl as `zfsrepl setup` installs
+                     a service: its own key, whose forced command on the destination is
+                     the agent (which takes the destination's holds, releases and
+                     destroys in one libzfs_core request each)
     bzfs             two bzfs runs: one snapshots the tree's children, replicates them
                      and prunes the destination to 3; one prunes the source to 3
                      (bzfs prunes a source only as the destination of a run of its
@@ -54,8 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl
 from cycle_cost import RAW_CYCLE
 
-from lab import Lab, LabHost, ZfsreplCli, claim_area, lab_session
+from lab import Lab, LabHost, ZfsreplCli, claim_area, lab_session, service_definition
 from lab.zfs import destroy, exists, release_holds
+from zfsrepl.config import parse_service
+from zfsrepl.setup.apply import forced_argv
+from zfsrepl.setup.authorized_keys import key_line
 
 KEEP = 3  # the snapshots each variant keeps on both sides (--keep)
 WARMUP = 3
@@ -63,7 +70,8 @@ CHANGE_KIB = 64
 ALL_VARIANTS = ("zfsrepl", "raw", "syncoid", "zfs-autobackup", "bzfs")
 # zfsrepl's service with `parallel` set, by variant (run only when named in --variants)
 PARALLEL_VARIANTS = {"zfsrepl-p2": 2}
-KNOWN_VARIANTS = ("zfsrepl", *PARALLEL_VARIANTS, *ALL_VARIANTS[1:])
+AGENT_VARIANT = "zfsrepl-agent"  # zfsrepl through the agent (run only when named)
+KNOWN_VARIANTS = ("zfsrepl", *PARALLEL_VARIANTS, AGENT_VARIANT, *ALL_VARIANTS[1:])
 VARIANTS: tuple[str, ...] = ALL_VARIANTS  # the variants of this run (--variants)
 SITUATIONS = {"no-change": False, "small-change": True}
 CIPHERS = bl.SSH_DEFAULT_OPTIONS[0].split("=", 1)[1]
@@ -142,7 +150,10 @@ class Trees:
                         if v.startswith("zfsrepl")}
         for v, service in self.service.items():
             pairs = [(f"{self.src[v]}/fs{i}", f"{self.dst[v]}/fs{i}") for i in range(1, n + 1)]
-            tuning = {"parallel": PARALLEL_VARIANTS[v]} if v in PARALLEL_VARIANTS else {}
+            tuning: dict[str, object] = (
+                {"parallel": PARALLEL_VARIANTS[v]} if v in PARALLEL_VARIANTS else {})
+            if v == AGENT_VARIANT:
+                tuning["destination"] = {"identity": self._agent_key(service, pairs)}
             repl.write_service(name=service, filesystems=pairs, keep=KEEP, retries=1, **tuning)
         self.raw_k = 0
         self.target = f"{lab.dst.user}@{lab.dst.address}"
@@ -156,8 +167,31 @@ class Trees:
         self.bzfs_logs = f"{repl.base}/{self.name}-bzfs-logs"
         self.bzfs_times: list[tuple[float, float]] = []  # (replicate, prune source) per run
 
+    def _agent_key(self, service: str, pairs: list[tuple[str, str]]) -> str:
+        """A key of the service's own, whose line in the destination user's
+        authorized_keys runs the agent with the forced command setup writes (the same
+        code makes it); the private key's path."""
+        lab = self.lab
+        key = f"{self.repl.base}/{service}-key"
+        lab.src.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", service, "-f", key])
+        public = lab.src.run(["cat", f"{key}.pub"]).stdout.decode()
+        definition = service_definition(lab, pairs, name=service, keep=KEEP)
+        svc = parse_service(definition)
+        zfsrepl = lab.dst.run(["sh", "-c", "command -v zfsrepl"]).stdout.decode().strip()
+        self.agent_log = lab.dst.run(["sh", "-c", 'printf %s "$HOME/$1"', "sh",
+                                      f"zfsrepl-bench.agent.{service}.log"]).stdout.decode()
+        self.agent_marker = f"zfsrepl:{service}:bench"
+        line = key_line(public, forced_argv(svc, zfsrepl, self.agent_log), self.agent_marker)
+        lab.dst.run(["sh", "-c", 'printf "%s\\n" "$1" >> "$HOME/.ssh/authorized_keys"', "sh",
+                     line])
+        return key
+
     def destroy(self) -> None:
-        """Every variant's trees, on both sides (the VM's disk is small)."""
+        """Every variant's trees, on both sides (the VM's disk is small); the agent
+        variant's key line and log."""
+        if AGENT_VARIANT in self.service:
+            self.lab.dst.run(["sh", "-c", r'sed -i "/ $1\$/d" "$HOME/.ssh/authorized_keys"; '
+                              'rm -f "$2"', "sh", self.agent_marker, self.agent_log])
         for v in VARIANTS:
             for host, fs in ((self.lab.src, self.src[v]), (self.lab.dst, self.dst[v])):
                 if exists(host, fs):
@@ -425,7 +459,7 @@ def section(args: argparse.Namespace, head: str, load: str, tp: list[str],
             cc: list[str]) -> list[str]:
     # the numbers RESULTS.md and its findings refer to
     number = {"peers": "7", "peers-bzfs": "9", "peers-100": "9b",
-              "peers-100-change": "9c"}[args.section]
+              "peers-100-change": "9c", "peers-100-agent": "9d"}[args.section]
     peers = [v for v in VARIANTS if not v.startswith("zfsrepl") and v != "raw"]
     names = ", ".join(peers[:-1]) + (" and " if len(peers) > 1 else "") + peers[-1] \
         if peers else "the raw pipeline"
