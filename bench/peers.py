@@ -46,11 +46,13 @@ Run as root from the repository root:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 os.environ["ZFSREPL_LAB_BACKEND"] = "openzfs"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -378,6 +380,32 @@ def throughput(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, size_mi
                      *(f"{v} / zfsrepl" for v in VARIANTS if v != "zfsrepl")], rows)
 
 
+ARC_MAX_PARAMETER = "/sys/module/zfs/parameters/zfs_arc_max"
+# The lab image caps the VM's ARC at 256 MiB (tests/lab/openzfs/build.sh): enough for
+# the tests, not for the metadata of hundreds of filesystems, where the ARC evicts and
+# prunes without end (arc_prune busy, every dataset opened again from disk).
+ARC_MAX_MIB = 1024
+
+
+@contextlib.contextmanager
+def arc_max(lab: Lab, mib: int) -> Iterator[None]:
+    """The VM's ARC capped at `mib` MiB for the run (the kernel's module parameter,
+    which one VM shares between both lab hosts), as it was afterwards."""
+    before = bl.root_script(lab.src, 'cat "$1"', ARC_MAX_PARAMETER).strip()
+    bl.root_script(lab.src, 'echo "$2" > "$1"', ARC_MAX_PARAMETER, str(mib << 20))
+    try:
+        yield
+    finally:
+        bl.root_script(lab.src, 'echo "$2" > "$1"', ARC_MAX_PARAMETER, before)
+
+
+def arc_prunes(lab: Lab) -> int:
+    """How often the ARC has had to prune since the VM started (its arcstats)."""
+    out = bl.root_script(lab.src, "cat /proc/spl/kstat/zfs/arcstats")
+    return next((int(line.split()[2]) for line in out.splitlines()
+                 if line.startswith("arc_prune ")), -1)
+
+
 def versions(lab: Lab) -> str:
     def first_line(argv: list[str]) -> str:
         out = lab.src.run(argv, check=False)
@@ -414,6 +442,9 @@ def main() -> int:
     parser.add_argument("--section", default="peers", choices=sections,
                         help="the section of RESULTS.md to write (another than run_all.py's "
                              "for a run by hand)")
+    parser.add_argument("--arc-max-mib", type=int, default=ARC_MAX_MIB,
+                        help="the VM's ARC limit for the run (the image's is 256 MiB, too "
+                             "small for the metadata of hundreds of filesystems)")
     parser.add_argument("--keep-lab", action="store_true")
     args = parser.parse_args()
     bl.require_root()
@@ -432,16 +463,19 @@ def main() -> int:
     calls_dir = Path(tempfile.mkdtemp(prefix="zfsrepl-bench-peers-calls-", dir="/var/tmp"))
 
     with lab_session(keep=args.keep_lab) as lab, claim_area(lab) as area, \
-            bl.service_cli(lab, f"bench-{area.name}") as repl:
+            bl.service_cli(lab, f"bench-{area.name}") as repl, arc_max(lab, args.arc_max_mib):
         counter = VmCounter(lab)
         try:
-            head = versions(lab)
+            prunes = arc_prunes(lab)
+            head = f"{versions(lab)} The VM's ARC is capped at {args.arc_max_mib} MiB."
             load = bl.load()
             tp = ([] if args.no_throughput else
                   throughput(lab, repl, area.src, area.dst, args.size_mib, args.rounds))
             cc = cycle_cost(lab, repl, area.src, area.dst, counts, args.rounds, args.warmup,
                             None if args.no_count else counter, calls_dir,
                             [SITUATIONS[s] for s in situations])
+            # the sign of an ARC too small for the run's filesystems (see ARC_MAX_MIB)
+            head += f" The ARC pruned {arc_prunes(lab) - prunes} times during the run."
             # written before the area is destroyed: a long run's figures must not be lost
             lines = section(args, head, load, tp, cc)
             bl.write_section(args.section, lines)
