@@ -11,8 +11,10 @@ non-zero exit, before anything runs.
 What the service may touch comes from the forced command's own arguments: sshd
 shows them with the key, they need no file the destination user could widen,
 and no TOML parser (this module runs on a bare Python 3.9 with the standard
-library only; it must not import the rest of zfsrepl beyond `naming` and
-`capabilities`).
+library only; it must not import more of zfsrepl than `zfswrap.MODULES` copies).
+It starts for every command a cycle sends, a receive for each filesystem: its
+modules leave out `typing` and `dataclasses` (see `record`), whose imports were a
+third of that start.
 
 Accepted requests, after an optional zfs prefix (see `ZfsPrefix`):
 
@@ -84,7 +86,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import errno
 import json
 import os
@@ -96,12 +97,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from types import FrameType
-from typing import IO, Callable, NoReturn, Sequence, Union
 
 from zfsrepl import __version__, capabilities, streamcheck, zfserrors
 from zfsrepl.naming import SnapshotNaming
+from zfsrepl.record import record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see record)
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import IO, Callable, NoReturn, Sequence, Union
 
 # The properties the cycle lists (zfs.py `_LIST_PROPS`; a unit test keeps them equal),
 # and those it adds where the host has the feature (zfs.py `OPTIONAL_LIST_PROPS`).
@@ -144,7 +148,7 @@ EXCLUDED_PROPERTIES = ("mountpoint", "canmount", "sharenfs", "sharesmb", "setuid
                        "devices")
 
 
-@dataclass(frozen=True)
+@record
 class Policy:
     """What one service may do on its destination, from the forced command."""
 
@@ -178,12 +182,12 @@ class Policy:
         return sorted(set(found), key=len, reverse=True)
 
 
-@dataclass(frozen=True)
+@record
 class Hello:
     pass
 
 
-@dataclass(frozen=True)
+@record
 class RunZfs:
     args: tuple[str, ...]  # after the zfs command
     must_exist: str | None = None  # dataset that must exist before the command runs
@@ -205,7 +209,7 @@ class RunZfs:
     each: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Pipeline:
     """A receive behind a decompressor and/or mbuffer: `helpers` (each exactly as
     capabilities.decompress_argv / buffer_argv make it), then `receive`."""
@@ -214,12 +218,13 @@ class Pipeline:
     receive: RunZfs
 
 
-@dataclass(frozen=True)
+@record
 class Refused:
     reason: str
 
 
-Decision = Union[Hello, RunZfs, Pipeline, Refused]
+if TYPE_CHECKING:
+    Decision = Union[Hello, RunZfs, Pipeline, Refused]
 
 _DECOMPRESSORS = {tuple(capabilities.decompress_argv(t)) for t in capabilities.COMPRESSORS}
 _PIPELINE_USAGE = ("a pipeline is allowed only as: [zstd -dc | or lz4 -dc |] "
@@ -1095,6 +1100,8 @@ def _splicer() -> Callable[[int, int, int], int] | None:
         return os.splice  # type: ignore[no-any-return,unused-ignore]
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes  # here: only Python 3.9 needs it, and the agent starts on every command
+
     try:
         libc_splice = ctypes.CDLL(None, use_errno=True).splice
     except (OSError, AttributeError):

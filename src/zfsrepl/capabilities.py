@@ -26,11 +26,15 @@ on a bare Python 3.9) uses it too.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
-from typing import Sequence
+
+from zfsrepl.record import asdict, record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see record)
+if TYPE_CHECKING:
+    from typing import Sequence
 
 
-@dataclass(frozen=True)
+@record
 class Capabilities:
     resume: bool = False
     bookmarks: bool = False

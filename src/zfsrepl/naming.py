@@ -8,7 +8,8 @@ GUID (see plan.py).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from zfsrepl.record import record
 
 PREFIX = "zfsrepl"
 
@@ -16,7 +17,7 @@ PREFIX = "zfsrepl"
 _SNAP_COMPONENT = re.compile(r"^[A-Za-z0-9_.:\- ]+$")
 
 
-@dataclass(frozen=True)
+@record
 class SnapshotNaming:
     """The snapshot name family of one service."""
 

@@ -33,8 +33,12 @@ Pure, standard library only: the agent (bare Python 3.9) imports it.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Dict, List, Union
+
+from zfsrepl.record import record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see record)
+if TYPE_CHECKING:
+    from typing import Dict, List, Union
 
 BEGIN_RECORD_TYPE = 0
 BACKUP_MAGIC = 0x2F5BACBAC
@@ -51,7 +55,7 @@ RECORD_BYTES = 312
 MAX_PAYLOAD = 64 << 20
 
 
-@dataclass(frozen=True)
+@record
 class Begin:
     """A stream zfsrepl may send: one filesystem's (a single stream, or `send -I`'s
     compound one), no properties."""
@@ -61,12 +65,13 @@ class Begin:
     payload: int  # bytes of payload after the BEGIN record (resume or key data)
 
 
-@dataclass(frozen=True)
+@record
 class BadStream:
     reason: str
 
 
-StreamCheck = Union[Begin, BadStream]
+if TYPE_CHECKING:
+    StreamCheck = Union[Begin, BadStream]
 
 
 def check_begin(header: bytes, replication: bool = False) -> StreamCheck:
@@ -106,7 +111,7 @@ def check_begin(header: bytes, replication: bool = False) -> StreamCheck:
 # ---------------------------------------------------------------------------- send -R
 
 
-@dataclass(frozen=True)
+@record
 class Replication:
     """What a replication stream's payload says it brings."""
 
@@ -131,8 +136,9 @@ class NvlistError(ValueError):
     pass
 
 
-NvValue = Union[str, int, bool, None, "NvList", List["NvList"]]
-NvList = Dict[str, NvValue]
+if TYPE_CHECKING:
+    NvValue = Union[str, int, bool, None, "NvList", List["NvList"]]
+    NvList = Dict[str, NvValue]
 
 # data_type_t values (sys/nvpair.h) read here; the others are skipped by their size
 _NV_BOOLEAN, _NV_INT64, _NV_UINT64, _NV_STRING, _NV_HRTIME = 1, 7, 8, 9, 18

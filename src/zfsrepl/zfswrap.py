@@ -41,13 +41,12 @@ path the root script found, with an argv list: never a shell.
 The forms the agent accepts are checked by the agent's own grammar (agent.decide) with
 the service's destination filesystems; this module adds the other side's forms and the
 ones zfsrepl runs locally. Standard library only, bare Python 3.9: it runs as root from
-its own copy, importing nothing but the agent, naming, capabilities, streamcheck and
-the typed zfs errors (zfserrors, errors).
+its own copy, importing nothing but the agent, naming, capabilities, streamcheck, record
+and the typed zfs errors (zfserrors, errors).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pwd
@@ -61,7 +60,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Sequence, Union
 
-from zfsrepl import agent, streamcheck
+from zfsrepl import agent, record, streamcheck
 from zfsrepl.naming import SnapshotNaming
 
 INSTALL_DIR = "/usr/local/libexec/zfsrepl"
@@ -70,7 +69,7 @@ LIB_DIR = f"{INSTALL_DIR}/lib"
 RULES_DIR = "/etc/zfsrepl-sudo"
 # What the root script copies into LIB_DIR/zfsrepl: this module and what it imports.
 MODULES = ("__init__.py", "agent.py", "capabilities.py", "errors.py", "naming.py",
-           "streamcheck.py", "zfserrors.py", "zfswrap.py")
+           "record.py", "streamcheck.py", "zfserrors.py", "zfswrap.py")
 EXIT_REFUSED = agent.EXIT_REFUSED
 # zfs runs with this environment and nothing the user had (sudo resets most of it; this
 # resets the rest).
@@ -284,7 +283,7 @@ def _decide_for(args: list[str], rule: Rule) -> Decision:
         return Refused(decision.reason)
     if not isinstance(decision, agent.RunZfs):
         return Refused(f"zfs {sub} is not allowed for service {rule.service}")
-    check = dataclasses.replace(decision, changes=())  # the interlock guards against
+    check = record.replace(decision, changes=())  # the interlock guards against
     # the other host; the local user ends takeovers and runs failbacks
     return Run(decision.args, stream=decision.stream,
                check=check if agent.inspect_args(check) else None, rule=rule,

@@ -100,6 +100,22 @@ def test_the_agent_imports_nothing_of_the_command_line() -> None:
     assert not {"zfsrepl.config", "zfsrepl.log", "zfsrepl.cycle"} & modules
 
 
+def test_the_agent_starts_without_typing_dataclasses_or_ctypes() -> None:
+    """Their imports were a third of the agent's start, paid on every remote command (a
+    receive for each filesystem in a cycle): its modules use zfsrepl.record instead."""
+    src = Path(agent.__file__).parents[1]
+    code = (f"import sys\nsys.path.insert(0, {str(src)!r})\nfrom zfsrepl import cli\n"
+            "rc = cli.main(['agent', '--service', 's', '--filesystem', 'p/a', '--source-user',"
+            " 'u', '--destination-user', 'v', '--destination-host', 'h'])\n"
+            "print(rc, ' '.join(m for m in ('typing', 'dataclasses', 'inspect', 'ctypes')"
+            " if m in sys.modules))")
+    env = {**os.environ, "SSH_ORIGINAL_COMMAND": "zfs destroy p/a"}
+    # -S: no site module, which may import typing itself
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout.split()
+    assert out == [str(agent.EXIT_REFUSED)]
+
+
 def test_what_the_system_refuses_is_one_line_not_a_traceback(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from zfsrepl.cli import status

@@ -903,13 +903,14 @@ def test_a_failed_attempt_looks_the_tools_up_again(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_agent_module_keeps_to_its_imports() -> None:
-    # capabilities.py (which the agent imports) stays free of the rest of zfsrepl
+    # capabilities.py (which the agent imports) stays free of the rest of zfsrepl but
+    # record (the agent's value classes)
     code = ("import sys; import zfsrepl.capabilities; "
             "print(sorted(m for m in sys.modules if m.startswith('zfsrepl')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**os.environ,
                                           "PYTHONPATH": str(Path(agent.__file__).parents[1])})
-    assert out.stdout.strip() == "['zfsrepl', 'zfsrepl.capabilities']"
+    assert out.stdout.strip() == "['zfsrepl', 'zfsrepl.capabilities', 'zfsrepl.record']"
 
 
 def test_a_receive_without_helpers_is_as_before() -> None:

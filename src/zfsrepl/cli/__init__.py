@@ -6,13 +6,16 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from zfsrepl import __version__
 from zfsrepl.errors import ZfsreplError
 
+# typing.TYPE_CHECKING, without importing typing: `zfsrepl agent` comes through here on
+# every remote command, and the agent's start leaves typing out (see zfsrepl.record).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from zfsrepl.cli.common import Context
 
 # Each module of zfsrepl.cli has register(subparsers, parents) adding its commands; a
