@@ -493,7 +493,8 @@ def section(args: argparse.Namespace, head: str, load: str, tp: list[str],
             cc: list[str]) -> list[str]:
     # the numbers RESULTS.md and its findings refer to
     number = {"peers": "7", "peers-bzfs": "9", "peers-100": "9b",
-              "peers-100-change": "9c", "peers-100-agent": "9d"}[args.section]
+              "peers-100-change": "9c", "peers-100-agent": "9d",
+              "peers-100-classic": "9e"}[args.section]
     peers = [v for v in VARIANTS if not v.startswith("zfsrepl") and v != "raw"]
     names = ", ".join(peers[:-1]) + (" and " if len(peers) > 1 else "") + peers[-1] \
         if peers else "the raw pipeline"
