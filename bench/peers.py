@@ -329,11 +329,18 @@ def ratio_heads() -> list[str]:
     heads = []
     if "raw" in VARIANTS:
         heads.append("zfsrepl / raw")
-    if "syncoid" in VARIANTS and "zfs-autobackup" in VARIANTS:
-        heads.append("best of syncoid, zfs-autobackup / zfsrepl")
+    classic = classic_peers()
+    if classic:
+        best = f"best of {', '.join(classic)}" if len(classic) > 1 else classic[0]
+        heads.append(f"{best} / zfsrepl")
     if "bzfs" in VARIANTS:
         heads += [f"bzfs / {v}" for v in zfsrepl_variants()]
     return heads
+
+
+def classic_peers() -> list[str]:
+    """The peers of the 5-times target that run (either may run without the other)."""
+    return [v for v in ("syncoid", "zfs-autobackup") if v in VARIANTS]
 
 
 def zfsrepl_variants() -> list[str]:
@@ -345,8 +352,8 @@ def ratio_cells(med: dict[str, float]) -> list[str]:
     cells = []
     if "raw" in VARIANTS:
         cells.append(f"{med['zfsrepl'] / med['raw']:.2f}")
-    if "syncoid" in VARIANTS and "zfs-autobackup" in VARIANTS:
-        cells.append(f"{min(med['syncoid'], med['zfs-autobackup']) / med['zfsrepl']:.2f}")
+    if classic_peers():
+        cells.append(f"{min(med[v] for v in classic_peers()) / med['zfsrepl']:.2f}")
     if "bzfs" in VARIANTS:
         cells += [f"**{med['bzfs'] / med[v]:.2f}**" for v in zfsrepl_variants()]
     return cells
