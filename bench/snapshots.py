@@ -41,11 +41,17 @@ that did not use the cache, and what grows with the count timed in-process up to
 
     python bench/snapshots.py --backend openzfs [--counts 100,3000] [--rounds 3]
 
+The destination is a copy of the source's pool, not a receive: the source's image is
+mirrored onto a new one and split off as a pool of its own (`zpool attach`, `zpool
+split`), which holds the same snapshots with the same GUIDs, and the copied filesystem is
+the service's destination (the raw variant keeps its own in the destination pool).
+Receiving is what made the setup slow: under emulation one `-I` stream of 2,000
+snapshots took some 11 minutes and each snapshot cost more than the one before.
+
 3,000 is what the lab VM holds by default: OpenZFS allocates some 90 KiB per snapshot
-there, and both pools share the VM's 1.6 GiB disk (10,000 fill it and suspend the
-pool). About an hour under emulation, most of it receiving the snapshots on the
-destination. 10,000 need a VM of their own with a larger disk and pools (the VM is
-made at its first start; about 1.5 hours):
+there, and the pools share the VM's 1.6 GiB disk. About half an hour under emulation,
+most of it creating the snapshots. 10,000 need a VM of their own with a larger disk and
+pools (the VM is made at its first start; about 1.5 hours, most of it creating them):
 
     ZFSREPL_LAB_OPENZFS_DIR=/var/tmp/zfsrepl-lab-big ZFSREPL_LAB_VM_DISK=6G \
         ZFSREPL_LAB_POOL_SIZE=2500M python bench/snapshots.py --backend openzfs \
@@ -87,6 +93,8 @@ from zfsrepl.snapshots import Snapshot  # noqa: E402
 from zfsrepl.zfs import Zfs  # noqa: E402
 
 ROUNDS_INPROCESS = 5
+# the OpenZFS run's destination pool: a copy of the source's (Chain.copy_pool)
+COPY_POOL = "zfsrepl-bench-copy"
 OPENZFS = _backend == "openzfs"
 # runonce --debug: a full listing is this command, on either host
 FULL_LISTING = re.compile(r"running .*get -Hp -r -d 1 ")
@@ -159,6 +167,7 @@ class Chain:
         bl.user_script(lab.src, f'zfs send "$1" | {bl.RAW_SSH} "$3" zfs receive -u "$2"',
                        f"{self.fs}@raw-0", self.raw_dst, self.host)
         self.raw_k = 0
+        self.copy_image = ""  # the copied pool's image (copy_pool), while there is one
         repl.write_service(name="many", filesystems=[(self.fs, self.dst)], keep=100000,
                            retries=1)
 
@@ -186,6 +195,50 @@ class Chain:
             self.lab.src, f'zfs send -I "@$4" "$1" | {bl.RAW_SSH} "$3" zfs receive -u -F "$2"',
             f"{self.fs}@{top}", self.dst, self.host, dst_newest, timeout=7200))
         return add, create, catchup
+
+    def grow_copied(self, total: int) -> tuple[int, float, float]:
+        """OpenZFS: own snapshots up to `total` on the source, then the destination made
+        a copy of the source pool (see the top); (created, create s, copy s)."""
+        self.drop_copy()
+        own = self.own()
+        add = total - len(bl.snapshot_names(self.lab.src, self.fs))
+        create = bl.timed(lambda: self.create(own[-1] + 1, add))
+        copy = bl.timed(self.copy_pool)
+        return add, create, copy
+
+    def copy_pool(self) -> None:
+        """The destination as a copy of the source's pool: its image mirrored onto a new
+        one, split off as a pool of its own (the same filesystems, snapshots and GUIDs, a
+        pool GUID of its own) and imported under an altroot. Receiving 10,000 snapshots
+        takes hours under emulation; a resilver copies the blocks in minutes. The copied
+        filesystem becomes the service's destination, holding only the service's own
+        snapshots (the raw variant's are destroyed on it), with the listing cache dropped."""
+        src = self.lab.src
+        pool = src.pool
+        # the pool's one image: `zpool list -vHP` shows it as a full path
+        listing = bl.root_script(src, 'zpool list -vHP "$1"', pool).splitlines()
+        vdevs = [ln.split()[0] for ln in listing if ln.split()[0].startswith("/")]
+        assert len(vdevs) == 1, f"{pool} is not made of one image: {vdevs}"
+        image = vdevs[0]
+        copy = f"{os.path.dirname(image)}/{COPY_POOL}.img"
+        bl.root_script(src, 'truncate -s "$(stat -c %s "$2")" "$3" && '
+                       'zpool attach -w "$1" "$2" "$3" && '
+                       'zpool split -R "$4" "$1" "$5" "$3"',
+                       pool, image, copy, f"/run/{COPY_POOL}", COPY_POOL, timeout=7200)
+        self.copy_image = copy
+        self.dst = f"{COPY_POOL}/{self.fs.split('/', 1)[1]}"
+        raws = [n for n in bl.snapshot_names(src, self.dst) if n.startswith("raw-")]
+        src.zfs("destroy", f"{self.dst}@{','.join(raws)}", timeout=3600)
+        self.repl.write_service(name="many", filesystems=[(self.fs, self.dst)], keep=100000,
+                                retries=1)
+        src.root(["rm", "-f", str(self.repl.state_dir / "services" / "many" / LISTINGS_FILE)])
+
+    def drop_copy(self) -> None:
+        """Destroy the copied pool and its image, if there is one."""
+        if self.copy_image:
+            self.lab.src.root(["zpool", "destroy", "-f", COPY_POOL], timeout=3600)
+            self.lab.src.root(["rm", "-f", self.copy_image])
+            self.copy_image = ""
 
     def create(self, first: int, count: int) -> None:
         """Snapshots first .. first + count - 1 on the source, as root."""
@@ -379,33 +432,45 @@ def cached_run(counts: list[int], rounds: int, keep_lab: bool) -> int:
     with lab_session(keep=keep_lab) as lab, claim_area(lab) as area, \
             bl.service_cli(lab, f"bench-{area.name}") as repl:
         chain_ = Chain(lab, repl, area.src, area.dst)
-        for n in counts:
-            loads.append(f"{n}: {bl.load()}")
-            print(f"{n} snapshots: creating", flush=True)
-            before = allocated(lab.src)
-            added, t_create, t_catchup = chain_.grow(n)
-            per_snapshot = (allocated(lab.src) - before) / max(added, 1) / 1024
-            setup.append([n, added, f"{t_create:.1f}", f"{t_catchup:.1f}",
-                          f"{per_snapshot:.0f}"])
-            print(f"  {added} created in {t_create:.1f}s, received in {t_catchup:.1f}s",
-                  flush=True)
-            chain_.zfsrepl()  # untimed: the first cycle after the -I
-            for i in range(rounds):
-                for v in VARIANTS:  # in this order: see the top
-                    if v == "raw":
-                        seconds = chain_.raw()
-                    else:
-                        seconds, calls = chain_.zfsrepl_counted(drop_cache=(v == "full"))
-                        listed.setdefault((n, v), set()).add(calls)
-                    times.setdefault((n, v), []).append(seconds)
-                print(f"  {n} snapshots, round {i + 1}: "
-                      + "  ".join(f"{v} {times[(n, v)][-1]:.2f}s" for v in VARIANTS),
-                      flush=True)
+        try:
+            cached_rounds(lab, chain_, counts, rounds, times, listed, loads, setup)
+        finally:
+            chain_.drop_copy()
         # written before the area is destroyed, which takes long with 10,000 snapshots
         lines = cached_section(counts, rounds, loads, setup, times, listed)
         bl.write_section("snapshots-openzfs", lines)
         print("\n".join(lines), flush=True)
     return 0
+
+
+def cached_rounds(lab: Lab, chain_: Chain, counts: list[int], rounds: int,
+                  times: dict[tuple[int, str], list[float]],
+                  listed: dict[tuple[int, str], set[tuple[int, int]]],
+                  loads: list[str], setup: list[list[object]]) -> None:
+    """Each count in turn: the source grown to it and copied to the destination, one
+    untimed cycle, then the rounds of VARIANTS, into times, listed, loads and setup."""
+    for n in counts:
+        loads.append(f"{n}: {bl.load()}")
+        print(f"{n} snapshots: creating", flush=True)
+        before = allocated(lab.src)
+        added, t_create, t_copy = chain_.grow_copied(n)
+        per_snapshot = (allocated(lab.src) - before) / max(added, 1) / 1024
+        setup.append([n, added, f"{t_create:.1f}", f"{t_copy:.1f}",
+                      f"{per_snapshot:.0f}"])
+        print(f"  {added} created in {t_create:.1f}s, copied in {t_copy:.1f}s",
+              flush=True)
+        chain_.zfsrepl()  # untimed: the first cycle after the copy
+        for i in range(rounds):
+            for v in VARIANTS:  # in this order: see the top
+                if v == "raw":
+                    seconds = chain_.raw()
+                else:
+                    seconds, calls = chain_.zfsrepl_counted(drop_cache=(v == "full"))
+                    listed.setdefault((n, v), set()).add(calls)
+                times.setdefault((n, v), []).append(seconds)
+            print(f"  {n} snapshots, round {i + 1}: "
+                  + "  ".join(f"{v} {times[(n, v)][-1]:.2f}s" for v in VARIANTS),
+                  flush=True)
 
 
 def cached_section(counts: list[int], rounds: int, loads: list[str], setup: list[list[object]],
@@ -450,8 +515,9 @@ def cached_section(counts: list[int], rounds: int, loads: list[str], setup: list
              + ("" if used else " Some `cached` cycles listed in full (see the column): "
                 "their figures do not stand for the cache."), "",
              "Setting up (the source's snapshots made by one process through libzfs_core; "
-             "the destination brought up to date by one `zfs send -I | ssh zfs receive`):",
-             "", *bl.table(["target", "created", "create (s)", "-I to destination (s)",
+             "the destination a copy of the source's pool: `zpool attach`, resilver, "
+             "`zpool split`):",
+             "", *bl.table(["target", "created", "create (s)", "copy to destination (s)",
                             "source pool KiB allocated per snapshot"], setup), ""]
     # what grows with the count in a cached cycle, also at sizes the lab cannot hold
     sizes = sorted({*counts, 10000})
