@@ -332,7 +332,7 @@ def ratio_heads() -> list[str]:
     classic = classic_peers()
     if classic:
         best = f"best of {', '.join(classic)}" if len(classic) > 1 else classic[0]
-        heads.append(f"{best} / zfsrepl")
+        heads += [f"{best} / {v}" for v in zfsrepl_variants()]
     if "bzfs" in VARIANTS:
         heads += [f"bzfs / {v}" for v in zfsrepl_variants()]
     return heads
@@ -353,7 +353,8 @@ def ratio_cells(med: dict[str, float]) -> list[str]:
     if "raw" in VARIANTS:
         cells.append(f"{med['zfsrepl'] / med['raw']:.2f}")
     if classic_peers():
-        cells.append(f"{min(med[v] for v in classic_peers()) / med['zfsrepl']:.2f}")
+        best = min(med[v] for v in classic_peers())
+        cells += [f"{best / med[v]:.2f}" for v in zfsrepl_variants()]
     if "bzfs" in VARIANTS:
         cells += [f"**{med['bzfs'] / med[v]:.2f}**" for v in zfsrepl_variants()]
     return cells
