@@ -70,6 +70,6 @@ def release_area(lab: Lab, area: Area) -> None:
     whatever holds a tool left on them."""
     for host, fs in ((lab.src, area.src), (lab.dst, area.dst)):
         if exists(host, fs):
-            release_holds(lab, host, fs)
+            release_holds(lab, host, fs, timeout=AREA_DESTROY_TIMEOUT)
             # a long benchmark's hundreds of filesystems take minutes in the emulated VM
             destroy(host, fs, "-R", timeout=AREA_DESTROY_TIMEOUT)
