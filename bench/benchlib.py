@@ -61,7 +61,7 @@ SECTIONS = ("throughput", "cycle_cost", "snapshots", "catchup", "memory", "recur
             "peers", "rpo", "skip_unchanged")
 # Sections that only a run by hand writes (peers.py --section), after those above.
 EXTRA_SECTIONS = ("peers-bzfs", "peers-100", "peers-100-change", "peers-100-agent",
-                  "peers-100-classic", "snapshots-openzfs")
+                  "peers-100-classic", "peers-100-zab", "snapshots-openzfs")
 
 # zfsrepl's own cipher choice, as ssh -o options, for the raw pipeline's fair variant.
 ZFSREPL_CIPHER_OPTIONS = " ".join(f"-o {shlex.quote(o)}" for o in SSH_DEFAULT_OPTIONS)

@@ -13,7 +13,9 @@ tool ever sees another's snapshots), in the same run and alternating:
                      invocation for all of them: syncoid's cheapest form), no
                      compression, --no-privilege-elevation
     zfs-autobackup   one zfs-autobackup run selecting the children
-                     (autobackup:NAME=child), --keep-source=3 --keep-target=3
+                     (autobackup:NAME=child), --keep-source=3 --keep-target=3, with
+                     what its performance guide gives for speed (a persistent ssh
+                     connection; ZAB_OPTIONS)
     zfsrepl-p2       (only when named in --variants) zfsrepl with parallel = 2: as many
                      streams at once as bzfs's threads on the VM's 2 CPUs
     zfsrepl-agent    (only when named in --variants) zfsrepl as `zfsrepl setup` installs
@@ -88,6 +90,13 @@ BZFS_OPTIONS = [
     f"--ssh-cipher={CIPHERS}",    # the cipher list every variant gets
     "--quiet",
 ]
+# What zfs-autobackup's performance guide offers that leaves its job the same as
+# zfsrepl's (holds and the GUID check of common snapshots stay, as zfsrepl keeps them);
+# its persistent ssh connection is in the tree's ssh config
+ZAB_OPTIONS = [
+    "--allow-empty",       # a snapshot every run, as zfsrepl takes: no `written` checks
+    "--clear-mountpoint",  # received filesystems not mounted, as zfsrepl receives -u
+]
 
 
 class VmCounter:
@@ -159,9 +168,13 @@ class Trees:
             repl.write_service(name=service, filesystems=pairs, keep=KEEP, retries=1, **tuning)
         self.raw_k = 0
         self.target = f"{lab.dst.user}@{lab.dst.address}"
+        # zfs-autobackup's ssh setup as its performance guide gives it: one persistent
+        # connection that every ssh of every run reuses (syncoid and bzfs keep their own)
         self.ssh_config = f"{repl.base}/{self.name}-ssh_config"  # the user's own dir
         repl.put(Path(self.ssh_config),
-                 f"Host *\n  Ciphers {CIPHERS}\n  BatchMode yes\n  LogLevel ERROR\n".encode())
+                 f"Host *\n  Ciphers {CIPHERS}\n  BatchMode yes\n  LogLevel ERROR\n"
+                 f"  ControlMaster auto\n  ControlPath ~/.ssh/zfsrepl-bench-{self.name}-%C\n"
+                 "  ControlPersist 3600\n".encode())
         # bzfs wants these names to contain "bzfs_ssh_config" and "bzfs-logs"; its
         # snapshot cache lives beside its logs, so one per tree
         self.bzfs_ssh_config = f"{repl.base}/{self.name}-bzfs_ssh_config"
@@ -191,6 +204,9 @@ class Trees:
     def destroy(self) -> None:
         """Every variant's trees, on both sides (the VM's disk is small); the agent
         variant's key line and log."""
+        if "zfs-autobackup" in VARIANTS:  # its persistent connection, if it is up
+            self.lab.src.run(["ssh", "-F", self.ssh_config, "-O", "exit", self.target],
+                             check=False)
         if AGENT_VARIANT in self.service:
             self.lab.dst.run(["sh", "-c", r'sed -i "/ $1\$/d" "$HOME/.ssh/authorized_keys"; '
                               'rm -f "$2"', "sh", self.agent_marker, self.agent_log])
@@ -233,8 +249,9 @@ class Trees:
             # the received datasets land at TARGET/<source path minus its first parts>
             strip = self.src["zfs-autobackup"].count("/") + 1
             argv = ["zfs-autobackup", "--ssh-target", self.target, "--ssh-config",
-                    self.ssh_config, f"--keep-source={KEEP}", f"--keep-target={KEEP}",
-                    f"--strip-path={strip}", self.name, self.dst["zfs-autobackup"]]
+                    self.ssh_config, *ZAB_OPTIONS, f"--keep-source={KEEP}",
+                    f"--keep-target={KEEP}", f"--strip-path={strip}", self.name,
+                    self.dst["zfs-autobackup"]]
         return bl.timed(lambda: host.run(argv, env=env, timeout=7200))
 
     def _bzfs(self, env: dict[str, str] | None) -> float:
@@ -502,7 +519,7 @@ def section(args: argparse.Namespace, head: str, load: str, tp: list[str],
     # the numbers RESULTS.md and its findings refer to
     number = {"peers": "7", "peers-bzfs": "9", "peers-100": "9b",
               "peers-100-change": "9c", "peers-100-agent": "9d",
-              "peers-100-classic": "9e"}[args.section]
+              "peers-100-classic": "9e", "peers-100-zab": "9f"}[args.section]
     peers = [v for v in VARIANTS if not v.startswith("zfsrepl") and v != "raw"]
     names = ", ".join(peers[:-1]) + (" and " if len(peers) > 1 else "") + peers[-1] \
         if peers else "the raw pipeline"
