@@ -201,15 +201,19 @@ class Trees:
                      line])
         return key
 
-    def destroy(self) -> None:
-        """Every variant's trees, on both sides (the VM's disk is small); the agent
-        variant's key line and log."""
-        if "zfs-autobackup" in VARIANTS:  # its persistent connection, if it is up
+    def close(self) -> None:
+        """What the trees leave beside their datasets: zfs-autobackup's persistent
+        connection, the agent variant's key line and log."""
+        if "zfs-autobackup" in VARIANTS:  # the connection, if it is up
             self.lab.src.run(["ssh", "-F", self.ssh_config, "-O", "exit", self.target],
                              check=False)
         if AGENT_VARIANT in self.service:
             self.lab.dst.run(["sh", "-c", r'sed -i "/ $1\$/d" "$HOME/.ssh/authorized_keys"; '
                               'rm -f "$2"', "sh", self.agent_marker, self.agent_log])
+
+    def destroy(self) -> None:
+        """Every variant's trees, on both sides (the VM's disk is small), after close()."""
+        self.close()
         for v in VARIANTS:
             for host, fs in ((self.lab.src, self.src[v]), (self.lab.dst, self.dst[v])):
                 if exists(host, fs):
@@ -291,44 +295,47 @@ def cycle_cost(lab: Lab, repl: ZfsreplCli, area_src: str, area_dst: str, counts:
     for n in counts:
         print(f"cycle cost, {n} filesystems: setting up (load {bl.load()})", flush=True)
         t = Trees(lab, repl, area_src, area_dst, n, "cyc")
-        for _ in range(warmup):
-            for v in VARIANTS:
-                t.run(v)
-        for change in changes:
-            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-            for i in range(rounds):
-                if change:
-                    t.change(seed=i + 1)
-                for v in bl.alternate(i, VARIANTS):
-                    times[v].append(t.run(v))
-                print(f"  {n} fs, {'small change' if change else 'no change'}, round {i + 1}: "
-                      + "  ".join(f"{v} {times[v][-1]:.1f}s" for v in VARIANTS), flush=True)
-            calls = {}
-            for v in VARIANTS:
-                if counter is None:
-                    break
-                if change:
-                    t.change(seed=rounds + 1)
-                counter.reset()
-                t.run(v, path=counter.path)
-                calls[v] = counter.read()
-                # every call of the counted cycle, for the analysis of where a cycle goes
-                (calls_dir / f"{n}fs-{'change' if change else 'nochange'}-{v}.log").write_text(
-                    "\n".join(counter.lines()) + "\n")
-            med = {v: bl.median(times[v]) for v in VARIANTS}
-            summary[(n, change)] = med
-            if "bzfs" in VARIANTS:
-                # bzfs's cycle is two runs: how much of it is the second (the source prune)
-                split = t.bzfs_times[-rounds - (1 if counter else 0):][:rounds]
-                print("  bzfs: replicate + prune destination "
-                      f"{bl.median([a for a, _ in split]):.2f}s, prune source "
-                      f"{bl.median([b for _, b in split]):.2f}s (medians)", flush=True)
-            rows.append([n, "small change" if change else "no change",
-                         *(f"{med[v]:.2f}" for v in VARIANTS),
-                         *ratio_cells(med),
-                         " · ".join(f"{v}: {calls[v][0]} / {calls[v][1]}" for v in VARIANTS)
-                         if calls else "not counted"])
-            print("  row: " + " | ".join(str(c) for c in rows[-1]), flush=True)
+        try:
+            for _ in range(warmup):
+                for v in VARIANTS:
+                    t.run(v)
+            for change in changes:
+                times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+                for i in range(rounds):
+                    if change:
+                        t.change(seed=i + 1)
+                    for v in bl.alternate(i, VARIANTS):
+                        times[v].append(t.run(v))
+                    print(f"  {n} fs, {'small change' if change else 'no change'}, round {i + 1}: "
+                          + "  ".join(f"{v} {times[v][-1]:.1f}s" for v in VARIANTS), flush=True)
+                calls = {}
+                for v in VARIANTS:
+                    if counter is None:
+                        break
+                    if change:
+                        t.change(seed=rounds + 1)
+                    counter.reset()
+                    t.run(v, path=counter.path)
+                    calls[v] = counter.read()
+                    # every call of the counted cycle, for the analysis of where a cycle goes
+                    (calls_dir / f"{n}fs-{'change' if change else 'nochange'}-{v}.log").write_text(
+                        "\n".join(counter.lines()) + "\n")
+                med = {v: bl.median(times[v]) for v in VARIANTS}
+                summary[(n, change)] = med
+                if "bzfs" in VARIANTS:
+                    # bzfs's cycle is two runs: how much of it is the second (the source prune)
+                    split = t.bzfs_times[-rounds - (1 if counter else 0):][:rounds]
+                    print("  bzfs: replicate + prune destination "
+                          f"{bl.median([a for a, _ in split]):.2f}s, prune source "
+                          f"{bl.median([b for _, b in split]):.2f}s (medians)", flush=True)
+                rows.append([n, "small change" if change else "no change",
+                             *(f"{med[v]:.2f}" for v in VARIANTS),
+                             *ratio_cells(med),
+                             " · ".join(f"{v}: {calls[v][0]} / {calls[v][1]}" for v in VARIANTS)
+                             if calls else "not counted"])
+                print("  row: " + " | ".join(str(c) for c in rows[-1]), flush=True)
+        finally:
+            t.close()
     lines = bl.table(["filesystems", "situation", *(f"{v} median (s)" for v in VARIANTS),
                       *ratio_heads(), "local zfs / ssh processes per cycle"], rows)
     lo, hi = min(counts), max(counts)
